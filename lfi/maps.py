@@ -1,0 +1,71 @@
+"""Operations on interaction maps shared by every stage (extract, train, evaluate, show).
+
+An interaction map is a non-negative float tensor over a spatial grid, shape (..., h, w), that sums to 1
+over its last two dimensions (a probability distribution over image locations), or is all zeros when the
+teacher found no foreground (such maps are *invalid* and are masked out of the alignment loss).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize_map(m: torch.Tensor) -> torch.Tensor:
+    """L1-normalise over the last two dims. An all-zero map stays all-zero (never NaN).
+
+    m: (..., h, w), non-negative.
+    """
+    total = m.sum(dim=(-2, -1), keepdim=True)
+    return torch.where(total > 0, m / total.clamp_min(torch.finfo(m.dtype).tiny), torch.zeros_like(m))
+
+
+def contrast_map(fore: torch.Tensor, back: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 11/12: C_VLM = relu(C_fore - C_back) / ||relu(C_fore - C_back)||_1.
+
+    fore, back: (..., h, w). For dense prediction pass fore = sum_k C_obj^(k).
+    Returns (..., h, w); all zeros where the difference is nowhere positive (see `is_valid_map`).
+    """
+    return normalize_map(torch.relu(fore - back))
+
+
+def is_valid_map(m: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) -> (...,) bool: True where the map has any mass."""
+    return m.sum(dim=(-2, -1)) > 0
+
+
+def resample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample maps to a grid of `size` = (h, w), keeping them distributions.
+
+    Down-sampling uses area averaging (each output cell gets the mass of the input cells it covers),
+    up-sampling bilinear interpolation; the result is re-normalised. m: (..., h, w) -> (..., *size).
+    """
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    lead = m.shape[:-2]
+    flat = m.reshape(-1, 1, *m.shape[-2:]).float()
+    shrinking = size[0] <= m.shape[-2] and size[1] <= m.shape[-1]
+    if shrinking:
+        out = F.interpolate(flat, size=size, mode="area")
+    else:
+        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False).clamp_min(0)
+    return normalize_map(out.reshape(*lead, *size)).to(m.dtype)
+
+
+def attention_to_grid(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Attention rows over tokens -> a map over the patch grid, the student side of the alignment loss.
+
+    rows: (B, H, R, N) attention of R query rows (R=1: the class-token row) over N = prefix + gh*gw keys.
+    Heads and rows are averaged (with R = N, the patch query rows only), prefix keys (class, register tokens)
+    are dropped and the result is re-normalised over the patches. Returns (B, gh, gw).
+    """
+    n_patches = grid[0] * grid[1]
+    if rows.shape[-1] != num_prefix_tokens + n_patches:
+        raise ValueError(
+            f"attention over {rows.shape[-1]} tokens does not match {num_prefix_tokens} prefix tokens + a "
+            f"{grid[0]}x{grid[1]} patch grid"
+        )
+    if rows.shape[2] == rows.shape[-1]:  # full maps: average the patch queries
+        rows = rows[:, :, num_prefix_tokens:]
+    patches = rows.float().mean(dim=(1, 2))[:, num_prefix_tokens:]
+    return normalize_map(patches.reshape(-1, *grid))

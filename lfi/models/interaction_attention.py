@@ -1,0 +1,152 @@
+"""The math of interaction attention (paper Eq. 3-9) in one function.
+
+Every model in lfi (I-ViT blocks, the I-DETR encoder) calls `interaction_attention`; nothing else computes
+C_VFM, C_AGT or C_F. A fused GPU kernel replaces this one function without touching model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+MAP_NAMES = ("vfm", "agt", "fused")
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """Which attention maps a forward pass should hand back, and how much of them.
+
+    names: subset of {"vfm", "agt", "fused"} (C_VFM, C_AGT, C_F).
+    rows: None for full maps (B, H, N, N); k for only the first k query rows (B, H, k, N), e.g. k=1 for the
+        class-token row that the alignment loss reads. Rows alone are cheap even where full maps are not.
+    """
+
+    names: frozenset[str]
+    rows: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.names) - set(MAP_NAMES)
+        if unknown:
+            raise ValueError(
+                f"MapRequest.names: unknown map(s) {sorted(unknown)}; expected a subset of {MAP_NAMES}"
+            )
+        if self.rows is not None and self.rows < 1:
+            raise ValueError(f"MapRequest.rows must be None or >= 1, got {self.rows}")
+
+    @classmethod
+    def of(cls, *names: str, rows: int | None = None) -> MapRequest:
+        return cls(frozenset(names), rows)
+
+
+class GateWeights(NamedTuple):
+    """Parameters of the gated control network's FFN (Eq. 5), applied at every query-key pair.
+
+    w1: (E, 2H), b1: (E,), w2: (2H, E), b2: (2H,), with H heads and hidden width E.
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+
+
+def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float, attn_mask: torch.Tensor | None):
+    """(B, H, M, d) x (B, H, N, d) -> (B, H, M, N) scaled scores, mask added (bool: True = attend)."""
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if attn_mask is None:
+        return logits
+    if attn_mask.dtype == torch.bool:
+        return logits.masked_fill(~attn_mask, float("-inf"))
+    return logits + attn_mask
+
+
+def gate_values(
+    c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 5: [g1, g2] = sigmoid(FFN([C_AGT; C_VFM])), one FFN evaluation per query-key pair.
+
+    Reading of Eq. 5 implemented here: the concatenation is along the head axis, and the FFN runs pointwise
+    over (i, j): its input is the 2H values C_AGT[h, i, j], C_VFM[h, i, j] of all heads, its output the 2H
+    gates g1[h, i, j], g2[h, i, j]. Why: Eq. 6 multiplies the gates element-wise with maps of C's shape, so
+    the gate must give one value per head and pair; an FFN across the key axis would tie the network to one
+    token count (DETR's varies with the image), while mixing heads lets one head's evidence gate another.
+
+    The maps are multiplied by the key count N before the FFN, so that a uniform row reads 1 whatever N is
+    (probabilities ~1/N would otherwise leave the FFN's input near zero and the gate near-constant). This is a
+    fixed rescaling of the first layer's weights and does not change the function class.
+
+    c_agt, c_vfm: (B, H, M, N) -> g1, g2: (B, H, M, N), each in (0, 1).
+    """
+    heads, keys = c_agt.shape[1], c_agt.shape[-1]
+    x = torch.cat([c_agt, c_vfm], dim=1).mul(keys).movedim(1, -1)  # (B, M, N, 2H)
+    g = torch.sigmoid(F.linear(F.gelu(F.linear(x, gate.w1, gate.b1)), gate.w2, gate.b2)).movedim(-1, 1)
+    return g[:, :heads], g[:, heads:]
+
+
+def interaction_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_int: torch.Tensor | None = None,
+    gate: GateWeights | None = None,
+    request: MapRequest | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Interaction attention, paper Eq. 3-9 (reference implementation, any device).
+
+    C_VFM = softmax(q k^T * scale)                    (Eq. 3, original queries)
+    C_AGT = softmax(q_int k^T * scale)                (Eq. 4, interaction queries)
+    C_F   = g1 * C_AGT + g2 * C_VFM                   (Eq. 5-6, gates from `gate`; g1 = g2 = 1/2 when None)
+    out   = C_F v                                     (Eq. 8-9; the block's projection + MLP follow outside)
+
+    q, k, v, q_int: (B, H, N, d). Without q_int the layer is plain attention (C_F = C_VFM) and runs through
+    PyTorch's fused SDPA. attn_mask: broadcastable to (B, H, N, N), bool (True = attend) or additive.
+    dropout_p: dropout on C_F (timm's attn_drop), only pass it while training.
+
+    Returns out (B, H, N, d) and the requested maps {name: (B, H, R, N)} (R = N or request.rows), nothing else.
+    """
+    names = request.names if request is not None else frozenset()
+    rows = request.rows if request is not None else None
+    if gate is not None and q_int is None:
+        raise ValueError(
+            "the gated control network needs interaction queries (q_int); got gate without q_int"
+        )
+
+    if q_int is None:
+        return _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p)
+
+    c_vfm = torch.softmax(attention_logits(q, k, scale, attn_mask), dim=-1)
+    c_agt = torch.softmax(attention_logits(q_int, k, scale, attn_mask), dim=-1)
+    if gate is None:
+        c_f = 0.5 * (c_agt + c_vfm)
+    else:
+        g1, g2 = gate_values(c_agt, c_vfm, gate)
+        c_f = g1 * c_agt + g2 * c_vfm
+    out = F.dropout(c_f, dropout_p) @ v if dropout_p > 0 else c_f @ v
+    full = {"vfm": c_vfm, "agt": c_agt, "fused": c_f}
+    return out, {name: _take_rows(full[name], rows) for name in names}
+
+
+def _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p):
+    """C_F = C_VFM. Fused SDPA for the output; maps (only C_VFM exists) computed only when asked."""
+    if names - {"vfm"}:
+        raise ValueError(f"maps {sorted(names - {'vfm'})} need interaction queries, which this layer has not")
+    if names and rows is None:  # full map asked for: materialise it once and reuse it for the output
+        c_vfm = torch.softmax(attention_logits(q, k, scale, attn_mask), dim=-1)
+        out = F.dropout(c_vfm, dropout_p) @ v if dropout_p > 0 else c_vfm @ v
+        return out, {"vfm": c_vfm}
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    if not names:
+        return out, {}
+    row_mask = None if attn_mask is None else _take_rows(attn_mask.expand(*q.shape[:2], -1, k.shape[2]), rows)
+    return out, {"vfm": torch.softmax(attention_logits(q[:, :, :rows], k, scale, row_mask), dim=-1)}
+
+
+def _take_rows(m: torch.Tensor, rows: int | None) -> torch.Tensor:
+    return m if rows is None else m[:, :, :rows]

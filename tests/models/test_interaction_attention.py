@@ -1,0 +1,117 @@
+"""The math of interaction attention (Eq. 3-9) against an independent float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lfi.models.gate import GatedControl
+from lfi.models.interaction_attention import GateWeights, MapRequest, interaction_attention
+
+
+def reference(q, k, v, scale, q_int, gate: GateWeights | None, mask=None):
+    """Eq. 3-9 written out loop-free in float64, from the paper's text."""
+    q, k, v, q_int = (t.double() for t in (q, k, v, q_int))
+    s_vfm, s_agt = q @ k.transpose(-1, -2) * scale, q_int @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        s_vfm, s_agt = s_vfm.masked_fill(~mask, -torch.inf), s_agt.masked_fill(~mask, -torch.inf)
+    c_vfm, c_agt = s_vfm.softmax(-1), s_agt.softmax(-1)
+    if gate is None:
+        g1 = g2 = torch.full_like(c_vfm, 0.5)
+    else:
+        heads, n = c_vfm.shape[1], c_vfm.shape[-1]
+        x = torch.cat([c_agt, c_vfm], 1).permute(0, 2, 3, 1) * n  # (B, N, N, 2H): one FFN input per pair
+        w1, b1, w2, b2 = (t.double() for t in gate)
+        hidden = torch.nn.functional.gelu(x @ w1.T + b1)
+        g = torch.sigmoid(hidden @ w2.T + b2).permute(0, 3, 1, 2)
+        g1, g2 = g[:, :heads], g[:, heads:]
+    c_f = g1 * c_agt + g2 * c_vfm
+    return c_f @ v.double(), {"vfm": c_vfm, "agt": c_agt, "fused": c_f}
+
+
+def random_gate(heads: int, hidden: int = 8) -> GateWeights:
+    g = GatedControl(heads, hidden)
+    torch.nn.init.normal_(g.fc2.weight, std=0.5)
+    torch.nn.init.normal_(g.fc2.bias, std=0.5)
+    return g.weights()
+
+
+@pytest.mark.parametrize("heads,n,d", [(3, 17, 8), (6, 50, 16)])
+@pytest.mark.parametrize("with_gate", [False, True])
+def test_matches_float64_reference(heads, n, d, with_gate):
+    q, k, v, q_int = torch.randn(4, 2, heads, n, d).unbind(0)
+    gate = random_gate(heads) if with_gate else None
+    out, maps = interaction_attention(
+        q, k, v, d**-0.5, q_int=q_int, gate=gate, request=MapRequest.of("vfm", "agt", "fused")
+    )
+    ref_out, ref_maps = reference(q, k, v, d**-0.5, q_int, gate)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
+    for name in ("vfm", "agt", "fused"):
+        torch.testing.assert_close(maps[name].double(), ref_maps[name], atol=1e-6, rtol=1e-4)
+
+
+def test_gradients_match_finite_differences():
+    q, k, v, q_int = (t.double().requires_grad_() for t in torch.randn(4, 1, 2, 5, 3).unbind(0))
+    w = [t.detach().double().requires_grad_() for t in random_gate(2, 4)]
+
+    def f(q, k, v, q_int, *gate):
+        out, maps = interaction_attention(
+            q, k, v, 0.5, q_int=q_int, gate=GateWeights(*gate), request=MapRequest.of("agt", rows=1)
+        )
+        return out, maps["agt"]
+
+    assert torch.autograd.gradcheck(f, (q, k, v, q_int, *w))
+
+
+def test_fresh_gate_gives_halves_and_copy_gives_original_attention():
+    q, k, v = torch.randn(3, 2, 4, 9, 8).unbind(0)
+    gate = GatedControl(4).weights()
+    out, maps = interaction_attention(
+        q, k, v, 8**-0.5, q_int=q.clone(), gate=gate, request=MapRequest.of("fused")
+    )
+    plain, _ = interaction_attention(q, k, v, 8**-0.5)
+    torch.testing.assert_close(out, plain, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(maps["fused"], (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1))
+
+
+def test_rows_are_the_first_rows_of_the_full_maps():
+    q, k, v, q_int = torch.randn(4, 2, 3, 11, 8).unbind(0)
+    gate = random_gate(3)
+    _, full = interaction_attention(q, k, v, 0.3, q_int, gate, MapRequest.of("vfm", "agt", "fused"))
+    _, rows = interaction_attention(q, k, v, 0.3, q_int, gate, MapRequest.of("vfm", "agt", "fused", rows=2))
+    for name in full:
+        torch.testing.assert_close(rows[name], full[name][:, :, :2])
+    _, plain_full = interaction_attention(q, k, v, 0.3, request=MapRequest.of("vfm"))
+    _, plain_rows = interaction_attention(q, k, v, 0.3, request=MapRequest.of("vfm", rows=1))
+    torch.testing.assert_close(plain_rows["vfm"], plain_full["vfm"][:, :, :1])
+
+
+def test_only_requested_maps_come_back():
+    q, k, v, q_int = torch.randn(4, 1, 2, 6, 4).unbind(0)
+    assert interaction_attention(q, k, v, 0.5, q_int)[1] == {}
+    assert set(interaction_attention(q, k, v, 0.5, q_int, request=MapRequest.of("agt"))[1]) == {"agt"}
+
+
+def test_key_padding_mask_gets_no_attention():
+    q, k, v, q_int = torch.randn(4, 2, 3, 7, 4).unbind(0)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False  # the second image's last two tokens are padding
+    gate = random_gate(3)
+    out, maps = interaction_attention(q, k, v, 0.5, q_int, gate, MapRequest.of("vfm", "agt", "fused"), mask)
+    ref_out, _ = reference(q, k, v, 0.5, q_int, gate, mask)
+    for name in ("vfm", "agt", "fused"):
+        assert maps[name][1, ..., 5:].abs().max() == 0
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
+    plain, _ = interaction_attention(q, k, v, 0.5, attn_mask=mask, request=MapRequest.of("vfm", rows=1))
+    explicit, _ = interaction_attention(q, k, v, 0.5, attn_mask=mask, request=MapRequest.of("vfm"))
+    torch.testing.assert_close(plain, explicit, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_requests_are_refused():
+    q, k, v = torch.randn(3, 1, 2, 6, 4).unbind(0)
+    with pytest.raises(ValueError, match="unknown map"):
+        MapRequest.of("cvfm")
+    with pytest.raises(ValueError, match="need interaction queries"):
+        interaction_attention(q, k, v, 0.5, request=MapRequest.of("agt"))
+    with pytest.raises(ValueError, match="gated control network needs interaction queries"):
+        interaction_attention(q, k, v, 0.5, gate=GatedControl(2).weights())
