@@ -7,7 +7,18 @@ import importlib
 import sys
 
 # Modules that add sub-commands through `register(subparsers)`, in the order of the data flow.
-COMMAND_MODULES = ("lfi.models.cli",)
+COMMAND_MODULES = (
+    "lfi.extract.cli",  # extract, store
+    "lfi.models.cli",  # params
+    "lfi.train.cli",  # train
+    "lfi.train.detection",  # train-det, eval-det
+    "lfi.evaluate.cli",  # eval
+    "lfi.evaluate.human_cli",  # eval-human
+    "lfi.show.viz",  # viz
+    "lfi.show.curves",  # curves
+    "lfi.show.report",  # report
+    "lfi.demo.cli",  # demo
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

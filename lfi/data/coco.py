@@ -1,0 +1,127 @@
+"""COCO instances (boxes, polygon/RLE masks) from ``coco_tiny.zip``, a full COCO folder, or their zips.
+
+Layout: ``annotations/instances_<split>2017.json`` and ``<split>2017/<file_name>`` (inside ``coco_tiny/`` for
+the zip). A sample is a dict:
+    image      tv_tensors.Image uint8 (3, H, W) RGB
+    boxes      tv_tensors.BoundingBoxes XYXY absolute, canvas (H, W); shape (K, 4)
+    labels     int64 (K,): contiguous labels 0..C-1, categories in ascending COCO id (`coco_ids[label]`)
+    iscrowd    int64 (K,)
+    masks      tv_tensors.Mask uint8 (K, H, W), only with return_masks=True
+    image_id   int (the COCO image id, for pycocotools evaluation)
+    relpath    e.g. 'val2017/000000532481.jpg'
+    key        lfi.extract.store.image_key(relpath, data)
+    data       raw bytes, only with return_bytes=True
+
+Crowd annotations (iscrowd=1: one RLE region covering a group of objects) are dropped by default
+(crowd='drop'), as DETR training does: they are not instances, and pycocotools' COCOeval reads them from the
+ground-truth json itself to ignore detections inside them. crowd='keep' returns them with iscrowd=1.
+Boxes are clamped to the image; boxes of zero width or height after clamping are dropped with their masks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from lfi.data.base import decode_rgb, make_boxes
+from lfi.data.source import open_source
+from lfi.extract.store import image_key
+
+SPLITS = ("train", "val")
+CROWD = ("drop", "keep")
+
+
+class CocoDetection(Dataset):
+    """COCO-2017-format instances of `split` ('train' or 'val').
+
+    root: the folder holding ``coco_tiny.zip`` (or the shared data root), the zip itself, or an extracted
+    folder containing ``annotations/`` (``coco_tiny/`` or a full COCO folder).
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        split: str = "val",
+        return_masks: bool = False,
+        crowd: str = "drop",
+        return_bytes: bool = False,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"COCO split must be one of {SPLITS}, got {split!r}")
+        if crowd not in CROWD:
+            raise ValueError(f"crowd must be one of {CROWD}, got {crowd!r}")
+        self.source = open_source(root, "coco_tiny", "coco_tiny*.zip", "annotations")
+        ann_rel = f"annotations/instances_{split}2017.json"
+        try:
+            dataset = json.loads(self.source.read(ann_rel))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.source.describe()}:{ann_rel}: not valid JSON ({e})") from e
+        for field in ("images", "annotations", "categories"):
+            if field not in dataset:
+                raise ValueError(f"{self.source.describe()}:{ann_rel}: missing top-level field {field!r}")
+        self.coco = COCO()
+        self.coco.dataset = dataset
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
+            self.coco.createIndex()
+        self.coco_ids = sorted(self.coco.getCatIds())
+        self.label_of = {cid: i for i, cid in enumerate(self.coco_ids)}
+        self.classes = [self.coco.cats[cid]["name"] for cid in self.coco_ids]
+        self.image_ids = sorted(self.coco.getImgIds())
+        self.split = split
+        self.return_masks = return_masks
+        self.crowd = crowd
+        self.return_bytes = return_bytes
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        relpath = f"{self.split}2017/{info['file_name']}"
+        data = self.source.read(relpath)
+        image = decode_rgb(data, f"{self.source.describe()}:{relpath}")
+        h, w = image.shape[-2:]
+        if (info["height"], info["width"]) != (h, w):
+            raise ValueError(
+                f"{relpath}: annotations say {info['height']}x{info['width']} (HxW), the file is {h}x{w}"
+            )
+        anns = self.coco.imgToAnns.get(image_id, [])
+        if self.crowd == "drop":
+            anns = [a for a in anns if not a.get("iscrowd", 0)]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
+        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+        keep = ((xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])).tolist()
+        anns = [a for a, k in zip(anns, keep, strict=True) if k]
+        sample = {
+            "image": image,
+            "boxes": make_boxes(xyxy[torch.tensor(keep, dtype=torch.bool)], h, w),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
+            "image_id": image_id,
+            "relpath": relpath,
+            "key": image_key(relpath, data),
+        }
+        if self.return_masks:
+            sample["masks"] = self._masks(anns, h, w)
+        if self.return_bytes:
+            sample["data"] = data
+        return sample
+
+    def _masks(self, anns: list[dict], h: int, w: int) -> tv_tensors.Mask:
+        """Polygons / RLE (compressed or not) -> Mask uint8 (K, H, W), through pycocotools."""
+        masks = np.zeros((len(anns), h, w), dtype=np.uint8)
+        for i, a in enumerate(anns):
+            masks[i] = mask_utils.decode(self.coco.annToRLE(a))
+        return tv_tensors.Mask(torch.from_numpy(masks))

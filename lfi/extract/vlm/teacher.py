@@ -1,0 +1,302 @@
+"""The LLaVA-family teacher: C_fore and C_back from a VLM's answer-to-image attention (paper Eq. 10-12).
+
+One teacher-forced forward per batch: the chat template renders the task prompt (Sec. 4.2) and the answer
+``{foreground: [class], background: [w1, ...]}`` (dense: ``{objects: [o1, ..., oK], background: [...]}``,
+with the K boxes drawn on the image). For the chosen decoder layers, the attention of the answer tokens of
+each foreground entry and of the background words to the image tokens is captured
+(`capture.AttentionCapture`),
+averaged over layers, heads and the entry's tokens, mapped back onto the original image (`geometry`) and
+L1-normalised per entry. fore = sum over entries (K = 1 for classification; Eq. 12), back = the background
+words' map. Eq. 11/12 itself is applied by the extraction loop (`lfi.extract.teacher.apply_contrast`).
+
+Why per-entry normalisation: LLaVA puts most attention on the first tokens (an attention sink), and how much
+of a word's attention reaches the image varies by word; normalising compares *where* fore and back look.
+
+Default layers: layer 14 of LLaVA-1.5-7B's 32 (the same relative depth, 14/32, for other depths), mean over
+heads: public work on LLaVA-1.5-7B attention finds the middle layers localise objects best (early layers
+attend by position, late layers mostly to sink tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from itertools import chain
+from typing import Any, Literal
+
+import torch
+import transformers
+from PIL import Image
+from torchvision.transforms.functional import to_pil_image
+
+from lfi.extract.teacher import Sample, Teacher, TeacherOutput
+from lfi.extract.vlm.capture import AttentionCapture, decoder_layers, layers_up_to
+from lfi.extract.vlm.geometry import draw_boxes, expand_to_square, unpad_map
+from lfi.extract.vlm.loader import DEFAULT_CHECKPOINT, load_llava
+from lfi.extract.vlm.prompts import (
+    DEFAULT_BACKGROUND_WORDS,
+    TASKS,
+    Answer,
+    Task,
+    answer_prefix,
+    check_word,
+    conversation,
+    format_answer,
+    parse_background,
+    task_prompt,
+)
+from lfi.extract.vlm.tokens import (
+    check_image_offsets,
+    expanded_text,
+    image_positions,
+    locate,
+    pad_rows,
+    token_rows,
+)
+
+BackgroundMode = Literal["fixed", "generate"]
+
+
+def default_layers(num_layers: int) -> tuple[int, ...]:
+    """Layer 14 for LLaVA-1.5-7B's 32 decoder layers; the same relative depth for other depths."""
+    return (num_layers * 14 // 32,)
+
+
+class LlavaTeacher(Teacher):
+    """C_fore / C_back from a LLaVA-family model (`LlavaForConditionalGeneration` + its processor).
+
+    model: loaded with ``attn_implementation="lfi_capture"`` (see `load_llava`). task: "classification"
+    (uses sample["class_name"]) or "dense" (sample["boxes"] (K, 4) XYXY pixels, drawn on the image, and
+    optional sample["box_names"], K names, else class_name for every box).
+    layers / heads: decoder layers and heads averaged (None: `default_layers`, all heads).
+    background_mode: "fixed" teacher-forces `background_words`; "generate" lets the VLM write the background
+    list after the forced foreground part (greedy, at most `max_new_tokens`), then teacher-forces the whole
+    answer. If it writes no usable word, `background_words` are used and the image's info says so.
+    cut_layers: run only the decoder layers up to the last captured one (exact; see `layers_up_to`).
+    checkpoint / revision: recorded in `metadata`.
+    """
+
+    name = "llava"
+
+    def __init__(
+        self,
+        model: transformers.LlavaForConditionalGeneration,
+        processor: transformers.ProcessorMixin,
+        *,
+        task: Task = "classification",
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        background_words: Sequence[str] = DEFAULT_BACKGROUND_WORDS,
+        background_mode: BackgroundMode = "fixed",
+        max_background_words: int = 5,
+        max_new_tokens: int = 24,
+        cut_layers: bool = True,
+        checkpoint: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if background_mode not in ("fixed", "generate"):
+            raise ValueError(f"background_mode must be 'fixed' or 'generate', got {background_mode!r}")
+        if not getattr(processor.tokenizer, "is_fast", False):
+            raise ValueError(
+                "the processor's tokenizer must be a fast tokenizer (offsets locate the answer words)"
+            )
+        vision = model.config.vision_config
+        if model.config.vision_feature_select_strategy != "default":
+            raise ValueError(
+                "vision_feature_select_strategy must be 'default' (patch tokens only, a square grid), got "
+                f"{model.config.vision_feature_select_strategy!r}"
+            )
+        side = vision.image_size // vision.patch_size
+        self.grid = (side, side)
+        self.model, self.processor = model, processor
+        self.task, self.background_mode = task, background_mode
+        self.background_words = tuple(check_word(w, "background_words[]") for w in background_words)
+        if not self.background_words:
+            raise ValueError("background_words must hold at least one word")
+        self.max_background_words, self.max_new_tokens = max_background_words, max_new_tokens
+        self.layers = tuple(layers) if layers is not None else default_layers(len(decoder_layers(model)))
+        self.heads = None if heads is None else tuple(heads)
+        self.capture = AttentionCapture(model, self.layers, self.heads)
+        self.cut_layers = cut_layers
+        self.checkpoint = checkpoint or getattr(model.config, "_name_or_path", "") or "<in-memory model>"
+        self.revision = revision
+        # The hub commit the weights came from (None for a local folder or an in-memory model).
+        self.commit = getattr(model.config, "_commit_hash", None)
+        # expand2square in LLaVA-1.5 fills with the processor's mean colour (as int(255 * mean)).
+        self.fill = tuple(int(255 * m) for m in processor.image_processor.image_mean)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        revision: str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> LlavaTeacher:
+        """Load with `load_llava` (bf16 on CUDA) and build the teacher; options go to `__init__`."""
+        model, processor = load_llava(
+            checkpoint, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        return cls(model, processor, checkpoint=checkpoint, revision=revision, **options)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            **super().metadata(),
+            "checkpoint": self.checkpoint,
+            "revision": self.revision,
+            "commit": self.commit,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "task": self.task,
+            "prompt": task_prompt(self.task, ["{tgt_obj}"]),
+            "answer": format_answer(self.task, ["{class}"], ["{background}"]).text,
+            "background_mode": self.background_mode,
+            "background_words": list(self.background_words),
+            "layers": list(self.layers),
+            "heads": "all" if self.heads is None else list(self.heads),
+            "reduction": "mean over layers, heads and each entry's tokens; each entry L1-normalised",
+            "geometry": "expand-to-square (mean colour) undone: the grid spans the original image",
+            "transformers": transformers.__version__,
+        }
+
+    def __call__(self, batch: Sequence[Sample]) -> TeacherOutput:
+        """fore/back (B, *grid) float32 on CPU; info per image: prompt, answer, background source."""
+        n = len(batch)
+        fore = torch.zeros(n, *self.grid)
+        back = torch.zeros(n, *self.grid)
+        info: list[dict[str, Any]] = [{} for _ in range(n)]
+        todo, squares, sizes, words, prompts = [], [], [], [], []
+        for i, sample in enumerate(batch):
+            image, names = self._visual_prompt(sample, i)
+            info[i] = {"instances": len(names)}
+            if not names:  # dense image without boxes: nothing to attend to, an all-zero (invalid) map
+                continue
+            todo.append(i)
+            squares.append(expand_to_square(image, self.fill))
+            sizes.append((image.height, image.width))
+            words.append(names)
+            prompts.append(task_prompt(self.task, names))
+        if not todo:
+            return TeacherOutput(fore=fore, back=back, info=info)
+        backgrounds, sources = self._backgrounds(squares, prompts, words)
+        answers = [format_answer(self.task, w, bg) for w, bg in zip(words, backgrounds, strict=True)]
+        maps = self._maps(squares, prompts, answers)
+        for j, i in enumerate(todo):
+            per_entry = unpad_map(maps[j], sizes[j], self.grid)  # (K + 1, h, w)
+            fore[i], back[i] = per_entry[:-1].sum(0), per_entry[-1]
+            info[i].update(prompt=prompts[j], answer=answers[j].text, background_source=sources[j])
+        return TeacherOutput(fore=fore, back=back, info=info)
+
+    def _visual_prompt(self, sample: Sample, index: int) -> tuple[Image.Image, list[str]]:
+        """The image the VLM sees (dense: boxes drawn) and the foreground entries' names."""
+        image = sample["image"]
+        if isinstance(image, torch.Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"batch[{index}]['image'] must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}"
+                )
+            image = to_pil_image(image)
+        image = image.convert("RGB")
+        if self.task == "classification":
+            return image, [self._class_name(sample, index)]
+        boxes = sample.get("boxes")
+        if boxes is None or boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"batch[{index}]['boxes'] must be a (K, 4) XYXY tensor for task='dense'")
+        names = sample.get("box_names") or [self._class_name(sample, index)] * len(boxes)
+        if len(names) != len(boxes):
+            raise ValueError(f"batch[{index}]['box_names'] has {len(names)} names for {len(boxes)} boxes")
+        names = [check_word(w, f"batch[{index}]['box_names'][]") for w in names]
+        return (draw_boxes(image, boxes.tolist()) if len(boxes) else image), names
+
+    @staticmethod
+    def _class_name(sample: Sample, index: int) -> str:
+        if "class_name" not in sample:
+            raise ValueError(f"batch[{index}] needs 'class_name' (a readable name the VLM answers with)")
+        return check_word(sample["class_name"], f"batch[{index}]['class_name']")
+
+    def _device_inputs(self, enc: transformers.BatchFeature) -> dict[str, torch.Tensor]:
+        param = next(self.model.parameters())
+        return {
+            "input_ids": enc["input_ids"].to(param.device),
+            "pixel_values": enc["pixel_values"].to(param.device, param.dtype),
+        }
+
+    def _backgrounds(
+        self, squares: list[Image.Image], prompts: list[str], words: list[list[str]]
+    ) -> tuple[list[tuple[str, ...]], list[str]]:
+        """Background words per image, and their source: "fixed", "generated" or "fixed: none generated"."""
+        if self.background_mode == "fixed":
+            return [self.background_words] * len(squares), ["fixed"] * len(squares)
+        texts = []
+        for prompt, names in zip(prompts, words, strict=True):
+            prefix, _ = answer_prefix(self.task, names)
+            rendered = self.processor.apply_chat_template(conversation(prompt, prefix), tokenize=False)
+            texts.append(rendered[: locate(rendered, prefix) + len(prefix)])
+        # Generation appends after the last token, so pad on the left and pass the mask.
+        enc = self.processor(
+            text=texts, images=squares, padding=True, padding_side="left", return_tensors="pt"
+        )
+        inputs = self._device_inputs(enc)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                attention_mask=enc["attention_mask"].to(inputs["input_ids"].device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+            )
+        generated = self.processor.tokenizer.batch_decode(
+            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        result, sources = [], []
+        for text in generated:
+            found = parse_background(text, self.max_background_words)
+            result.append(tuple(found) if found else self.background_words)
+            sources.append("generated" if found else "fixed: none generated")
+        return result, sources
+
+    def _maps(
+        self, squares: list[Image.Image], prompts: list[str], answers: list[Answer]
+    ) -> list[torch.Tensor]:
+        """One forward for the batch -> per image (K + 1, G, G) float32: K foreground entries, background."""
+        texts = [
+            self.processor.apply_chat_template(conversation(p, a.text), tokenize=False)
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        # Right padding needs no attention mask: with causal attention no real token sees the pads after it,
+        # so each sequence is computed exactly as alone, and SDPA keeps its fast causal kernel.
+        enc = self.processor(
+            text=texts,
+            images=squares,
+            padding=True,
+            padding_side="right",
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
+        n_image = self.grid[0] * self.grid[1]
+        columns = image_positions(enc["input_ids"], self.model.config.image_token_id, n_image)
+        groups = []
+        for b, (text, answer) in enumerate(zip(texts, answers, strict=True)):
+            full = expanded_text(text, self.processor.image_token, n_image)
+            offsets = enc["offset_mapping"][b]
+            check_image_offsets(full, offsets, columns[b], self.processor.image_token)
+            at = locate(full, answer.text)
+            fore = [token_rows(offsets, (at + s, at + e)) for s, e in answer.fore]
+            back = sorted(
+                set(chain.from_iterable(token_rows(offsets, (at + s, at + e)) for s, e in answer.back))
+            )
+            groups.append([*fore, back])
+        rows = pad_rows([list(chain.from_iterable(g)) for g in groups])
+        cut = layers_up_to(self.model, max(self.layers)) if self.cut_layers else nullcontext()
+        with torch.inference_mode(), self.capture.capturing(rows, columns) as captured, cut:
+            self.model.model(**self._device_inputs(enc), use_cache=False)
+        att = torch.stack([captured[i] for i in self.layers]).mean(dim=(0, 2)).cpu()  # (B, R, N)
+        maps = []
+        for b, entries in enumerate(groups):
+            starts = [0, *torch.tensor([len(e) for e in entries]).cumsum(0).tolist()]
+            per = [att[b, starts[k] : starts[k + 1]].mean(0) for k in range(len(entries))]
+            maps.append(torch.stack(per).reshape(len(entries), *self.grid))
+        return maps

@@ -1,0 +1,305 @@
+"""I-DETR: interaction attention in the transformer encoder of Hugging Face DETR models (paper Sec. 5.3).
+
+`interactionize_detr(model, config)` converts a `DetrForObjectDetection`, `DetrForSegmentation` or
+`ConditionalDetrForObjectDetection` (random init or a user's weights) into an `InteractionDETR`. The
+self-attention of the chosen encoder layers is replaced by `DetrInteractionAttention`, which takes over the
+layer's own q/k/v/o projections, adds one query projection P'_q (a copy of q_proj) and a gated control
+network, and calls `lfi.models.interaction_attention` (the only place holding Eq. 3-9). Freshly converted,
+the model computes what the original computed. The decoder and heads are untouched.
+
+Encoder tokens are the cells of the backbone's last feature map (stride 32 for ResNets), row-major; the
+padding of a batch (pixel_mask = 0) is masked out of the keys exactly as HF masks it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from lfi.models.gate import GatedControl
+from lfi.models.interaction_attention import MapRequest, interaction_attention
+
+Constraint = Literal["interaction", "original", "none"]
+
+#: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_original).
+HEAD_NAMES = ("class_labels_classifier", "bbox_predictor", "mask_head", "bbox_attention")
+
+
+@dataclass(frozen=True)
+class IDETRConfig:
+    """How a DETR is converted; the switches mirror `lfi.models.IViTConfig`.
+
+    layers: encoder layer indices to convert; None = all.
+    interaction_queries: add P'_q and C_AGT. False keeps the layer plain (C_F = C_VFM), for ablations.
+    gated_control: fuse C_AGT and C_VFM with the gate (Eq. 5-6); False uses the fixed mean.
+    constraint: which map the dense alignment supervises: "interaction" (C_AGT), "original" (C_VFM), "none".
+    align_layers: converted layers whose maps the loss reads; None = the deeper half of the converted layers
+        (as in I-ViT: early encoder layers mix local context, the object-level grouping C_VLM describes
+        forms later).
+    freeze_original: train only P'_q, the gates and the task heads (paper 5.1.2, fine-tuning a trained
+        DETR); False trains everything (Table 7, from scratch). HF's own backbone freezing (stem and first
+        stage of a ResNet) is left as HF sets it.
+    gate_hidden: hidden width of the gate's FFN.
+    """
+
+    layers: tuple[int, ...] | None = None
+    interaction_queries: bool = True
+    gated_control: bool = True
+    constraint: Constraint = "interaction"
+    align_layers: tuple[int, ...] | None = None
+    freeze_original: bool = False
+    gate_hidden: int = 8
+
+    def __post_init__(self) -> None:
+        if self.constraint not in ("interaction", "original", "none"):
+            raise ValueError(
+                f"constraint must be 'interaction', 'original' or 'none', got {self.constraint!r}"
+            )
+        if self.gated_control and not self.interaction_queries:
+            raise ValueError(
+                "gated_control=True needs interaction_queries=True (the gate fuses C_AGT and C_VFM)"
+            )
+        if self.constraint == "interaction" and not self.interaction_queries:
+            raise ValueError(
+                "constraint='interaction' needs interaction_queries=True; use 'original' or 'none'"
+            )
+
+    @property
+    def supervised_map(self) -> str | None:
+        return {"interaction": "agt", "original": "vfm", "none": None}[self.constraint]
+
+
+class DetrInteractionAttention(nn.Module):
+    """Drop-in for HF `DetrSelfAttention` / `ConditionalDetrSelfAttention` computing interaction attention.
+
+    As in HF, position embeddings are added to the input of the queries and keys, not of the values; the
+    interaction queries read the same position-augmented input as the original queries (P'_q starts as a
+    copy of q_proj). Same parameter names as HF for the original projections, so state dicts still load.
+    """
+
+    def __init__(self, attn: nn.Module, interaction_queries: bool, gated_control: bool, gate_hidden: int):
+        super().__init__()
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"):
+            if not hasattr(attn, name):
+                raise TypeError(
+                    f"{type(attn).__name__} has no '{name}': expected an HF DETR self-attention with "
+                    "q_proj/k_proj/v_proj/o_proj (transformers >= 5)"
+                )
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
+            attn.q_proj,
+            attn.k_proj,
+            attn.v_proj,
+            attn.o_proj,
+        )
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.num_heads = attn.q_proj.out_features // attn.head_dim
+        self.attention_dropout = float(getattr(attn, "attention_dropout", 0.0))
+        self.iq = copy.deepcopy(attn.q_proj) if interaction_queries else None
+        self.control = GatedControl(self.num_heads, gate_hidden) if gated_control else None
+        self.request: MapRequest | None = None
+        self.maps: dict[str, torch.Tensor] = {}
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, N, H*d) -> (B, H, N, d)."""
+        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    @staticmethod
+    def _key_mask(attention_mask: Any) -> torch.Tensor | None:
+        """HF's encoder mask -> something `interaction_attention` broadcasts to (B, H, N, N).
+
+        4-D (B, 1, N, N) masks (eager: additive, sdpa: bool) pass as they are; a 2-D (B, N) padding mask
+        (1 = real token, as flash-attention implementations receive it) becomes a bool key mask (B, 1, 1, N).
+        """
+        if attention_mask is None:
+            return None
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(
+                f"encoder attention mask of type {type(attention_mask).__name__} is not supported by interaction "
+                "attention; load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        if attention_mask.dim() == 2:
+            return attention_mask.bool()[:, None, None, :]
+        if attention_mask.dim() == 4:
+            return attention_mask
+        raise ValueError(
+            f"encoder attention mask: expected (B, N) or (B, 1, N, N), got {tuple(attention_mask.shape)}"
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        """hidden_states, position_embeddings: (B, N, C) -> ((B, N, C), None). Maps land in `self.maps`."""
+        qk_input = hidden_states if position_embeddings is None else hidden_states + position_embeddings
+        q = self._heads(self.q_proj(qk_input))
+        k = self._heads(self.k_proj(qk_input))
+        v = self._heads(self.v_proj(hidden_states))
+        q_int = self._heads(self.iq(qk_input)) if self.iq is not None else None
+        out, self.maps = interaction_attention(
+            q, k, v, self.scaling,
+            q_int=q_int,
+            gate=self.control.weights() if self.control is not None else None,
+            request=self.request,
+            attn_mask=self._key_mask(attention_mask),
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # fmt: skip
+        out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
+        # None in place of HF's attention weights: the maps are read through `request`, not output_attentions.
+        return self.o_proj(out), None
+
+
+class IDETROutput(NamedTuple):
+    """outputs: the HF model's output (logits, pred_boxes, pred_masks, loss, ...).
+
+    maps: {layer: {map name: (B, H, R, N)}} of the request; N = gh * gw encoder tokens, row-major.
+    grid_mask: (B, gh, gw) bool, True on tokens over real image (False on batch padding), as HF computes it.
+    """
+
+    outputs: Any
+    maps: dict[int, dict[str, torch.Tensor]]
+    grid_mask: torch.Tensor
+
+
+def _detr_core(model: nn.Module) -> nn.Module:
+    """The DetrModel / ConditionalDetrModel inside a task model: the module holding backbone and encoder."""
+    for module in model.modules():
+        if hasattr(module, "backbone") and hasattr(getattr(module, "encoder", None), "layers"):
+            return module
+    raise TypeError(
+        f"{type(model).__name__}: no submodule with a 'backbone' and an 'encoder.layers'; expected an HF "
+        "DetrForObjectDetection, DetrForSegmentation or ConditionalDetrForObjectDetection"
+    )
+
+
+class InteractionDETR(nn.Module):
+    """An HF DETR with interaction attention in the chosen encoder layers. `self.detr` is the HF model.
+
+    forward(**hf_inputs) -> the HF output, exactly as the HF model (loss when `labels` are given).
+    forward(..., request=MapRequest) -> IDETROutput with the encoder maps of that single pass.
+    """
+
+    def __init__(self, detr: nn.Module, config: IDETRConfig) -> None:
+        super().__init__()
+        self.detr, self.config = detr, config
+        self.core = _detr_core(detr)
+        encoder_layers = self.core.encoder.layers
+        depth = len(encoder_layers)
+        layers = config.layers if config.layers is not None else tuple(range(depth))
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"IDETRConfig.layers: {bad} out of range for an encoder of {depth} layers")
+        self.converted = tuple(sorted({i % depth for i in layers}))
+        for i in self.converted:
+            encoder_layers[i].self_attn = DetrInteractionAttention(
+                encoder_layers[i].self_attn,
+                config.interaction_queries,
+                config.gated_control,
+                config.gate_hidden,
+            )
+        self.align_layers = self._resolve_align_layers(config.align_layers)
+        self._grid_mask: torch.Tensor | None = None
+        self.core.backbone.register_forward_hook(self._record_grid_mask)
+        if config.freeze_original:
+            self._freeze_original()
+
+    def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
+        if layers is None:
+            return self.converted[len(self.converted) // 2 :]
+        depth = len(self.core.encoder.layers)
+        resolved = tuple(sorted({i % depth for i in layers}))
+        missing = [i for i in resolved if i not in self.converted]
+        if missing:
+            raise ValueError(
+                f"IDETRConfig.align_layers: layers {missing} are not converted ({self.converted})"
+            )
+        return resolved
+
+    def _record_grid_mask(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        """Backbone hook: the last feature map's mask (B, gh, gw), the one the encoder's tokens come from."""
+        self._grid_mask = output[-1][1]
+
+    def _freeze_original(self) -> None:
+        if not self.config.interaction_queries:
+            raise ValueError(
+                "freeze_original=True without interaction queries leaves only the heads to train"
+            )
+        for name, p in self.detr.named_parameters():
+            p.requires_grad_(any(part in name for part in HEAD_NAMES))
+        for p in self.interaction_parameters():
+            p.requires_grad_(True)
+
+    def interaction_layers(self) -> dict[int, DetrInteractionAttention]:
+        return {i: self.core.encoder.layers[i].self_attn for i in self.converted}
+
+    def interaction_parameters(self) -> list[nn.Parameter]:
+        """Parameters added by the conversion: P'_q and the gates."""
+        params: list[nn.Parameter] = []
+        for layer in self.interaction_layers().values():
+            for extra in (layer.iq, layer.control):
+                if extra is not None:
+                    params.extend(extra.parameters())
+        return params
+
+    def alignment_request(self) -> MapRequest | None:
+        """Full maps of the supervised map: dense alignment averages query rows chosen per image."""
+        name = self.config.supervised_map
+        return None if name is None else MapRequest.of(name)
+
+    def forward(
+        self,
+        *args: Any,
+        request: MapRequest | None = None,
+        layers: tuple[int, ...] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """HF inputs (pixel_values (B, 3, H, W), pixel_mask (B, H, W), labels, ...) -> HF output, or
+        IDETROutput with the maps of `request` from `layers` (default: all converted layers)."""
+        if request is None:
+            return self.detr(*args, **kwargs)
+        chosen = self.interaction_layers()
+        if layers is not None:
+            chosen = {i: chosen[i] for i in self._resolve_align_layers(layers)}
+        try:
+            for layer in chosen.values():
+                layer.request = request
+            outputs = self.detr(*args, **kwargs)
+            if self._grid_mask is None:
+                raise RuntimeError(
+                    "maps need the backbone's feature mask; pass pixel_values, not inputs_embeds"
+                )
+            return IDETROutput(outputs, {i: layer.maps for i, layer in chosen.items()}, self._grid_mask)
+        finally:
+            for layer in chosen.values():
+                layer.request, layer.maps = None, {}
+            self._grid_mask = None
+
+    def forward_aligned(self, **kwargs: Any) -> IDETROutput:
+        """One pass -> IDETROutput with the supervised map of each alignment layer (empty without constraint)."""
+        request = self.alignment_request()
+        if request is None:
+            return IDETROutput(self.detr(**kwargs), {}, self._take_grid_mask())
+        return self(request=request, layers=self.align_layers, **kwargs)
+
+    def _take_grid_mask(self) -> torch.Tensor:
+        mask, self._grid_mask = self._grid_mask, None
+        return mask
+
+
+def interactionize_detr(
+    model: nn.Module, config: IDETRConfig | None = None, inplace: bool = False, **overrides: Any
+) -> InteractionDETR:
+    """Convert an HF DETR / Conditional DETR (detection or segmentation) into an I-DETR.
+
+    Keyword overrides update `config` (see IDETRConfig).
+
+    >>> idetr = interactionize_detr(DetrForObjectDetection(DetrConfig()), freeze_original=False)
+    """
+    config = replace(config or IDETRConfig(), **overrides)
+    return InteractionDETR(model if inplace else copy.deepcopy(model), config)

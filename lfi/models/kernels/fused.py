@@ -1,0 +1,450 @@
+"""Fused interaction attention: the Triton kernels behind `interaction_attention`'s exact signature.
+
+`fused_interaction_attention` computes what `lfi.models.interaction_attention.interaction_attention` computes
+(same arguments, same outputs, gradients for q, k, v, q_int and the gate weights) without any B x H x N x N
+tensor in device memory. Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
+recomputed in plain torch from q[:, :, :k] and k (cheap, and their gradients flow through autograd).
+
+Which path runs: `should_use_fused(...)` (the dispatch's question) honours the backend chosen by
+`use_backend(...)` (context manager, innermost wins) or else the environment variable LFI_ATTENTION:
+  "reference" (default): never fused. Measured on an H100 (benchmarks/results/ivit_step_h100.json), the
+      kernels are ~1.15x slower per train step than the reference path but use ~3.5x less memory, so they
+      are opt-in for memory-bound runs (large batches, long token sequences) until they are faster;
+  "auto": fused wherever `can_use_fused` holds, the reference elsewhere;
+  "fused": fused for every layer with interaction queries, and an error where it cannot be (benchmarks use
+      this to be sure they measure the kernel).
+
+Gates: GateWeights with w1 (E, 2H) is the head-mixing gate of Eq. 5 (`gate_values`). GateWeights with
+w1 (E, 2), w2 (2, E), b2 (2,) is the cheaper per-head gate (`per_head_gate_values`): the same FFN read of
+Eq. 5, but over the two maps of one head at a time, with weights shared by the heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from lfi.models.interaction_attention import GateWeights, MapRequest
+
+try:
+    import triton
+
+    from lfi.models.kernels import _triton as _kernels
+except ImportError:  # the CPU keeps the reference path
+    triton = None
+    _kernels = None
+
+Backend = Literal["auto", "fused", "reference"]
+BACKENDS: tuple[Backend, ...] = ("auto", "fused", "reference")
+BACKEND_ENV = "LFI_ATTENTION"
+HEAD_DIMS = (32, 64)
+# the head-mixing kernels keep per-head row statistics and gate gradients of a tile in registers, padded to
+# these fixed sizes (fixed rather than per head count: fewer kernel variants to compile)
+MAX_MIX_HEADS = 16
+_MIX_CP = 2 * MAX_MIX_HEADS
+MAX_GATE_HIDDEN = 32
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_backend_stack: list[Backend] = []
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def attention_backend() -> Backend:
+    """The backend in force: the innermost `use_backend`, else $LFI_ATTENTION, else "reference"."""
+    backend = _backend_stack[-1] if _backend_stack else os.environ.get(BACKEND_ENV, "reference")
+    if backend not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={backend!r}: expected one of {BACKENDS}")
+    return backend
+
+
+@contextlib.contextmanager
+def use_backend(backend: Backend) -> Iterator[None]:
+    """Run the enclosed code with interaction attention on `backend` ("auto", "fused" or "reference")."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _backend_stack.append(backend)
+    try:
+        yield
+    finally:
+        _backend_stack.pop()
+
+
+def is_per_head_gate(gate: GateWeights) -> bool:
+    """True for the per-head gate (w1: (E, 2)); with one head both readings are the same function."""
+    return gate.w1.shape[1] == 2
+
+
+def per_head_gate_values(
+    c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-head gate: Eq. 5's FFN over [C_AGT[h]; C_VFM[h]] at each (head, query, key), weights shared.
+
+    Like `gate_values`, the maps are multiplied by the key count N first. c_agt, c_vfm: (B, H, M, N) ->
+    g1, g2: (B, H, M, N). gate: w1 (E, 2), b1 (E,), w2 (2, E), b2 (2,).
+    """
+    x = torch.stack([c_agt, c_vfm], dim=-1).mul(c_agt.shape[-1])  # (B, H, M, N, 2)
+    g = torch.sigmoid(F.linear(F.gelu(F.linear(x, gate.w1, gate.b1)), gate.w2, gate.b2))
+    return g[..., 0], g[..., 1]
+
+
+def any_gate_values(
+    c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gate_values` (head-mixing) or `per_head_gate_values`, chosen by the weights' shape."""
+    from lfi.models.interaction_attention import gate_values  # lazy: that module may import this one
+
+    return (per_head_gate_values if is_per_head_gate(gate) else gate_values)(c_agt, c_vfm, gate)
+
+
+def _key_mask_bias(attn_mask: torch.Tensor | None, batch: int, keys: int) -> torch.Tensor | None:
+    """A mask that varies over keys (and batch) only -> additive fp32 bias (b, N), b in {1, batch}."""
+    if attn_mask is None:
+        return None
+    m = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))[:, 0, 0, :]
+    m = m.expand(m.shape[0], keys)
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, device=m.device, dtype=torch.float32).masked_fill(~m, float("-inf"))
+    return m.float().contiguous()
+
+
+def fused_unsupported_reason(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_int: torch.Tensor | None = None,
+    gate: GateWeights | None = None,
+    request: MapRequest | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    dispatch: bool = True,
+) -> str | None:
+    """Why the fused path should not take this call (None when it should). Arguments as `interaction_attention`.
+
+    dispatch=False asks only whether the kernels can compute it at all: it skips the device check (the
+    interpreter runs them on the CPU) and accepts full-map requests (correct, but no cheaper than the
+    reference, which materialises the maps once and reuses them).
+    """
+    if _kernels is None:
+        return "Triton is not installed"
+    if q_int is None:
+        return "no interaction queries: plain attention already runs through fused SDPA"
+    if dispatch and request is not None and request.names and request.rows is None:
+        return "full maps requested: the reference path materialises them once anyway"
+    if dispatch and not q.is_cuda:
+        return f"tensors on {q.device}, the kernels need CUDA"
+    if dropout_p > 0:
+        return "attention dropout (dropout_p > 0) is not implemented in the kernels"
+    if q.dim() != 4 or any(t.shape != q.shape for t in (k, v, q_int)):
+        return "q, k, v and q_int must share one shape (B, H, N, d)"
+    if q.dtype not in _DTYPES or any(t.dtype != q.dtype for t in (k, v, q_int)):
+        return f"q, k, v, q_int must share a dtype among {_DTYPES}"
+    heads, head_dim = q.shape[1], q.shape[3]
+    if head_dim not in HEAD_DIMS:
+        return f"head_dim {head_dim} not in {HEAD_DIMS}"
+    if gate is not None:
+        hidden = gate.w1.shape[0]
+        width = 2 if is_per_head_gate(gate) else 2 * heads
+        shapes = [tuple(t.shape) for t in gate]
+        if shapes != [(hidden, width), (hidden,), (width, hidden), (width,)]:
+            return f"gate weight shapes {shapes} fit neither the head-mixing nor the per-head gate"
+        if hidden > MAX_GATE_HIDDEN:
+            return f"gate hidden width {hidden} > {MAX_GATE_HIDDEN}"
+        if not is_per_head_gate(gate) and heads > MAX_MIX_HEADS:
+            return f"{heads} heads > {MAX_MIX_HEADS} for the head-mixing gate"
+    if attn_mask is not None:
+        if attn_mask.requires_grad:
+            return "attn_mask requires grad"
+        if (
+            attn_mask.dim() > 4
+            or any(s != 1 for s in attn_mask.shape[-3:-1])
+            or (attn_mask.dim() == 4 and attn_mask.shape[1] != 1)
+        ):
+            return "only key masks (broadcastable from (B, 1, 1, N)) are supported"
+        if attn_mask.dim() == 4 and attn_mask.shape[0] not in (1, q.shape[0]):
+            return "attn_mask batch size does not match"
+        if attn_mask.shape[-1] not in (1, k.shape[2]):
+            return "attn_mask key count does not match"
+    return None
+
+
+def can_use_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_int: torch.Tensor | None = None,
+    gate: GateWeights | None = None,
+    request: MapRequest | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> bool:
+    """True when `fused_interaction_attention` can take this call on this device (False on CPU)."""
+    return fused_unsupported_reason(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p) is None
+
+
+def should_use_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_int: torch.Tensor | None = None,
+    gate: GateWeights | None = None,
+    request: MapRequest | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> bool:
+    """The dispatch's decision under the backend in force (see the module docstring)."""
+    backend = attention_backend()
+    if backend == "reference" or q_int is None:
+        return False
+    reason = fused_unsupported_reason(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p)
+    if backend == "fused" and reason is not None:
+        raise RuntimeError(f"interaction attention backend 'fused' cannot run this call: {reason}")
+    return reason is None
+
+
+def fused_interaction_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    q_int: torch.Tensor | None = None,
+    gate: GateWeights | None = None,
+    request: MapRequest | None = None,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Interaction attention (Eq. 3-9) through the Triton kernels; semantics of `interaction_attention`.
+
+    q, k, v, q_int: (B, H, N, d). Returns out (B, H, N, d) and the requested maps {name: (B, H, R, N)}.
+    Raises ValueError where the kernels cannot compute the call (see `fused_unsupported_reason`), or where
+    the tensors are not on CUDA (except under TRITON_INTERPRET=1, so that the kernels can be checked on the CPU).
+    """
+    reason = fused_unsupported_reason(
+        q, k, v, scale, q_int, gate, request, attn_mask, dropout_p, dispatch=False
+    )
+    if reason is None and not q.is_cuda and not _interpreting():
+        reason = f"tensors on {q.device}, the kernels need CUDA (or TRITON_INTERPRET=1)"
+    if reason is not None:
+        raise ValueError(f"fused interaction attention: {reason}")
+    bias = _key_mask_bias(attn_mask, q.shape[0], k.shape[2])
+    weights = tuple(gate) if gate is not None else (None,) * 4
+    out = _FusedInteractionAttention.apply(q, k, v, q_int, bias, scale, *weights)
+    return out, _row_maps(q, k, q_int, gate, scale, request, attn_mask)
+
+
+def _row_maps(q, k, q_int, gate, scale, request, attn_mask) -> dict[str, torch.Tensor]:
+    """The requested maps' first rows (B, H, R, N), in plain torch (differentiable, O(R N) memory)."""
+    if request is None or not request.names:
+        return {}
+    from lfi.models.interaction_attention import attention_logits  # lazy: that module may import this one
+
+    rows = request.rows
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    c_vfm = torch.softmax(attention_logits(q[:, :, :rows], k, scale, mask), dim=-1)
+    c_agt = torch.softmax(attention_logits(q_int[:, :, :rows], k, scale, mask), dim=-1)
+    maps = {"vfm": c_vfm, "agt": c_agt}
+    if "fused" in request.names:
+        if gate is None:
+            maps["fused"] = 0.5 * (c_agt + c_vfm)
+        else:
+            g1, g2 = any_gate_values(c_agt, c_vfm, gate)
+            maps["fused"] = g1 * c_agt + g2 * c_vfm
+    return {name: maps[name] for name in request.names}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _blocks(kernel: str, mode: str) -> tuple[int, int, int]:
+    """(BM, BN, num_warps) of a kernel. Why these: the gate's hidden layer is a (BM, BN, E) fp32 tile in
+    registers (E = 8: 8K values for 32 x 32), so gated kernels use small tiles; under the interpreter, the
+    smallest tiles tl.dot allows, so that tiny test shapes still span several tiles. Chosen by compiling for
+    sm_90 on a machine without a GPU (ptxas -v: fewest register spills), not yet by timing."""
+    if _interpreting():
+        return 16, 16, 1
+    table = {
+        ("lse", "none"): (64, 64, 4),
+        ("fwd", "none"): (64, 64, 4),
+        ("fwd", "per_head"): (32, 32, 8),
+        ("fwd", "mix"): (32, 32, 8),
+        ("rowstats", "none"): (64, 64, 4),
+        ("rowstats", "per_head"): (32, 32, 8),
+        ("rowstats", "mix"): (32, 32, 8),
+        ("bwd", "none"): (32, 64, 4),
+        ("bwd", "per_head"): (32, 32, 8),
+        ("bwd", "mix"): (32, 32, 8),
+    }
+    return table[(kernel, "none" if kernel == "lse" else mode)]
+
+
+def _bhn(t: torch.Tensor) -> tuple[int, int, int]:
+    """Batch, head and token strides of a (B, H, N, d) tensor whose d stride is 1."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _gate_meta(mode: str, w1: torch.Tensor | None) -> tuple[int, int]:
+    """(E, EP): the gate's hidden width and its power-of-two padding (placeholders without a gate)."""
+    if w1 is None:
+        return 1, 2
+    hidden = w1.shape[0]
+    return hidden, max(2, triton.next_power_of_2(hidden))
+
+
+def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode):
+    """-> out (B, H, N, d) (a view of a (B, N, H, d) buffer), lse_v, lse_a (B, H, N) fp32 (log2 domain)."""
+    B, H, N, D = q.shape
+    dev = q.device
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    kb = bias if bias is not None else torch.zeros(1, device=dev)
+    skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
+    scale_log2 = scale * _kernels.LOG2E_VALUE
+    lse_v = torch.empty((B, H, N), device=dev, dtype=torch.float32)
+    lse_a = torch.empty_like(lse_v)
+    bm, bn, warps = _blocks("lse", mode)
+    _kernels._lse_kernel[(triton.cdiv(N, bm), B * H)](
+        q, qi, k, kb, lse_v, lse_a, *_bhn(q), *_bhn(qi), *_bhn(k), skbb, N, H, scale_log2,
+        HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
+    )  # fmt: skip
+    E, EP = _gate_meta(mode, w1)
+    w1, b1, w2, b2 = _weights_or_placeholders(w1, b1, w2, b2, dev)
+    bm, bn, warps = _blocks("fwd", mode)
+    common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), skbb)
+    if mode == "mix":
+        acc = torch.zeros((B, N, H, D), device=dev, dtype=torch.float32)
+        _kernels._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
+            q, qi, k, v, kb, lse_v, lse_a, w1, b1, w2, b2, acc, *common, acc.stride(0), acc.stride(2),
+            acc.stride(1), N, H, scale_log2, float(N),
+            E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        out = acc.to(q.dtype)
+    else:
+        out = torch.empty((B, N, H, D), device=dev, dtype=q.dtype)
+        _kernels._ph_fwd_kernel[(triton.cdiv(N, bm), B * H)](
+            q, qi, k, v, kb, lse_v, lse_a, w1, b1, w2, b2, out, *common, out.stride(0), out.stride(2),
+            out.stride(1), N, H, scale_log2, float(N),
+            GATED=mode == "per_head", E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
+            num_warps=warps,
+        )  # fmt: skip
+    return out.transpose(1, 2), lse_v, lse_a
+
+
+def _weights_or_placeholders(w1, b1, w2, b2, device):
+    """fp32-contiguous gate weights; without a gate, a zero buffer the ungated kernels never read from."""
+    if w1 is None:
+        zero = torch.zeros(16, device=device)
+        return zero, zero, zero, zero
+    return tuple(w.detach().float().contiguous() for w in (w1, b1, w2, b2))
+
+
+def _backward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, lse_v, lse_a, dout):
+    """-> dq, dk, dv, dq_int (B, H, N, d) in the input dtype, and dw1, db1, dw2, db2 (or Nones)."""
+    B, H, N, D = q.shape
+    dev = q.device
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    kb = bias if bias is not None else torch.zeros(1, device=dev)
+    skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
+    scale_log2 = scale * _kernels.LOG2E_VALUE
+    do = _unit_last(dout.to(q.dtype))
+    E, EP = _gate_meta(mode, w1)
+    wts = _weights_or_placeholders(w1, b1, w2, b2, dev)
+    d_v = torch.empty((B, H, N), device=dev, dtype=torch.float32)
+    d_a = torch.empty_like(d_v)
+    common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), skbb, *_bhn(do))
+    dq = torch.zeros((B, N, H, D), device=dev, dtype=torch.float32)
+    dqi = torch.zeros_like(dq)
+    g_strides = (dq.stride(0), dq.stride(2), dq.stride(1))
+    bm, bn, warps = _blocks("rowstats", mode)
+    if mode == "mix":
+        _kernels._mix_bwd_rowstats_kernel[(triton.cdiv(N, bm), B)](
+            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, *common, N, H, scale_log2, float(N),
+            E=E, EP=EP, HP=MAX_MIX_HEADS, HAS_KB=bias is not None, BM=bm, BN=bn, D=D,
+            PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        bm, bn, warps = _blocks("bwd", mode)
+        dk = torch.zeros_like(dq)
+        dv = torch.zeros_like(dq)
+        cp = _MIX_CP
+        grid = (triton.cdiv(N, bm), B)
+        dw = torch.empty((grid[0] * grid[1], 2 * cp * EP + cp + EP), device=dev, dtype=torch.float32)
+        _kernels._mix_bwd_kernel[grid](
+            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, dq, dqi, dk, dv, dw, *common, *g_strides,
+            N, H, scale_log2, scale, float(N),
+            E=E, EP=EP, CP=cp, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
+        )  # fmt: skip
+        parts = dw.sum(0)
+        dw1 = parts[: cp * EP].view(cp, EP)[: 2 * H, :E].t()
+        dw2 = parts[cp * EP : 2 * cp * EP].view(cp, EP)[: 2 * H, :E]
+        db2 = parts[2 * cp * EP : 2 * cp * EP + cp][: 2 * H]
+        db1 = parts[2 * cp * EP + cp :][:E]
+        gate_grads = (dw1, db1, dw2, db2)
+    else:
+        gated = mode == "per_head"
+        _kernels._ph_bwd_rowstats_kernel[(triton.cdiv(N, bm), B * H)](
+            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, *common, N, H, scale_log2, float(N),
+            GATED=gated, E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
+            num_warps=warps,
+        )  # fmt: skip
+        bm, bn, warps = _blocks("bwd", mode)
+        dk = torch.empty((B, N, H, D), device=dev, dtype=q.dtype)
+        dv = torch.empty_like(dk)
+        grid = (triton.cdiv(N, bn), B * H)
+        dw = torch.zeros((grid[0] * grid[1] if gated else 1, 8 * EP), device=dev, dtype=torch.float32)
+        _kernels._ph_bwd_kernel[grid](
+            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, dq, dqi, dk, dv, dw, *common, *g_strides,
+            N, H, scale_log2, scale, float(N),
+            GATED=gated, E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
+            num_warps=warps,
+        )  # fmt: skip
+        gate_grads = (None,) * 4
+        if gated:
+            parts = dw.sum(0).view(8, EP)
+            gate_grads = (
+                torch.stack([parts[0, :E], parts[1, :E]], dim=1),  # dw1 (E, 2): columns C_AGT, C_VFM
+                parts[2, :E],
+                torch.stack([parts[3, :E], parts[4, :E]], dim=0),  # dw2 (2, E)
+                torch.stack([parts[5, 0], parts[6, 0]]),
+            )
+    grads = tuple(g.to(q.dtype).transpose(1, 2) for g in (dq, dk, dv, dqi))
+    gate_grads = tuple(
+        None if g is None else g.to(w.dtype) for g, w in zip(gate_grads, (w1, b1, w2, b2), strict=True)
+    )
+    return grads, gate_grads
+
+
+class _FusedInteractionAttention(torch.autograd.Function):
+    """out = C_F V with C_F from the kernels; backward recomputes probabilities from the saved lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_int, bias, scale, w1, b1, w2, b2):
+        q, k, v, q_int = (_unit_last(t) for t in (q, k, v, q_int))
+        mode = "none" if w1 is None else ("per_head" if w1.shape[1] == 2 else "mix")
+        out, lse_v, lse_a = _forward(q, k, v, q_int, bias, scale, w1, b1, w2, b2, mode)
+        ctx.save_for_backward(q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a)
+        ctx.scale, ctx.mode = scale, mode
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a = ctx.saved_tensors
+        (dq, dk, dv, dqi), (dw1, db1, dw2, db2) = _backward(
+            q, k, v, q_int, bias, ctx.scale, w1, b1, w2, b2, ctx.mode, lse_v, lse_a, dout
+        )
+        return dq, dk, dv, dqi, None, None, dw1, db1, dw2, db2

@@ -1,0 +1,245 @@
+"""`lfi viz RUN_DIR --images IMG...`: a trained I-ViT's interaction maps over chosen images (paper Fig. 5).
+
+The student is rebuilt from the run folder (config.yaml + model.safetensors) and run once over the images
+with a `MapRequest` for the class-token rows of C_VFM, C_AGT and C_F (only C_VFM for a plain ViT). C_VLM, the
+teacher's map, comes from the run's interaction store when the image is in it (matched by the hash of the
+file's bytes, the second part of every store key), or from a teacher named with ``--teacher vit|oracle``;
+an image missing from the store without ``--teacher`` is an error, never silently skipped.
+
+Images are resized whole (no crop) to the model's input size, so every map covers the whole image, as the
+overlays of `lfi.show.maps` need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torchvision.transforms.v2 import functional as TF
+
+from lfi.data.base import decode_rgb
+from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
+from lfi.extract.teacher import apply_contrast, build_teacher
+from lfi.models import InteractionViT, MapRequest
+from lfi.show.maps import class_token_map, interaction_figure, interaction_grid
+from lfi.show.save import save_figure
+from lfi.train.config import Config, load_config
+from lfi.train.module import build_student
+
+#: Figure names of the student's maps, in the order of the paper's Fig. 5 (C_VLM goes after C_VFM).
+MAP_TITLES = {"vfm": "C_VFM", "agt": "C_AGT", "fused": "C_F"}
+DISPLAY_SIDE = 320  # longest side of the images drawn: panels are ~2 inches, and full-size photos bloat files
+
+
+def vlm_title(teacher: str) -> str:
+    """Column title of the teacher's map; a substitute teacher is never passed off as the paper's LLaVA."""
+    if teacher == "vit":
+        return "C_VLM (teacher: DeiT-Tiny ViT,\nVFM->VFM substitute)"
+    if teacher == "llava":
+        return "C_VLM (teacher: LLaVA-1.5)"
+    return f"C_VLM (teacher: {teacher},\nnot LLaVA-1.5)"
+
+
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InteractionViT, Config]:
+    """The trained student of a run folder, in eval mode, and the run's config.
+
+    The architecture comes from config.yaml, every weight from model.safetensors (so the config's backbone
+    checkpoint, which may live elsewhere, is not read); the class count from the classifier's weight.
+    """
+    run = Path(run_dir)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run}: no model.safetensors (a finished `lfi train` run writes it)")
+    # No KD teacher and no backbone checkpoint: inference needs neither, and the files may not be here.
+    cfg = load_config(
+        run / "config.yaml", ["loss.kd.weight=0", "model.checkpoint=null", "model.freeze_backbone=false"]
+    )
+    state = load_file(str(weights))
+    heads = [k for k in state if k.endswith("head.weight")]
+    if len(heads) != 1:
+        raise KeyError(f"{weights}: expected one classifier 'head.weight', found {heads}")
+    model = build_student(cfg, state[heads[0]].shape[0])
+    model.load_state_dict(state)
+    return model.eval().to(device), cfg
+
+
+def read_image(path: str | Path) -> tuple[torch.Tensor, bytes]:
+    """An image file as uint8 (3, H, W) RGB and its raw bytes (the bytes key it in an interaction store)."""
+    data = Path(path).read_bytes()
+    return decode_rgb(data, str(path)).as_subclass(torch.Tensor), data
+
+
+def model_input(
+    images: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 (3, H, W) images -> normalised float (B, 3, *size), each resized whole (no crop)."""
+    batch = [
+        TF.resize(TF.to_dtype(im, torch.float32, scale=True), list(size), antialias=True) for im in images
+    ]
+    return TF.normalize(torch.stack(batch), list(mean), list(std))
+
+
+@torch.no_grad()
+def student_maps(
+    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """One forward pass -> {"C_VFM", ["C_AGT", "C_F"]: (B, layers, heads, gh, gw)} class-token maps.
+
+    layers: the converted blocks to read (default: all of them); a plain ViT variant has only C_VFM.
+    """
+    names = ("vfm", "agt", "fused") if model.config.interaction_queries else ("vfm",)
+    rows = 1 if model.has_class_token else None
+    out = model(x, MapRequest.of(*names, rows=rows), layers=tuple(layers) if layers is not None else None)
+    grid = model.patch_grid(tuple(x.shape[-2:]))
+    # without a class token the rows are all patch queries: their mean stands in for the class-token row
+    per_layer = [
+        {n: class_token_map(m[n] if rows else m[n].mean(2, keepdim=True), grid, model.num_prefix_tokens)
+         for n in names}
+        for m in out.maps.values()
+    ]  # fmt: skip
+    return {MAP_TITLES[n]: torch.stack([p[n] for p in per_layer], dim=1).cpu() for n in names}
+
+
+def thumbnail(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
+    """uint8 (3, H, W) shrunk (aspect kept) so its longer side is at most `side`, for drawing only."""
+    h, w = image.shape[-2:]
+    scale = side / max(h, w)
+    return image if scale >= 1 else TF.resize(image, [round(h * scale), round(w * scale)], antialias=True)
+
+
+def hash_suffix(data: bytes) -> str:
+    """The part of a store key that identifies an image's bytes (`lfi.extract.store.image_key`)."""
+    return "#" + hashlib.sha256(data).hexdigest()[:12]
+
+
+def store_maps(store: Any, datas: Sequence[bytes], names: Sequence[str]) -> list[torch.Tensor]:
+    """C_VLM of each image from an `InteractionStore`, found by the hash of its bytes.
+
+    Raises naming the images that are not in the store, or whose stored map is invalid (no foreground)."""
+    by_hash = {k[k.rindex("#") :]: k for k in store.keys() if "#" in k}  # noqa: SIM118 (no __iter__)
+    keys = [by_hash.get(hash_suffix(d)) for d in datas]
+    missing = [n for n, k in zip(names, keys, strict=True) if k is None]
+    if missing:
+        raise KeyError(
+            f"not in the interaction store {store.root}: {missing}; pass --teacher vit|oracle to compute "
+            "C_VLM for them, or --teacher none to leave it out"
+        )
+    records = [store[k] for k in keys]
+    invalid = [n for n, r in zip(names, records, strict=True) if not r.valid]
+    if invalid:
+        raise ValueError(f"the store holds no valid C_VLM (teacher saw no foreground) for {invalid}")
+    return [r.map for r in records]
+
+
+def teacher_maps(
+    teacher: str,
+    images: Sequence[torch.Tensor],
+    names: Sequence[str],
+    boxes: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """C_VLM (B, h, w) from a teacher run now: 'vit' (DeiT-Tiny relevance of its own top-1 class, as the
+    images carry no label) or 'oracle' (needs one box tensor (K, 4) XYXY pixels per image)."""
+    if teacher == "oracle" and boxes is None:
+        raise ValueError("--teacher oracle needs --boxes: one 'x0,y0,x1,y1' per image")
+    samples = [{"image": im, "relpath": n} for im, n in zip(images, names, strict=True)]
+    if boxes is not None:
+        for s, b in zip(samples, boxes, strict=True):
+            s["boxes"] = b
+    out = build_teacher(teacher)(samples)
+    return apply_contrast(out.fore, out.back, "skip", list(names)).maps
+
+
+def parse_box(text: str) -> torch.Tensor:
+    """'x0,y0,x1,y1' -> (1, 4) float tensor."""
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise ValueError(f"a box is 'x0,y0,x1,y1', got {text!r}")
+    return torch.tensor([values])
+
+
+def run_viz(
+    run_dir: str | Path,
+    image_paths: Sequence[str | Path],
+    out: str | Path,
+    teacher: str | None = None,
+    boxes: Sequence[torch.Tensor] | None = None,
+    layer: int | None = None,
+    head: int | None = None,
+    per: str = "mean",
+    dpi: int = 150,
+) -> list[Path]:
+    """Draw Fig. 5 for `image_paths` with the run's student; returns the PNG and PDF written.
+
+    teacher: None = C_VLM from the run's store, 'vit' / 'oracle' = computed now, 'none' = no C_VLM column.
+    per: 'mean' (one figure, a row per image, `layer` / `head` or the mean over them), 'layer' or 'head' (a
+    row per layer / per head of `layer`, one figure per image, named <out>_<image stem>).
+    """
+    model, cfg = load_trained(run_dir)
+    loaded = [read_image(p) for p in image_paths]
+    images, datas = [im for im, _ in loaded], [d for _, d in loaded]
+    names = [Path(p).name for p in image_paths]
+    size = (cfg.data.img_size, cfg.data.img_size)
+    maps = student_maps(model, model_input(images, size))
+    vlm_name = teacher if teacher else cfg.teacher.name
+    vlm: list[torch.Tensor] | None = None
+    if teacher is None:
+        if cfg.teacher.store is None:
+            raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
+        from lfi.extract.store import InteractionStore
+
+        vlm = store_maps(InteractionStore(cfg.teacher.store), datas, names)
+    elif teacher != "none":
+        vlm = list(teacher_maps(teacher, images, names, boxes))
+    per_image = []
+    for i in range(len(images)):
+        named = {"C_VFM": maps["C_VFM"][i]}
+        if vlm is not None:
+            named[vlm_title(vlm_name)] = vlm[i]
+        named.update({k: v[i] for k, v in maps.items() if k != "C_VFM"})
+        per_image.append(named)
+    title = f"{Path(run_dir).name}: {cfg.model.name}, variant {cfg.model.variant}"
+    images = [thumbnail(im) for im in images]  # the maps cover the whole image, so they fit any size
+    if per == "mean":
+        fig = interaction_grid(images, per_image, labels=names, layer=layer, head=head, title=title)
+        return save_figure(fig, out, dpi=dpi)
+    written = []
+    for image, named, name in zip(images, per_image, names, strict=True):
+        fig = interaction_figure(image, named, per=per, layer=-1 if layer is None else layer, title=title)
+        written += save_figure(fig, Path(out).with_name(f"{Path(out).stem}_{Path(name).stem}.png"), dpi=dpi)
+    return written
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """``lfi viz RUN_DIR --images IMG... [--layer L] [--head H] [--per mean|layer|head] [--teacher T] --out FIG``."""
+    p = subparsers.add_parser("viz", help="interaction maps of a trained run over images (Fig. 5), PNG + PDF")
+    p.add_argument("run", type=Path, help="run folder (config.yaml + model.safetensors)")
+    p.add_argument("--images", nargs="+", type=Path, required=True, help="image files")
+    p.add_argument("--layer", type=int, help="block index into the converted blocks (default: mean)")
+    p.add_argument("--head", type=int, help="head (default: mean over heads)")
+    p.add_argument("--per", choices=("mean", "layer", "head"), default="mean",
+                   help="mean: one row per image; layer / head: a figure per image, a row per layer / head")  # fmt: skip
+    p.add_argument("--teacher", choices=("vit", "oracle", "none"),
+                   help="C_VLM computed by this teacher (default: read from the run's interaction store)")  # fmt: skip
+    p.add_argument("--boxes", nargs="+", help="oracle teacher: one box 'x0,y0,x1,y1' (pixels) per image")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    p.add_argument("--out", type=Path, required=True, help="figure path; .png and .pdf are written")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    boxes = [parse_box(b) for b in args.boxes] if args.boxes else None
+    if boxes is not None and len(boxes) != len(args.images):
+        raise ValueError(f"--boxes: {len(boxes)} boxes for {len(args.images)} images")
+    written = run_viz(
+        args.run, args.images, args.out, args.teacher, boxes, args.layer, args.head, args.per, args.dpi
+    )
+    print("wrote " + ", ".join(map(str, written)))
+    return 0

@@ -1,0 +1,76 @@
+"""Dense alignment: teacher maps on the encoder grid (padding respected), row choice, gradient path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lfi.models.idetr import interactionize_detr
+from lfi.train.detection import build_detr
+from lfi.train.detection_align import DenseAlignment, student_on_grid, teacher_on_grid, valid_region
+from lfi.train.detection_data import oracle_maps
+
+
+def _grid_mask() -> torch.Tensor:
+    m = torch.zeros(2, 4, 6, dtype=torch.bool)
+    m[0] = True
+    m[1, :2, :3] = True
+    return m
+
+
+def test_teacher_resampled_into_valid_region_only():
+    mask = _grid_mask()
+    left_half = torch.zeros(8, 8)
+    left_half[:, :4] = 1 / 32
+    teacher = teacher_on_grid([torch.full((5, 7), 1 / 35), left_half], mask)
+    assert teacher.shape == (2, 4, 6)
+    torch.testing.assert_close(teacher.sum((1, 2)), torch.ones(2))
+    torch.testing.assert_close(teacher[0], torch.full((4, 6), 1 / 24))
+    assert teacher[1][~mask[1]].abs().max() == 0  # no mass on padding
+    assert teacher[1, :2, 0].min() > 0 and teacher[1, :2, 2].max() == 0  # left half of a 3-wide region
+    zero = teacher_on_grid([torch.zeros(3, 3), torch.zeros(2, 2)], mask)
+    assert zero.abs().max() == 0
+
+
+def test_valid_region_and_errors():
+    assert valid_region(_grid_mask()) == [(4, 6), (2, 3)]
+    bad = _grid_mask()
+    bad[1, 3, 5] = True
+    with pytest.raises(ValueError, match="top-left"):
+        valid_region(bad)
+    with pytest.raises(ValueError, match="batch of 2"):
+        teacher_on_grid([torch.ones(2, 2)], _grid_mask())
+    with pytest.raises(ValueError, match="rows"):
+        DenseAlignment(rows="some")
+
+
+def test_rows_all_vs_objects():
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    attn = torch.zeros(1, 1, 4, 4)
+    attn[0, 0, 0, 0] = 1.0  # token 0 looks at itself
+    attn[0, 0, 1:, 3] = 1.0  # the others look at token 3
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    align = DenseAlignment("objects")
+    student = student_on_grid(attn, align.row_weights(mask, teacher), (2, 2))
+    torch.testing.assert_close(student, teacher)  # only token 0's row counts
+    student_all = student_on_grid(attn, DenseAlignment("all").row_weights(mask, teacher), (2, 2))
+    torch.testing.assert_close(student_all.flatten(), torch.tensor([0.25, 0.0, 0.0, 0.75]))
+    maps = {0: attn}
+    assert float(align(maps, mask, [teacher[0]])) == pytest.approx(0.0, abs=1e-6)
+    assert float(DenseAlignment("all")(maps, mask, [teacher[0]])) > 1.0
+
+
+def test_alignment_trains_interaction_queries(pixels):
+    x, pixel_mask = pixels
+    idetr = interactionize_detr(build_detr("detection", "detr", 5, "tiny", 7))
+    out = idetr.forward_aligned(pixel_values=x, pixel_mask=pixel_mask)
+    targets = [{"size": (96, 128), "boxes": torch.tensor([[0.0, 0.0, 60.0, 40.0]])},
+               {"size": (64, 64), "boxes": torch.tensor([[30.0, 30.0, 64.0, 64.0]])}]  # fmt: skip
+    teachers = oracle_maps(targets)
+    assert [tuple(t.shape) for t in teachers] == [(12, 16), (8, 8)]
+    loss = DenseAlignment()({i: m["agt"] for i, m in out.maps.items()}, out.grid_mask, teachers)
+    assert loss > 0
+    loss.backward()
+    layer = idetr.interaction_layers()[1]
+    assert layer.iq.weight.grad.abs().sum() > 0
+    assert layer.q_proj.weight.grad is None  # C_AGT does not depend on the original queries

@@ -1,0 +1,171 @@
+"""Extraction loop: writes every sample once, resumes after a crash, shards over ranks, counts empties."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lfi.extract.cli import register
+from lfi.extract.oracle import OracleTeacher
+from lfi.extract.run import extract
+from lfi.extract.store import InteractionStore, StoreMetadataError, store_arrays
+from lfi.extract.teacher import Sample, TeacherOutput
+
+
+def _samples(n: int = 13) -> list[dict]:
+    """In-test dataset in the adapter format; every 4th image has no box (an empty map)."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        image = torch.randint(0, 256, (3, 24 + i, 32), dtype=torch.uint8, generator=g)
+        boxes = torch.zeros(0, 4) if i % 4 == 3 else torch.tensor([[2.0 + i, 3.0, 20.5, 17.0 + i / 2]])
+        out.append(
+            {
+                "relpath": f"imgs/{i}.png",
+                "data": image.numpy().tobytes(),
+                "image": image,
+                "label": i % 2,
+                "class_name": "thing",
+                "boxes": boxes,
+            }
+        )
+    return out
+
+
+class _Crashing(OracleTeacher):
+    """Raises on its `crash_at`-th call, like a process killed mid-run."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__(grid=(6, 6))
+        self.calls, self.crash_at = 0, crash_at
+
+    def __call__(self, batch: Sequence[Sample]) -> TeacherOutput:
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated kill")
+        return super().__call__(batch)
+
+
+def _content(root: Path) -> dict[str, np.ndarray]:
+    return store_arrays(InteractionStore(root))
+
+
+def test_uninterrupted_run_and_empty_count(tmp_path: Path) -> None:
+    report = extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path, batch_size=4, progress=False)
+    counts = (report.assigned, report.written, report.skipped, report.empty, report.invalid)
+    assert counts == (13, 13, 0, 3, 3)
+    store = InteractionStore(tmp_path, expect={"teacher": "oracle", "empty_policy": "skip", "grid": [6, 6]})
+    assert len(store) == 13 and store.info()["empty"] == 3
+    rec = store[store.keys()[0]]
+    assert rec.hw == (24, 32) and rec.valid and rec.map.sum().item() == pytest.approx(1.0)
+    again = extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path, batch_size=4, progress=False)
+    assert (again.written, again.skipped) == (0, 13)
+    uniform = extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path / "u", empty="uniform", progress=False)
+    assert (uniform.empty, uniform.invalid) == (3, 0)
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path: Path) -> None:
+    extract(
+        OracleTeacher(grid=(6, 6)), _samples(), tmp_path / "ref", batch_size=2, shard_size=3, progress=False
+    )
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        extract(
+            _Crashing(crash_at=4), _samples(), tmp_path / "run", batch_size=2, shard_size=3, progress=False
+        )
+    partial = InteractionStore(tmp_path / "run")
+    assert 0 < len(partial) < 13
+    report = extract(
+        OracleTeacher(grid=(6, 6)), _samples(), tmp_path / "run", batch_size=2, shard_size=3, progress=False
+    )
+    assert report.skipped == len(partial) and report.written == 13 - len(partial)
+    ref, run = _content(tmp_path / "ref"), _content(tmp_path / "run")
+    for name in ref:
+        np.testing.assert_array_equal(ref[name], run[name])
+    assert InteractionStore(tmp_path / "run").verify().ok
+
+
+def test_ranks_split_the_work(tmp_path: Path) -> None:
+    reports = [
+        extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path, rank=r, world_size=2, progress=False)
+        for r in (0, 1)
+    ]
+    assert [r.written for r in reports] == [7, 6]
+    store = InteractionStore(tmp_path)
+    assert len(store) == 13 and store.info()["writers"] == {"r000": 7, "r001": 6}
+    assert store.verify().ok
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    extract(OracleTeacher(grid=(6, 6)), _samples(3), tmp_path, progress=False)
+    with pytest.raises(StoreMetadataError, match="combine"):
+        extract(OracleTeacher(grid=(6, 6), combine="sum"), _samples(3), tmp_path, progress=False)
+
+
+def test_sample_without_key_fields_is_an_error(tmp_path: Path) -> None:
+    bad = [{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "boxes": torch.zeros(0, 4)}]
+    with pytest.raises(KeyError, match="relpath"):
+        extract(OracleTeacher(grid=(2, 2)), bad, tmp_path, progress=False)
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="lfi")
+    register(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.data
+def test_cli_extract_info_verify_on_tinyimagenet(shared_data: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "store"
+    common = ["--data", str(shared_data), "--dataset", "tinyimagenet", "--split", "val"]
+    argv = f"extract --teacher oracle --out {out} --limit 12 --grid 7 --batch-size 5 --workers 0".split()
+    assert _cli(*argv, *common) == 0
+    assert "12 written" in capsys.readouterr().out
+    assert _cli("store", "info", str(out), "--json") == 0
+    assert '"records": 12' in capsys.readouterr().out
+    assert _cli("store", "verify", str(out), *common, "--limit", "12") == 0
+    assert _cli("store", "verify", str(out), *common, "--limit", "13") == 1
+    assert "missing key: val/images/val_12.JPEG#" in capsys.readouterr().out
+
+
+class _Slow(OracleTeacher):
+    def __call__(self, batch: Sequence[Sample]) -> TeacherOutput:
+        import time
+
+        time.sleep(0.3)
+        return super().__call__(batch)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_extract_run import _Slow, _samples\n"
+        "from lfi.extract.run import extract\n"
+        "extract(_Slow(grid=(6, 6)), _samples(), sys.argv[1], batch_size=1, shard_size=2, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run")])
+    shards = tmp_path / "run" / "shards"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(shards.glob("r*.safetensors"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = len(InteractionStore(tmp_path / "run"))
+    assert 0 < killed < 13
+    extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path / "run", batch_size=3, progress=False)
+    extract(OracleTeacher(grid=(6, 6)), _samples(), tmp_path / "ref", batch_size=3, progress=False)
+    ref, run = _content(tmp_path / "ref"), _content(tmp_path / "run")
+    for name in ref:
+        np.testing.assert_array_equal(ref[name], run[name])
+    assert InteractionStore(tmp_path / "run").verify().ok

@@ -1,0 +1,24 @@
+"""The benchmark script runs end to end on the tiny model (CPU) and writes its JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "vlm_extraction.py"
+
+
+def test_tiny_benchmark_writes_json(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("vlm_extraction", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(
+        ["--tiny", "--out", str(out), "--batch", "2", "--warmup", "0", "--iters", "1", "--device", "cpu"]
+    )
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == {"lfi", "lfi_all_layers", "naive", "bare"}
+    assert all(p["images_per_s"] > 0 for p in report["paths"].values())
+    assert report["ratios"]["lfi_vs_naive_throughput"] > 0
+    assert {"device", "date", "torch", "transformers", "command"} <= set(report)

@@ -1,0 +1,44 @@
+"""Run the Triton kernels under the CPU interpreter on tiny cases; print {case: {tensor: rel. error}} as JSON.
+
+Run as a script (TRITON_INTERPRET must be set before triton is imported, hence a subprocess):
+    python tests/kernels/interpret_check.py [quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+from fused_cases import Case, compare, make_inputs  # noqa: E402
+
+from lfi.models.kernels import fused_interaction_attention  # noqa: E402
+
+QUICK = [Case(1, 2, 20, 32, "mix")]
+FULL = [
+    Case(2, 3, 37, 32, "mix", rows=2),
+    Case(2, 3, 37, 32, "none"),
+    Case(2, 3, 37, 32, "per_head", key_mask=True),
+    Case(2, 2, 33, 64, "mix", key_mask=True, hidden=5),
+    Case(1, 1, 17, 32, "per_head"),
+    Case(1, 2, 18, 32, "mix", rows=None),
+]
+
+
+def main() -> None:
+    cases = QUICK if sys.argv[1:] == ["quick"] else FULL
+    torch.manual_seed(0)
+    report = {
+        c.name: compare(fused_interaction_attention, make_inputs(c, torch.float32, "cpu")) for c in cases
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
