@@ -167,7 +167,7 @@ class IDETROutput(NamedTuple):
     grid_mask: torch.Tensor
 
 
-def _detr_core(model: nn.Module) -> nn.Module:
+def detr_core(model: nn.Module) -> nn.Module:
     """The DetrModel / ConditionalDetrModel inside a task model: the module holding backbone and encoder."""
     for module in model.modules():
         if hasattr(module, "backbone") and hasattr(getattr(module, "encoder", None), "layers"):
@@ -188,7 +188,9 @@ class InteractionDETR(nn.Module):
     def __init__(self, detr: nn.Module, config: IDETRConfig) -> None:
         super().__init__()
         self.detr, self.config = detr, config
-        self.core = _detr_core(detr)
+        # Not a registered submodule: it lives inside self.detr, and registering it twice would write every
+        # weight twice into the state dict (safetensors refuses shared tensors).
+        self.__dict__["_core"] = detr_core(detr)
         encoder_layers = self.core.encoder.layers
         depth = len(encoder_layers)
         layers = config.layers if config.layers is not None else tuple(range(depth))
@@ -208,6 +210,11 @@ class InteractionDETR(nn.Module):
         self.core.backbone.register_forward_hook(self._record_grid_mask)
         if config.freeze_original:
             self._freeze_original()
+
+    @property
+    def core(self) -> nn.Module:
+        """The DetrModel / ConditionalDetrModel inside `self.detr` (backbone, encoder, decoder)."""
+        return self.__dict__["_core"]
 
     def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
         if layers is None:

@@ -76,6 +76,11 @@ def speedup(baseline: Curve, other: Curve, threshold: float) -> float:
     return b / o if b is not None and o is not None else math.nan
 
 
+def _pace(ratio: float) -> str:
+    """Epochs-to-threshold ratio as words: 2.5 -> '2.50x faster', 0.8 -> '1.25x slower'."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def convergence_figure(
     curves: Sequence[Curve],
     threshold: float | None = None,
@@ -97,7 +102,7 @@ def convergence_figure(
             reached = epochs_to_reach(curve, threshold)
             label += f" ({'never' if reached is None else f'{reached} ep'} to {threshold:g}"
             ratio = speedup(curves[0], curve, threshold)
-            label += f", {ratio:.2f}x faster)" if i > 0 and not math.isnan(ratio) else ")"
+            label += f", {_pace(ratio)})" if i > 0 and not math.isnan(ratio) else ")"
             if reached is not None:
                 ax.plot(reached, curve.values[curve.epochs.index(reached - 1)], "o", color=f"C{i}")
         ax.plot(epochs, curve.values, color=f"C{i}", label=label)

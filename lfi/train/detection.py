@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader
 from lfi.data.collate import collate_detection
 from lfi.data.pipelines import detection_transforms
 from lfi.evaluate.coco import CocoEvaluator, coco_from_dataset, detr_predictions
-from lfi.models.idetr import IDETRConfig, InteractionDETR, interactionize_detr
+from lfi.models.idetr import IDETRConfig, InteractionDETR, detr_core, interactionize_detr
 from lfi.train.detection_align import DenseAlignment
 from lfi.train.detection_data import (
     WithOriginalSize,
@@ -44,6 +45,7 @@ ARCHS = ("detr", "conditional_detr")
 TASKS = ("detection", "segmentation")
 SIZES = ("tiny", "r50")
 TEACHERS = ("none", "oracle", "store")
+BACKBONE_NORMS = ("auto", "frozen_bn", "group_norm")
 
 
 @dataclass
@@ -68,12 +70,18 @@ class DetrModelConfig:
     """size: 'r50' (DETR-R50 / Conditional-DETR-R50 as published) or 'tiny' (tests, CPU);
     checkpoint: local safetensors of the HF model (plain, before conversion), None = random init.
     dropout: the transformer's dropout (DETR: 0.1; 0 for overfitting tests).
+    backbone_norm: 'frozen_bn' keeps HF/DETR's frozen BatchNorm and frozen stem + first stage, right for a
+        pretrained backbone; 'group_norm' makes the whole backbone trainable with GroupNorm, for training from
+        scratch (Table 7): frozen BatchNorm over random weights normalises nothing and a frozen random stem
+        never learns; GroupNorm's per-image statistics hold at DETR's 2-4 images per device (He et al.,
+        "Rethinking ImageNet Pre-training"). 'auto': 'frozen_bn' with a checkpoint, else 'group_norm'.
     The remaining fields are `IDETRConfig`'s."""
 
     size: str = "r50"
     num_queries: int = 100
     dropout: float = 0.1
     checkpoint: str | None = None
+    backbone_norm: str = "auto"
     layers: list[int] | None = None
     interaction_queries: bool = True
     gated_control: bool = True
@@ -136,6 +144,7 @@ class DetectionConfig:
         for key, value, allowed in (
             ("task", self.task, TASKS), ("arch", self.arch, ARCHS), ("model.size", self.model.size, SIZES),
             ("teacher.name", self.teacher.name, TEACHERS), ("teacher.source", self.teacher.source, ("boxes", "masks")),
+            ("model.backbone_norm", self.model.backbone_norm, BACKBONE_NORMS),
         ):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
@@ -163,8 +172,17 @@ def _build(cls: type, values: dict, where: str) -> Any:
         sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
             value = _build(sub, value, f"{where}{key}.")
+        elif fields[key].type == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = _as_float(value, f"{where}{key}")  # YAML 1.1 reads '1e-3' as a string
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _as_float(value: int | str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where}: expected a number, got {value!r}") from None
 
 
 def load_detection_config(path: str | Path | None, overrides: list[str] = ()) -> DetectionConfig:
@@ -186,7 +204,8 @@ def load_detection_config(path: str | Path | None, overrides: list[str] = ()) ->
 def build_detr(
     task: str, arch: str, num_labels: int, size: str = "r50", num_queries: int = 100, dropout: float = 0.1
 ) -> nn.Module:
-    """A randomly initialised HF DETR (no download): DETR-R50 as published, or a tiny one for tests."""
+    """A randomly initialised HF DETR (no download): DETR-R50 as published, or a tiny one for tests.
+    Auxiliary decoding losses are on, as in DETR's recipe (HF's config has them off by default)."""
     from transformers import (
         ConditionalDetrConfig,
         ConditionalDetrForObjectDetection,
@@ -218,10 +237,22 @@ def build_detr(
         backbone, dims = ResNetConfig(out_features=stages), {}
     config_cls = ConditionalDetrConfig if arch == "conditional_detr" else DetrConfig
     config = config_cls(use_timm_backbone=False, backbone_config=backbone, num_labels=num_labels,
-                        num_queries=num_queries, dropout=dropout, **dims)  # fmt: skip
+                        num_queries=num_queries, dropout=dropout, auxiliary_loss=True, **dims)  # fmt: skip
     if arch == "conditional_detr":
         return ConditionalDetrForObjectDetection(config)
     return DetrForSegmentation(config) if task == "segmentation" else DetrForObjectDetection(config)
+
+
+def trainable_backbone(detr: nn.Module) -> None:
+    """In place: HF's frozen BatchNorm layers of the CNN backbone -> GroupNorm, every backbone weight trainable
+    (see DetrModelConfig.backbone_norm)."""
+    backbone = detr_core(detr).backbone
+    for module in list(backbone.modules()):
+        for name, child in module.named_children():
+            if type(child).__name__.endswith("FrozenBatchNorm2d"):
+                channels = child.weight.numel()
+                setattr(module, name, nn.GroupNorm(math.gcd(32, channels), channels))
+    backbone.requires_grad_(True)
 
 
 def build_processor(arch: str) -> Any:
@@ -238,6 +269,8 @@ def build_model(cfg: DetectionConfig, num_labels: int) -> InteractionDETR:
     if cfg.model.checkpoint:
         detr.load_state_dict(load_file(cfg.model.checkpoint), strict=True)
     m = cfg.model
+    if m.backbone_norm == "group_norm" or (m.backbone_norm == "auto" and not m.checkpoint):
+        trainable_backbone(detr)
     config = IDETRConfig(
         layers=tuple(m.layers) if m.layers is not None else None, interaction_queries=m.interaction_queries,
         gated_control=m.gated_control, constraint=m.constraint,
@@ -388,7 +421,7 @@ def train_loop(
             if cfg.clip > 0:
                 nn.utils.clip_grad_norm_(task.model.parameters(), cfg.clip)
             optimizer.step()
-            history.append({k: float(v) for k, v in losses.items()})
+            history.append({k: float(v.detach()) for k, v in losses.items()})
             if cfg.max_steps is not None and len(history) >= cfg.max_steps:
                 return history
         if drop is not None:

@@ -132,7 +132,8 @@ def train(
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         start = time.perf_counter()
-        tests = evaluate_sets(module.model, dm.test_loaders(), module.device)
+        device = trainer.strategy.root_device  # Lightning hands the module back on the CPU after fit
+        tests = evaluate_sets(module.model.to(device), dm.test_loaders(), device)
         metrics = {
             "experiment": cfg.experiment,
             "paper_row": cfg.paper_row,

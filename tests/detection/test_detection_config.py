@@ -63,3 +63,28 @@ def test_fraction_subset_seeded_and_nested():
     assert fraction_subset(data, 0.1, seed=3).indices == small.indices
     with pytest.raises(ValueError, match="fraction"):
         fraction_subset(data, 0.0)
+
+
+@pytest.mark.parametrize(("norm", "scratch"), [("auto", True), ("frozen_bn", False), ("group_norm", True)])
+def test_backbone_norm_from_scratch_trains_the_whole_backbone(norm, scratch):
+    from lfi.train.detection import build_model
+
+    cfg = load_detection_config(
+        None, ["model.size=tiny", "model.constraint=none", f"model.backbone_norm={norm}"]
+    )
+    backbone = build_model(cfg, num_labels=3).core.backbone
+    frozen_norms = [m for m in backbone.modules() if type(m).__name__.endswith("FrozenBatchNorm2d")]
+    group_norms = [m for m in backbone.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert (not frozen_norms and len(group_norms) > 0) == scratch
+    assert all(p.requires_grad for p in backbone.parameters()) == scratch
+    with pytest.raises(ValueError, match="model.backbone_norm"):
+        load_detection_config(None, ["model.backbone_norm=layer"])
+
+
+def test_float_fields_accept_exponent_notation():
+    cfg = load_detection_config(
+        None, ["optim.lr=1e-3", "optim.weight_decay=0", "align.weight=2", "model.constraint=none"]
+    )
+    assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.weight_decay, float) and cfg.align.weight == 2.0
+    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+        load_detection_config(None, ["optim.lr=fast", "model.constraint=none"])

@@ -103,3 +103,14 @@ def test_parameter_overhead_on_detr_r50():
     assert extra == 6 * (256 * 256 + 256) + 6 * (16 * 8 + 8 + 8 * 16 + 16) == 396_432
     assert 41.0e6 < base < 42.0e6  # the paper's 41.5M
     assert sum(p.numel() for p in idetr.parameters()) == base + extra
+
+
+def test_state_dict_holds_each_weight_once_and_saves_as_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    idetr = interactionize_detr(build_detr("detection", "conditional_detr", 5, "tiny", 7))
+    state = idetr.state_dict()
+    assert all(k.startswith("detr.") for k in state)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "m.safetensors")
+    fresh = interactionize_detr(build_detr("detection", "conditional_detr", 5, "tiny", 7))
+    fresh.load_state_dict(load_file(tmp_path / "m.safetensors"), strict=True)

@@ -17,21 +17,26 @@ from lfi.train.detection import (
     train_loop,
 )
 
-STEPS = 700
+STEPS = 1000
 
 
-def _overfit(shared_data, task: str):
+def _overfit(shared_data, task: str, images: int):
     from lfi.data.coco import CocoDetection
 
+    torch.manual_seed(0)
     ds = CocoDetection(shared_data / "coco", "val", return_masks=task == "segmentation")
-    few = [i for i, image_id in enumerate(ds.image_ids) if 1 <= len(ds.coco.imgToAnns[image_id]) <= 2][:2]
+    few = [i for i, image_id in enumerate(ds.image_ids) if 1 <= len(ds.coco.imgToAnns[image_id]) <= 2][
+        :images
+    ]
     cfg = load_detection_config(None, [
         f"task={task}", "model.size=tiny", "model.num_queries=10", "model.dropout=0.0", "teacher.name=oracle",
         "teacher.teacher=oracle-boxes", "data.scales=[128]", "data.max_size=160", "optim.lr=1e-3",
-        "optim.lr_backbone=1e-3", "optim.clip=1.0", "optim.batch_size=2", "optim.num_workers=0",
+        "optim.lr_backbone=1e-3", "optim.clip=1.0", f"optim.batch_size={images}", "optim.num_workers=0",
         f"optim.epochs={STEPS}", f"optim.lr_drop={int(STEPS * 0.7)}",
     ])  # fmt: skip
-    model = build_model(cfg, len(ds.coco_ids))
+    model = build_model(
+        cfg, len(ds.coco_ids)
+    )  # from scratch: trainable GroupNorm backbone (backbone_norm auto)
     data = loader(Subset(ds, few), cfg, train=False)  # no augmentation: memorise the images as they are
     history = train_loop(DetectionTask(model, cfg), data, cfg.optim, torch.device("cpu"), log=lambda _: None)
     assert history[-1]["align"] < history[0]["align"]
@@ -40,13 +45,19 @@ def _overfit(shared_data, task: str):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="does not reach the AP yet: AP50 0.03-0.17 after 600-700 steps on 2 images", strict=False
-)
 @pytest.mark.data
 def test_tiny_idetr_overfits_coco_boxes(shared_data):
-    metrics = _overfit(shared_data, "detection")
-    assert metrics["AP50"] > 0.9 and metrics["mAP"] > 0.6, metrics
+    """4 real images, 1000 steps (about 70 s on 2 CPU cores); measured: mAP 1.0."""
+    metrics = _overfit(shared_data, "detection", images=4)
+    assert metrics["AP50"] > 0.9 and metrics["mAP"] > 0.8, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_tiny_idetr_overfits_coco_masks(shared_data):
+    """DetrForSegmentation, 2 real images, 1000 steps; measured: box mAP 0.97, AP_mask 0.80, AP_mask50 1.0."""
+    metrics = _overfit(shared_data, "segmentation", images=2)
+    assert metrics["AP50"] > 0.9 and metrics["AP_mask50"] > 0.9 and metrics["AP_mask"] > 0.6, metrics
 
 
 @pytest.mark.data
