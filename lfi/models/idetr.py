@@ -15,62 +15,35 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from lfi.models.gate import GatedControl
 from lfi.models.interaction_attention import MapRequest, interaction_attention
-
-Constraint = Literal["interaction", "original", "none"]
+from lfi.models.switches import InteractionSwitches
 
 #: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_original).
 HEAD_NAMES = ("class_labels_classifier", "bbox_predictor", "mask_head", "bbox_attention")
 
 
 @dataclass(frozen=True)
-class IDETRConfig:
-    """How a DETR is converted; the switches mirror `lfi.models.IViTConfig`.
+class IDETRConfig(InteractionSwitches):
+    """How a DETR is converted: the switches of `InteractionSwitches` (as for `lfi.models.IViTConfig`;
+    interaction_queries off keeps a layer plain, C_F = C_VFM, for ablations) and
 
     layers: encoder layer indices to convert; None = all.
-    interaction_queries: add P'_q and C_AGT. False keeps the layer plain (C_F = C_VFM), for ablations.
-    gated_control: fuse C_AGT and C_VFM with the gate (Eq. 5-6); False uses the fixed mean.
-    constraint: which map the dense alignment supervises: "interaction" (C_AGT), "original" (C_VFM), "none".
     align_layers: converted layers whose maps the loss reads; None = the deeper half of the converted layers
         (as in I-ViT: early encoder layers mix local context, the object-level grouping C_VLM describes
         forms later).
     freeze_original: train only P'_q, the gates and the task heads (paper 5.1.2, fine-tuning a trained
-        DETR); False trains everything (Table 7, from scratch). HF's own backbone freezing (stem and first
-        stage of a ResNet) is left as HF sets it.
-    gate_hidden: hidden width of the gate's FFN.
+        DETR); False trains everything (Table 7, from scratch).
     """
 
     layers: tuple[int, ...] | None = None
-    interaction_queries: bool = True
-    gated_control: bool = True
-    constraint: Constraint = "interaction"
     align_layers: tuple[int, ...] | None = None
     freeze_original: bool = False
-    gate_hidden: int = 8
-
-    def __post_init__(self) -> None:
-        if self.constraint not in ("interaction", "original", "none"):
-            raise ValueError(
-                f"constraint must be 'interaction', 'original' or 'none', got {self.constraint!r}"
-            )
-        if self.gated_control and not self.interaction_queries:
-            raise ValueError(
-                "gated_control=True needs interaction_queries=True (the gate fuses C_AGT and C_VFM)"
-            )
-        if self.constraint == "interaction" and not self.interaction_queries:
-            raise ValueError(
-                "constraint='interaction' needs interaction_queries=True; use 'original' or 'none'"
-            )
-
-    @property
-    def supervised_map(self) -> str | None:
-        return {"interaction": "agt", "original": "vfm", "none": None}[self.constraint]
 
 
 class DetrInteractionAttention(nn.Module):

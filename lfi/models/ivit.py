@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -18,53 +18,25 @@ from torch import nn
 from lfi.maps import attention_to_grid
 from lfi.models.gate import GatedControl
 from lfi.models.interaction_attention import MapRequest, interaction_attention
-
-Constraint = Literal["interaction", "original", "none"]
+from lfi.models.switches import InteractionSwitches
 
 
 @dataclass(frozen=True)
-class IViTConfig:
-    """How a ViT is converted (the switches of the paper's Table 3).
+class IViTConfig(InteractionSwitches):
+    """How a ViT is converted: the switches of the paper's Table 3 (`InteractionSwitches`: interaction_queries,
+    gated_control, constraint, gate_hidden) and
 
     blocks: indices of the blocks to convert; None = all.
-    interaction_queries (IQ): add the interaction query projection P'_q and C_AGT.
-    gated_control (GC): fuse C_AGT and C_VFM with the gated control network (Eq. 5-6); without it the fusion
-        is the fixed average C_F = (C_AGT + C_VFM) / 2, the gate's own starting point.
-    constraint (IC): which map the alignment loss supervises: "interaction" (C_AGT, the paper's method),
-        "original" (C_VFM, Table 3 row 3, i.e. attention transfer) or "none".
     align_layers: blocks whose maps the loss reads; None = the deeper half of the converted blocks. Why:
         class-token attention in early ViT blocks is local and position-driven and becomes object-centred
         only in deeper blocks (Raghu et al. 2021; Caron et al. 2021), which is what C_VLM describes; forcing
         early blocks onto an object map fights their role. Pass every block to follow the paper literally.
     freeze_backbone: train only P'_q, the gate and the classifier head (paper 5.1.2); False fine-tunes all.
-    gate_hidden: hidden width of the gate's FFN.
     """
 
     blocks: tuple[int, ...] | None = None
-    interaction_queries: bool = True
-    gated_control: bool = True
-    constraint: Constraint = "interaction"
     align_layers: tuple[int, ...] | None = None
     freeze_backbone: bool = True
-    gate_hidden: int = 8
-
-    def __post_init__(self) -> None:
-        if self.gated_control and not self.interaction_queries:
-            raise ValueError(
-                "gated_control=True needs interaction_queries=True (the gate fuses C_AGT and C_VFM)"
-            )
-        if self.constraint == "interaction" and not self.interaction_queries:
-            raise ValueError(
-                "constraint='interaction' needs interaction_queries=True; use 'original' or 'none'"
-            )
-        if self.constraint not in ("interaction", "original", "none"):
-            raise ValueError(
-                f"constraint must be 'interaction', 'original' or 'none', got {self.constraint!r}"
-            )
-
-    @property
-    def supervised_map(self) -> str | None:
-        return {"interaction": "agt", "original": "vfm", "none": None}[self.constraint]
 
 
 #: The five rows of the paper's Table 3 (IQ / IC / GC), as conversion settings.

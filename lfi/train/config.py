@@ -277,8 +277,14 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     return cfg
 
 
+def build_dataclass(cls: type, data: dict, origin: str = "config") -> Any:
+    """Any config dataclass (nested dataclasses included) from a dict: unknown keys and wrong types raise
+    ConfigError naming the dotted key. Shared by the classification and detection configs."""
+    return _build(cls, data, "", origin)
+
+
 def config_from_dict(data: dict, origin: str = "config") -> Config:
-    return validate(_build(Config, data, "", origin), origin)
+    return validate(build_dataclass(Config, data, origin), origin)
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -300,16 +306,21 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_yaml(path.parent / base, (*_seen, path)), data)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (and its bases) <- dotted overrides, validated."""
+def read_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """YAML file (and its bases, or nothing) <- dotted overrides, as a dict and a name for error messages."""
     data: dict = {}
     origin = "defaults"
     if path is not None:
         data, origin = read_yaml(path), str(path)
     if overrides:
-        data = _merge(data, parse_overrides(overrides))
+        data = _merge(data, parse_overrides(list(overrides)))
         origin += " + overrides"
-    return config_from_dict(data, origin)
+    return data, origin
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (and its bases) <- dotted overrides, validated."""
+    return config_from_dict(*read_config(path, overrides))
 
 
 def config_to_dict(cfg: Config) -> dict:

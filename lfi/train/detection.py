@@ -30,6 +30,7 @@ from lfi.data.collate import collate_detection
 from lfi.data.pipelines import detection_transforms
 from lfi.evaluate.coco import CocoEvaluator, coco_from_dataset, detr_predictions
 from lfi.models.idetr import IDETRConfig, InteractionDETR, detr_core, interactionize_detr
+from lfi.train.config import build_dataclass, read_config
 from lfi.train.detection_align import DenseAlignment
 from lfi.train.detection_data import (
     WithOriginalSize,
@@ -160,45 +161,10 @@ class DetectionConfig:
             )
 
 
-def _build(cls: type, values: dict, where: str) -> Any:
-    """Dataclass from a dict, nested dataclasses included; unknown keys raise naming the dotted key."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"{where}{key}: unknown key; expected one of {sorted(fields)}")
-        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub):
-            value = _build(sub, value, f"{where}{key}.")
-        elif fields[key].type == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = _as_float(value, f"{where}{key}")  # YAML 1.1 reads '1e-3' as a string
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _as_float(value: int | str, where: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{where}: expected a number, got {value!r}") from None
-
-
 def load_detection_config(path: str | Path | None, overrides: list[str] = ()) -> DetectionConfig:
-    """YAML file (or defaults) + dotted overrides 'optim.epochs=1' -> DetectionConfig."""
-    values = yaml.safe_load(Path(path).read_text()) if path else {}
-    values = values or {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected key=value")
-        node = values
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return _build(DetectionConfig, values, "")
+    """YAML file (its `base:` chain too, or defaults) + dotted overrides 'optim.epochs=1' -> DetectionConfig;
+    keys and types are checked as for `lfi train` configs (`lfi.train.config`)."""
+    return build_dataclass(DetectionConfig, *read_config(path, overrides))
 
 
 def build_detr(

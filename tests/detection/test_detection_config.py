@@ -29,7 +29,7 @@ def test_table_configs_exist_and_load():
 def test_overrides_and_errors(tmp_path):
     cfg = load_detection_config(CONFIGS[0], ["optim.epochs=1", "model.size=tiny"])
     assert cfg.optim.epochs == 1 and cfg.model.size == "tiny"
-    with pytest.raises(ValueError, match="optim.epoch: unknown key"):
+    with pytest.raises(ValueError, match="unknown key .optim.epoch."):
         load_detection_config(None, ["optim.epoch=1"])
     with pytest.raises(ValueError, match="arch"):
         load_detection_config(None, ["arch=yolo"])
@@ -86,5 +86,5 @@ def test_float_fields_accept_exponent_notation():
         None, ["optim.lr=1e-3", "optim.weight_decay=0", "align.weight=2", "model.constraint=none"]
     )
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.weight_decay, float) and cfg.align.weight == 2.0
-    with pytest.raises(ValueError, match="optim.lr: expected a number"):
+    with pytest.raises(ValueError, match="optim.lr. must be float"):
         load_detection_config(None, ["optim.lr=fast", "model.constraint=none"])
