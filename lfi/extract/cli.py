@@ -38,6 +38,20 @@ class _WithWnid(Dataset):
         return {**sample, "wnid": self.dataset.wnids[sample["label"]]}
 
 
+#: Ground truth each dataset has for the oracle teacher (PACS has labels only).
+ORACLE_SOURCES = {"tinyimagenet": ("boxes",), "pacs": (), "coco": ("boxes", "masks")}
+
+
+def check_oracle_source(dataset: str, source: str) -> None:
+    """Refuse an oracle extraction the dataset cannot feed (it would store nothing but invalid maps)."""
+    if source not in ORACLE_SOURCES.get(dataset, (source,)):
+        have = ", ".join(ORACLE_SOURCES[dataset]) or "no boxes or masks"
+        raise ValueError(
+            f"--teacher oracle --oracle-source {source}: dataset {dataset!r} has {have}; "
+            "use a teacher that reads the image (--teacher vit or llava)"
+        )
+
+
 def open_dataset(name: str, root: Path, split: str, domains: list[str] | None, masks: bool) -> Dataset:
     """A dataset of `lfi.data` whose samples carry 'image', 'key', 'boxes', ('label', 'class_name')."""
     if name == "tinyimagenet":
@@ -99,6 +113,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         started_dist = True
     args.device = _device_for_rank(args.device)
     try:
+        if args.teacher == "oracle":
+            check_oracle_source(args.dataset, args.oracle_source)
         teacher = build_teacher(args.teacher, **_teacher_kwargs(args))
         dataset = open_dataset(
             args.dataset, args.data, args.split, args.domains, args.oracle_source == "masks"

@@ -169,3 +169,39 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path: Path) -> None
     for name in ref:
         np.testing.assert_array_equal(ref[name], run[name])
     assert InteractionStore(tmp_path / "run").verify().ok
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(
+    ("dataset", "extra"), [("tinyimagenet", ["--split", "val"]), ("pacs", ["--domains", "sketch"])]
+)
+def test_cli_extract_vit_teacher_on_real_data(
+    shared_data: Path, tmp_path: Path, capsys, dataset, extra
+) -> None:  # noqa: ANN001
+    """The ViT teacher (shared real DeiT-Tiny) through `lfi extract` on real TinyImageNet and PACS images."""
+    out = tmp_path / "store"
+    argv = f"extract --teacher vit --out {out} --limit 4 --batch-size 2 --workers 0 --device cpu".split()
+    assert _cli(*argv, "--data", str(shared_data), "--dataset", dataset, *extra) == 0
+    assert "4 written" in capsys.readouterr().out
+    store = InteractionStore(out)
+    assert len(store) == 4 and store.metadata["teacher"] == "vit"
+    records = [store[key] for key in store.keys()]  # noqa: SIM118 (a store is not a dict: no __iter__)
+    assert all(r.valid and torch.isclose(r.map.sum(), torch.tensor(1.0)) for r in records)
+
+
+def test_oracle_on_a_dataset_without_boxes_is_refused(tmp_path: Path) -> None:
+    argv = [
+        "extract",
+        "--teacher",
+        "oracle",
+        "--data",
+        str(tmp_path),
+        "--dataset",
+        "pacs",
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    with pytest.raises(ValueError, match="'pacs' has no boxes or masks"):
+        _cli(*argv)
+    with pytest.raises(ValueError, match="'tinyimagenet' has boxes"):
+        _cli(*argv[:6], "tinyimagenet", *argv[7:], "--oracle-source", "masks")
