@@ -22,7 +22,7 @@ from torch import nn
 
 from lfi.models.gate import GatedControl
 from lfi.models.interaction_attention import MapRequest, interaction_attention
-from lfi.models.switches import InteractionSwitches
+from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
 
 #: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_original).
 HEAD_NAMES = ("class_labels_classifier", "bbox_predictor", "mask_head", "bbox_attention")
@@ -165,12 +165,7 @@ class InteractionDETR(nn.Module):
         # weight twice into the state dict (safetensors refuses shared tensors).
         self.__dict__["_core"] = detr_core(detr)
         encoder_layers = self.core.encoder.layers
-        depth = len(encoder_layers)
-        layers = config.layers if config.layers is not None else tuple(range(depth))
-        bad = [i for i in layers if not -depth <= i < depth]
-        if bad:
-            raise ValueError(f"IDETRConfig.layers: {bad} out of range for an encoder of {depth} layers")
-        self.converted = tuple(sorted({i % depth for i in layers}))
+        self.converted = converted_layers(config.layers, len(encoder_layers), "IDETRConfig.layers")
         for i in self.converted:
             encoder_layers[i].self_attn = DetrInteractionAttention(
                 encoder_layers[i].self_attn,
@@ -190,16 +185,8 @@ class InteractionDETR(nn.Module):
         return self.__dict__["_core"]
 
     def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
-        if layers is None:
-            return self.converted[len(self.converted) // 2 :]
         depth = len(self.core.encoder.layers)
-        resolved = tuple(sorted({i % depth for i in layers}))
-        missing = [i for i in resolved if i not in self.converted]
-        if missing:
-            raise ValueError(
-                f"IDETRConfig.align_layers: layers {missing} are not converted ({self.converted})"
-            )
-        return resolved
+        return aligned_layers(layers, self.converted, depth, "IDETRConfig.align_layers")
 
     def _record_grid_mask(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """Backbone hook: the last feature map's mask (B, gh, gw), the one the encoder's tokens come from."""
@@ -220,12 +207,7 @@ class InteractionDETR(nn.Module):
 
     def interaction_parameters(self) -> list[nn.Parameter]:
         """Parameters added by the conversion: P'_q and the gates."""
-        params: list[nn.Parameter] = []
-        for layer in self.interaction_layers().values():
-            for extra in (layer.iq, layer.control):
-                if extra is not None:
-                    params.extend(extra.parameters())
-        return params
+        return added_parameters(self.interaction_layers().values())
 
     def alignment_request(self) -> MapRequest | None:
         """Full maps of the supervised map: dense alignment averages query rows chosen per image."""

@@ -18,7 +18,7 @@ from torch import nn
 from lfi.maps import attention_to_grid
 from lfi.models.gate import GatedControl
 from lfi.models.interaction_attention import MapRequest, interaction_attention
-from lfi.models.switches import InteractionSwitches
+from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,7 @@ class InteractionViT(nn.Module):
     def __init__(self, vit: nn.Module, config: IViTConfig) -> None:
         super().__init__()
         self.vit, self.config = vit, config
-        depth = len(vit.blocks)
-        blocks = config.blocks if config.blocks is not None else tuple(range(depth))
-        bad = [i for i in blocks if not -depth <= i < depth]
-        if bad:
-            raise ValueError(f"IViTConfig.blocks: {bad} out of range for a ViT of depth {depth}")
-        self.converted = tuple(sorted({i % depth for i in blocks}))
+        self.converted = converted_layers(config.blocks, len(vit.blocks), "IViTConfig.blocks")
         for i in self.converted:
             attn = vit.blocks[i].attn
             vit.blocks[i].attn = InteractionAttention(
@@ -150,16 +145,7 @@ class InteractionViT(nn.Module):
             self._freeze_backbone()
 
     def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
-        if layers is None:
-            return self.converted[len(self.converted) // 2 :]
-        depth = len(self.vit.blocks)
-        resolved = tuple(sorted({i % depth for i in layers}))
-        missing = [i for i in resolved if i not in self.converted]
-        if missing:
-            raise ValueError(
-                f"IViTConfig.align_layers: blocks {missing} are not converted ({self.converted})"
-            )
-        return resolved
+        return aligned_layers(layers, self.converted, len(self.vit.blocks), "IViTConfig.align_layers")
 
     def _freeze_backbone(self) -> None:
         if self.config.supervised_map == "vfm" and not self.config.interaction_queries:
@@ -179,12 +165,7 @@ class InteractionViT(nn.Module):
 
     def interaction_parameters(self) -> list[nn.Parameter]:
         """Parameters added by the conversion: P'_q and the gates."""
-        params: list[nn.Parameter] = []
-        for layer in self.interaction_layers().values():
-            for extra in (layer.iq, layer.control):
-                if extra is not None:
-                    params.extend(extra.parameters())
-        return params
+        return added_parameters(self.interaction_layers().values())
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -1,9 +1,12 @@
-"""The conversion switches shared by I-ViT and I-DETR: the paper's Table 3 (IQ, GC, IC)."""
+"""What I-ViT and I-DETR conversions share: the paper's Table 3 switches (IQ, GC, IC) and layer bookkeeping."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from torch import nn
 
 Constraint = Literal["interaction", "original", "none"]
 
@@ -41,3 +44,36 @@ class InteractionSwitches:
     def supervised_map(self) -> str | None:
         """Name of the map the alignment loss reads ("agt", "vfm"), None without a constraint."""
         return {"interaction": "agt", "original": "vfm", "none": None}[self.constraint]
+
+
+def converted_layers(requested: tuple[int, ...] | None, depth: int, where: str) -> tuple[int, ...]:
+    """Layer indices to convert (negative ones count from the end), sorted; None = every layer."""
+    layers = requested if requested is not None else tuple(range(depth))
+    bad = [i for i in layers if not -depth <= i < depth]
+    if bad:
+        raise ValueError(f"{where}: {bad} out of range for {depth} layers")
+    return tuple(sorted({i % depth for i in layers}))
+
+
+def aligned_layers(
+    requested: tuple[int, ...] | None, converted: tuple[int, ...], depth: int, where: str
+) -> tuple[int, ...]:
+    """Converted layers whose maps the alignment loss reads; None = the deeper half of `converted`."""
+    if requested is None:
+        return converted[len(converted) // 2 :]
+    resolved = converted_layers(requested, depth, where)
+    missing = [i for i in resolved if i not in converted]
+    if missing:
+        raise ValueError(f"{where}: layers {missing} are not converted ({converted})")
+    return resolved
+
+
+def added_parameters(layers: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """The parameters a conversion added to interaction-attention layers: P'_q (`iq`) and the gate (`control`)."""
+    return [
+        p
+        for layer in layers
+        for extra in (layer.iq, layer.control)
+        if extra is not None
+        for p in extra.parameters()
+    ]
