@@ -9,7 +9,7 @@ Variants:
   plain           timm ViT (fused SDPA attention). mode "frozen": trains the head and every block's qkv (the
                   plain counterpart of P'_q), so that backward runs through every block as in I-ViT.
   fused           I-ViT, interaction attention through the Triton kernels (backend "fused").
-  fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; cheaper).
+  fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower than the mixing gate).
   naive           I-ViT through the reference path (backend "reference").
   compiled        naive I-ViT under torch.compile.
 Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything).

@@ -2,6 +2,9 @@
 
 Run as a script (TRITON_INTERPRET must be set before triton is imported, hence a subprocess):
     python tests/kernels/interpret_check.py [quick]
+
+Triton 3.6's interpreter fails on numpy >= 2.4 ("only 0-dimensional arrays can be converted to Python
+scalars" at the first loop over a runtime bound); numpy 2.3 works.
 """
 
 from __future__ import annotations

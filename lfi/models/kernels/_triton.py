@@ -253,8 +253,7 @@ def _ph_bwd_rowstats_kernel(
 
 @triton.jit
 def _ph_bwd_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, DO, D_V, D_A,
-    DQ, DQI, DK, DV, DW,
+    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, DO, D_V, D_A, DK, DV, DW,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn,
     sgb, sgh, sgn,
     N, H, scale_log2, scale, n_keys,
@@ -263,16 +262,15 @@ def _ph_bwd_kernel(
 ):  # fmt: skip
     """Gradients for one (batch, head, key tile), walking the query tiles. Grid: (cdiv(N, BN), B * H).
 
-    dK, dV accumulate in registers (stored once, input dtype); dQ, dQ_int are summed over key tiles by fp32
-    atomics into DQ, DQI (B, N, H, D) (strides sgb, sgh, sgn); the gate weights' gradients of this program
-    go to its own row of DW (programs, 8 * EP), summed on the host.
+    dK, dV accumulate in registers, stored once (input dtype, (B, N, H, D) strides sgb, sgh, sgn); dQ comes
+    from `_ph_dq_kernel`. The gate weights' gradients of this program go to its own row of DW
+    (programs, 8 * EP), summed on the host.
     """
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
-    k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
     kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
     vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
     w1a, w1v, b1, w2a, w2v, b2a, b2v = _ph_gate_weights(W1, B1, W2, B2, E, EP)
@@ -308,9 +306,6 @@ def _ph_bwd_kernel(
         dk += tl.dot(tl.trans(ds_v), q, input_precision=PREC) + tl.dot(
             tl.trans(ds_a), qi, input_precision=PREC
         )
-        g_rows = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]
-        tl.atomic_add(DQ + g_rows, tl.dot(ds_v, k, input_precision=PREC) * scale, mask=offs_m[:, None] < N)
-        tl.atomic_add(DQI + g_rows, tl.dot(ds_a, k, input_precision=PREC) * scale, mask=offs_m[:, None] < N)
         if GATED:
             dw2a += tl.sum(tl.sum(z * dt_a[:, :, None], 0), 0)
             dw2v += tl.sum(tl.sum(z * dt_v[:, :, None], 0), 0)
@@ -335,322 +330,49 @@ def _ph_bwd_kernel(
         tl.store(w_row + 6 * EP + offs_e, tl.where(first, tl.sum(db2v, 0), 0.0))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Head-mixing family: the gate of Eq. 5, w1 (E, 2H), b1 (E,), w2 (2H, E), b2 (2H,); c < H: C_AGT head c,
-# c >= H: C_VFM head c - H (the order of torch.cat([c_agt, c_vfm], dim=1) in `gate_values`).
-# ----------------------------------------------------------------------------------------------------------
-
-
 @triton.jit
-def _mix_head(Q, QI, b, h, offs_m, offs_d, N, H, bias, LSE_V, LSE_A,
-              sqb, sqh, sqn, sib, sih, sin, kT, scale_log2, PREC: tl.constexpr):  # fmt: skip
-    """Both probability tiles (BM, BN) of head h, and its query tiles (BM, D)."""
-    q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-    qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-    row = (b * H + h) * N + offs_m
-    lse_v = tl.load(LSE_V + row, mask=offs_m < N, other=float("inf"))
-    lse_a = tl.load(LSE_A + row, mask=offs_m < N, other=float("inf"))
-    p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
-    return p_v, p_a, q, qi
-
-
-@triton.jit
-def _mix_hidden(Q, QI, K, LSE_V, LSE_A, W1, B1, b, offs_m, offs_n, offs_d, offs_e, bias, N, H, n_keys,
-                sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, scale_log2,
-                E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                PREC: tl.constexpr):  # fmt: skip
-    """Pre-activation u (BM, BN, EP) of the head-mixing gate: b1 + sum over the 2H maps of w1[:, c] N P_c."""
-    e_ok = offs_e < E
-    u = (
-        tl.zeros([BM, BN, EP], tl.float32)
-        + tl.load(B1 + offs_e, mask=e_ok, other=0.0).to(tl.float32)[None, None, :]
-    )
-    for h in range(H):
-        kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-        p_v, p_a, _, _ = _mix_head(Q, QI, b, h, offs_m, offs_d, N, H, bias, LSE_V, LSE_A,
-                                   sqb, sqh, sqn, sib, sih, sin, kT, scale_log2, PREC)  # fmt: skip
-        w1a = tl.load(W1 + offs_e * (2 * H) + h, mask=e_ok, other=0.0).to(tl.float32)
-        w1v = tl.load(W1 + offs_e * (2 * H) + H + h, mask=e_ok, other=0.0).to(tl.float32)
-        u += (p_a * n_keys)[:, :, None] * w1a[None, None, :] + (p_v * n_keys)[:, :, None] * w1v[None, None, :]
-    return u
-
-
-@triton.jit
-def _mix_fwd_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, ACC,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sab, sah, san,
-    N, H, scale_log2, n_keys,
-    E: tl.constexpr, EP: tl.constexpr, HAS_KB: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
-    """ACC (fp32, zero-initialised) += C_F V for one (batch, query tile), all heads. Grid: (cdiv(N, BM), B)."""
-    pid_m, b = tl.program_id(0), tl.program_id(1)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
-    offs_e = tl.arange(0, EP)
-    e_ok = offs_e < E
-    for n0 in range(0, N, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
-        z = _gelu(_mix_hidden(Q, QI, K, LSE_V, LSE_A, W1, B1, b, offs_m, offs_n, offs_d, offs_e, bias, N, H,
-                              n_keys, sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, scale_log2,
-                              E, EP, BM, BN, PREC))  # fmt: skip
-        for h in range(H):
-            kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-            v = _load_rows(V + b * svb + h * svh, offs_n, offs_d, N, svn)
-            p_v, p_a, _, _ = _mix_head(Q, QI, b, h, offs_m, offs_d, N, H, bias, LSE_V, LSE_A,
-                                       sqb, sqh, sqn, sib, sih, sin, kT, scale_log2, PREC)  # fmt: skip
-            w2a = tl.load(W2 + h * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-            w2v = tl.load(W2 + (H + h) * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-            b2a = tl.load(B2 + h).to(tl.float32)
-            b2v = tl.load(B2 + H + h).to(tl.float32)
-            c = _gate_out(z, w2a, b2a) * p_a + _gate_out(z, w2v, b2v) * p_v
-            a_ptrs = ACC + b * sab + h * sah + offs_m[:, None] * san + offs_d[None, :]
-            # the barrier orders this read after the previous key tile's write of the same rows, which other
-            # threads of the program may have made (load and store layouts need not match)
-            tl.debug_barrier()
-            prev = tl.load(a_ptrs, mask=offs_m[:, None] < N, other=0.0)
-            tl.store(a_ptrs, prev + tl.dot(c.to(v.dtype), v, input_precision=PREC), mask=offs_m[:, None] < N)
-
-
-@triton.jit
-def _mix_du(Q, QI, K, V, LSE_V, LSE_A, W1, B1, W2, B2, DO, b, offs_m, offs_n, offs_d, offs_e, bias, N, H,
-            n_keys, sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn, scale_log2,
-            E: tl.constexpr, EP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-            PREC: tl.constexpr):  # fmt: skip
-    """Gate activations z and du = dL/du (BM, BN, EP) of one tile, from a pass over all heads."""
-    e_ok = offs_e < E
-    u = _mix_hidden(Q, QI, K, LSE_V, LSE_A, W1, B1, b, offs_m, offs_n, offs_d, offs_e, bias, N, H, n_keys,
-                    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, scale_log2, E, EP, BM, BN, PREC)  # fmt: skip
-    z = _gelu(u)
-    dz = tl.zeros([BM, BN, EP], tl.float32)
-    for h in range(H):
-        kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-        vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
-        p_v, p_a, _, _ = _mix_head(Q, QI, b, h, offs_m, offs_d, N, H, bias, LSE_V, LSE_A,
-                                   sqb, sqh, sqn, sib, sih, sin, kT, scale_log2, PREC)  # fmt: skip
-        do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-        dcf = tl.dot(do, vT, input_precision=PREC)
-        w2a = tl.load(W2 + h * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-        w2v = tl.load(W2 + (H + h) * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-        g_a = _gate_out(z, w2a, tl.load(B2 + h).to(tl.float32))
-        g_v = _gate_out(z, w2v, tl.load(B2 + H + h).to(tl.float32))
-        dt_a = dcf * p_a * g_a * (1.0 - g_a)
-        dt_v = dcf * p_v * g_v * (1.0 - g_v)
-        dz += dt_a[:, :, None] * w2a[None, None, :] + dt_v[:, :, None] * w2v[None, None, :]
-    return z, dz * _gelu_grad(u)
-
-
-@triton.jit
-def _mix_head_grads(Q, QI, K, V, LSE_V, LSE_A, W1, W2, B2, DO, b, h, offs_m, offs_n, offs_d, offs_e, bias,
-                    N, H, n_keys, z, du, sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn,
-                    sdb, sdh, sdn, scale_log2, E: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
-    """Per-head backward quantities of one tile given the gate's z and du (see the module docstring)."""
-    e_ok = offs_e < E
-    kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-    vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
-    p_v, p_a, q, qi = _mix_head(Q, QI, b, h, offs_m, offs_d, N, H, bias, LSE_V, LSE_A,
-                                sqb, sqh, sqn, sib, sih, sin, kT, scale_log2, PREC)  # fmt: skip
-    do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-    dcf = tl.dot(do, vT, input_precision=PREC)
-    w2a = tl.load(W2 + h * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-    w2v = tl.load(W2 + (H + h) * E + offs_e, mask=e_ok, other=0.0).to(tl.float32)
-    g_a = _gate_out(z, w2a, tl.load(B2 + h).to(tl.float32))
-    g_v = _gate_out(z, w2v, tl.load(B2 + H + h).to(tl.float32))
-    w1a = tl.load(W1 + offs_e * (2 * H) + h, mask=e_ok, other=0.0).to(tl.float32)
-    w1v = tl.load(W1 + offs_e * (2 * H) + H + h, mask=e_ok, other=0.0).to(tl.float32)
-    dp_a = dcf * g_a + n_keys * tl.sum(du * w1a[None, None, :], 2)
-    dp_v = dcf * g_v + n_keys * tl.sum(du * w1v[None, None, :], 2)
-    return p_a, p_v, g_a, g_v, dcf, dp_a, dp_v, q, qi, do
-
-
-@triton.jit
-def _mix_bwd_rowstats_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, DO, D_V, D_A,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn,
-    N, H, scale_log2, n_keys,
-    E: tl.constexpr, EP: tl.constexpr, HP: tl.constexpr, HAS_KB: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
-    """D_c = rowsum(P_c dP_c), all heads of one (batch, query tile). Grid: (cdiv(N, BM), B)."""
-    pid_m, b = tl.program_id(0), tl.program_id(1)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
-    offs_e = tl.arange(0, EP)
-    offs_h = tl.arange(0, HP)
-    acc_v = tl.zeros([HP, BM], tl.float32)
-    acc_a = tl.zeros([HP, BM], tl.float32)
-    for n0 in range(0, N, BN):
-        offs_n = n0 + tl.arange(0, BN)
-        bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
-        z, du = _mix_du(Q, QI, K, V, LSE_V, LSE_A, W1, B1, W2, B2, DO, b, offs_m, offs_n, offs_d, offs_e,
-                        bias, N, H, n_keys, sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn,
-                        sdb, sdh, sdn, scale_log2, E, EP, BM, BN, PREC)  # fmt: skip
-        for h in range(H):
-            p_a, p_v, _, _, _, dp_a, dp_v, _, _, _ = _mix_head_grads(
-                Q,
-                QI,
-                K,
-                V,
-                LSE_V,
-                LSE_A,
-                W1,
-                W2,
-                B2,
-                DO,
-                b,
-                h,
-                offs_m,
-                offs_n,
-                offs_d,
-                offs_e,
-                bias,
-                N,
-                H,
-                n_keys,
-                z,
-                du,
-                sqb,
-                sqh,
-                sqn,
-                sib,
-                sih,
-                sin,
-                skb,
-                skh,
-                skn,
-                svb,
-                svh,
-                svn,
-                sdb,
-                sdh,
-                sdn,
-                scale_log2,
-                E,
-                PREC,
-            )
-            is_h = offs_h[:, None] == h
-            acc_v += tl.where(is_h, tl.sum(p_v * dp_v, 1)[None, :], 0.0)
-            acc_a += tl.where(is_h, tl.sum(p_a * dp_a, 1)[None, :], 0.0)
-    rows = (b * H + offs_h[:, None]) * N + offs_m[None, :]
-    ok = (offs_h[:, None] < H) & (offs_m[None, :] < N)
-    tl.store(D_V + rows, acc_v, mask=ok)
-    tl.store(D_A + rows, acc_a, mask=ok)
-
-
-@triton.jit
-def _mix_bwd_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, DO, D_V, D_A,
-    DQ, DQI, DK, DV, DW,
+def _ph_dq_kernel(
+    Q, QI, K, V, KB, LSE_V, LSE_A, W1, B1, W2, B2, DO, D_V, D_A, DQ, DQI,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn,
     sgb, sgh, sgn,
     N, H, scale_log2, scale, n_keys,
-    E: tl.constexpr, EP: tl.constexpr, CP: tl.constexpr, HAS_KB: tl.constexpr,
+    GATED: tl.constexpr, E: tl.constexpr, EP: tl.constexpr, HAS_KB: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """Gradients for one (batch, query tile), all heads, walking the key tiles. Grid: (cdiv(N, BM), B).
+    """dQ, dQ_int of one (batch, head, query tile), walking the key tiles. Grid: (cdiv(N, BM), B * H).
 
-    DQ, DQI (fp32, zero-initialised, (B, N, H, D) with strides sgb, sgh, sgn) are owned by the program and
-    updated in place; DK, DV (same layout) receive fp32 atomics from every query tile. This program's gate
-    weight gradients go to its own row of DW (programs, 2 * CP * EP + CP + EP): dW1^T (CP, EP), dW2 (CP, EP),
-    db2 (CP,), db1 (EP,), with CP >= 2H.
+    A pass of its own rather than atomics from `_ph_bwd_kernel`: every row is written once (input dtype,
+    (B, N, H, D) strides sgb, sgh, sgn).
     """
-    pid_m, b = tl.program_id(0), tl.program_id(1)
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    offs_e = tl.arange(0, EP)
-    offs_c = tl.arange(0, CP)
-    e_ok = offs_e < E
-    dw1t = tl.zeros([CP, EP], tl.float32)
-    dw2 = tl.zeros([CP, EP], tl.float32)
-    db2 = tl.zeros([CP], tl.float32)
-    db1 = tl.zeros([EP], tl.float32)
+    row = (b * H + h) * N + offs_m
+    m_ok = offs_m < N
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
+    qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
+    do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
+    lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
+    lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
+    d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
+    d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
+    w1a, w1v, b1, w2a, w2v, b2a, b2v = _ph_gate_weights(W1, B1, W2, B2, E, EP)
+    dq = tl.zeros([BM, D], tl.float32)
+    dqi = tl.zeros([BM, D], tl.float32)
     for n0 in range(0, N, BN):
         offs_n = n0 + tl.arange(0, BN)
         bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
-        z, du = _mix_du(Q, QI, K, V, LSE_V, LSE_A, W1, B1, W2, B2, DO, b, offs_m, offs_n, offs_d, offs_e,
-                        bias, N, H, n_keys, sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn,
-                        sdb, sdh, sdn, scale_log2, E, EP, BM, BN, PREC)  # fmt: skip
-        db1 += tl.sum(tl.sum(du, 0), 0)
-        for h in range(H):
-            p_a, p_v, g_a, g_v, dcf, dp_a, dp_v, q, qi, do = _mix_head_grads(
-                Q,
-                QI,
-                K,
-                V,
-                LSE_V,
-                LSE_A,
-                W1,
-                W2,
-                B2,
-                DO,
-                b,
-                h,
-                offs_m,
-                offs_n,
-                offs_d,
-                offs_e,
-                bias,
-                N,
-                H,
-                n_keys,
-                z,
-                du,
-                sqb,
-                sqh,
-                sqn,
-                sib,
-                sih,
-                sin,
-                skb,
-                skh,
-                skn,
-                svb,
-                svh,
-                svn,
-                sdb,
-                sdh,
-                sdn,
-                scale_log2,
-                E,
-                PREC,
-            )
-            row = (b * H + h) * N + offs_m
-            d_v = tl.load(D_V + row, mask=offs_m < N, other=0.0)
-            d_a = tl.load(D_A + row, mask=offs_m < N, other=0.0)
-            ds_v = (p_v * (dp_v - d_v[:, None])).to(q.dtype)
-            ds_a = (p_a * (dp_a - d_a[:, None])).to(q.dtype)
-            k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-            # dQ, dQ_int: program-owned rows, read-modify-write (barrier: see _mix_fwd_kernel)
-            q_ptrs = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]
-            q_ok = offs_m[:, None] < N
-            tl.debug_barrier()
-            dq = tl.load(DQ + q_ptrs, mask=q_ok, other=0.0) + tl.dot(ds_v, k, input_precision=PREC) * scale
-            dqi = tl.load(DQI + q_ptrs, mask=q_ok, other=0.0) + tl.dot(ds_a, k, input_precision=PREC) * scale
-            tl.store(DQ + q_ptrs, dq, mask=q_ok)
-            tl.store(DQI + q_ptrs, dqi, mask=q_ok)
-            k_ptrs = b * sgb + h * sgh + offs_n[:, None] * sgn + offs_d[None, :]
-            k_ok = offs_n[:, None] < N
-            dk = tl.dot(tl.trans(ds_v), q, input_precision=PREC) + tl.dot(
-                tl.trans(ds_a), qi, input_precision=PREC
-            )
-            tl.atomic_add(DK + k_ptrs, dk * scale, mask=k_ok)
-            c = (g_a * p_a + g_v * p_v).to(do.dtype)
-            tl.atomic_add(DV + k_ptrs, tl.dot(tl.trans(c), do, input_precision=PREC), mask=k_ok)
-            # gate weights: dW2[c] = sum dt_c z, db2[c] = sum dt_c, dW1[:, c] = sum du x_c
-            dt_a = dcf * p_a * g_a * (1.0 - g_a)
-            dt_v = dcf * p_v * g_v * (1.0 - g_v)
-            is_a = offs_c[:, None] == h
-            is_v = offs_c[:, None] == H + h
-            dw2 += tl.where(is_a, tl.sum(tl.sum(z * dt_a[:, :, None], 0), 0)[None, :], 0.0)
-            dw2 += tl.where(is_v, tl.sum(tl.sum(z * dt_v[:, :, None], 0), 0)[None, :], 0.0)
-            db2 += tl.where(offs_c == h, tl.sum(tl.sum(dt_a, 1), 0), 0.0)
-            db2 += tl.where(offs_c == H + h, tl.sum(tl.sum(dt_v, 1), 0), 0.0)
-            dw1t += tl.where(is_a, tl.sum(tl.sum(du * (p_a * n_keys)[:, :, None], 0), 0)[None, :], 0.0)
-            dw1t += tl.where(is_v, tl.sum(tl.sum(du * (p_v * n_keys)[:, :, None], 0), 0)[None, :], 0.0)
-    w_row = DW + (b * tl.num_programs(0) + pid_m) * (2 * CP * EP + CP + EP)
-    grid_ce = offs_c[:, None] * EP + offs_e[None, :]
-    tl.store(w_row + grid_ce, dw1t)
-    tl.store(w_row + CP * EP + grid_ce, dw2)
-    tl.store(w_row + 2 * CP * EP + offs_c, db2)
-    tl.store(w_row + 2 * CP * EP + CP + offs_e, tl.where(e_ok, db1, 0.0))
+        k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
+        kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
+        vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
+        p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
+        dcf = tl.dot(do, vT, input_precision=PREC)
+        _, _, dp_a, dp_v, _, _, _, _ = _ph_pair_grads(
+            p_a, p_v, dcf, w1a, w1v, b1, w2a, w2v, b2a, b2v, n_keys, GATED
+        )
+        dq += tl.dot((p_v * (dp_v - d_v[:, None])).to(k.dtype), k, input_precision=PREC)
+        dqi += tl.dot((p_a * (dp_a - d_a[:, None])).to(k.dtype), k, input_precision=PREC)
+    ptrs = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]
+    tl.store(DQ + ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None])
+    tl.store(DQI + ptrs, (dqi * scale).to(DQI.dtype.element_ty), mask=m_ok[:, None])

@@ -2,20 +2,22 @@
 
 `fused_interaction_attention` computes what `lfi.models.interaction_attention.interaction_attention` computes
 (same arguments, same outputs, gradients for q, k, v, q_int and the gate weights) without any B x H x N x N
-tensor in device memory. Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
+tensor in device memory (the head-mixing gate's backward keeps its hidden activations, B x E x N x N, for one
+layer at a time). Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
 recomputed in plain torch from q[:, :, :k] and k (cheap, and their gradients flow through autograd).
 
 Which path runs: `should_use_fused(...)` (the dispatch's question) honours the backend chosen by
 `use_backend(...)` (context manager, innermost wins) or else the environment variable LFI_ATTENTION:
-  "reference" (default): never fused. Measured on an H100 (benchmarks/results/ivit_step_h100.json), the
-      kernels are ~1.15x slower per train step than the reference path but use ~3.5x less memory, so they
-      are opt-in for memory-bound runs (large batches, long token sequences) until they are faster;
-  "auto": fused wherever `can_use_fused` holds, the reference elsewhere;
+  "reference" (default): never fused. Measured on an H200 (benchmarks/results/ivit_step_h200.json), an
+      I-ViT-S/16 train step with the kernels takes ~0.6x the reference path's time and ~0.3x its memory, but
+      in bf16 the head-mixing gate's weight gradients miss the 1e-2 relative-error bound of tests/kernels on
+      some shapes (8 heads, 333 or 1,000 tokens), so the kernels stay opt-in until they meet it;
+  "auto": fused wherever `can_use_fused` holds (CUDA, supported shapes), the reference elsewhere;
   "fused": fused for every layer with interaction queries, and an error where it cannot be (benchmarks use
       this to be sure they measure the kernel).
 
 Gates: GateWeights with w1 (E, 2H) is the head-mixing gate of Eq. 5 (`gate_values`). GateWeights with
-w1 (E, 2), w2 (2, E), b2 (2,) is the cheaper per-head gate (`per_head_gate_values`): the same FFN read of
+w1 (E, 2), w2 (2, E), b2 (2,) is the per-head gate (`per_head_gate_values`): the same FFN read of
 Eq. 5, but over the two maps of one head at a time, with weights shared by the heads.
 """
 
@@ -35,10 +37,12 @@ if TYPE_CHECKING:
 try:
     import triton
 
+    from lfi.models.kernels import _mix
     from lfi.models.kernels import _triton as _kernels
 except ImportError:  # the CPU keeps the reference path
     triton = None
     _kernels = None
+    _mix = None
 
 Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[Backend, ...] = ("auto", "fused", "reference")
@@ -46,8 +50,9 @@ BACKEND_ENV = "LFI_ATTENTION"
 HEAD_DIMS = (32, 64)
 # the head-mixing kernels keep per-head row statistics and gate gradients of a tile in registers, padded to
 # these fixed sizes (fixed rather than per head count: fewer kernel variants to compile)
+# the head-mixing kernels hold every head of a tile, and the gate's hidden layer, in registers
 MAX_MIX_HEADS = 16
-_MIX_CP = 2 * MAX_MIX_HEADS
+MAX_MIX_HEADS_FP32 = 8
 MAX_GATE_HIDDEN = 32
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _backend_stack: list[Backend] = []
@@ -160,6 +165,11 @@ def fused_unsupported_reason(
             return f"gate hidden width {hidden} > {MAX_GATE_HIDDEN}"
         if not is_per_head_gate(gate) and heads > MAX_MIX_HEADS:
             return f"{heads} heads > {MAX_MIX_HEADS} for the head-mixing gate"
+        if not is_per_head_gate(gate) and q.dtype == torch.float32 and heads > MAX_MIX_HEADS_FP32:
+            return (
+                f"float32 with {heads} heads > {MAX_MIX_HEADS_FP32}: the head-mixing kernels' float32 tiles of"
+                " 16 heads need more shared memory than sm_90 has (bf16 and fp16 take up to 16 heads)"
+            )
     if attn_mask is not None:
         if attn_mask.requires_grad:
             return "attn_mask requires grad"
@@ -269,26 +279,34 @@ def _row_maps(q, k, q_int, gate, scale, request, attn_mask) -> dict[str, torch.T
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _blocks(kernel: str, mode: str) -> tuple[int, int, int]:
-    """(BM, BN, num_warps) of a kernel. Why these: the gate's hidden layer is a (BM, BN, E) fp32 tile in
-    registers (E = 8: 8K values for 32 x 32), so gated kernels use small tiles; under the interpreter, the
-    smallest tiles tl.dot allows, so that tiny test shapes still span several tiles. Chosen by compiling for
-    sm_90 on a machine without a GPU (ptxas -v: fewest register spills), not yet by timing."""
+# (BM, BN, num_warps, num_stages) per (kernel, gate mode). The head-mixing kernels hold every head of a tile,
+# (HP, BM, BN) tensors, so their tiles are small, and they are not software-pipelined (num_stages=1): on sm_90
+# the pipeliner would keep several copies of the (HP, BN, d) key and value tiles in shared memory, past its
+# 227 KB. Under the interpreter: the smallest tiles tl.dot allows, so that tiny test shapes still span several
+# tiles. A dict so that benchmarks/attention_kernels.py can try others.
+BLOCKS: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("lse", "none"): (64, 64, 4, 3),
+    ("fwd", "none"): (64, 64, 4, 3),
+    ("fwd", "per_head"): (32, 32, 8, 3),
+    ("fwd", "mix"): (16, 16, 8, 1),
+    ("rowstats", "none"): (64, 64, 4, 3),
+    ("rowstats", "per_head"): (32, 32, 8, 3),
+    ("bwd", "none"): (32, 64, 4, 3),
+    ("bwd", "per_head"): (32, 32, 8, 3),
+    ("dq", "none"): (64, 32, 4, 3),
+    ("dq", "per_head"): (32, 32, 8, 3),
+    ("gate_bwd", "mix"): (16, 16, 8, 1),
+    ("dkdv", "mix"): (16, 32, 4, 2),
+    ("dq", "mix"): (16, 32, 4, 2),
+}
+
+
+def _blocks(kernel: str, mode: str) -> tuple[int, int, dict[str, int]]:
+    """-> BM, BN and the launch options (num_warps, num_stages) of a kernel."""
     if _interpreting():
-        return 16, 16, 1
-    table = {
-        ("lse", "none"): (64, 64, 4),
-        ("fwd", "none"): (64, 64, 4),
-        ("fwd", "per_head"): (32, 32, 8),
-        ("fwd", "mix"): (32, 32, 8),
-        ("rowstats", "none"): (64, 64, 4),
-        ("rowstats", "per_head"): (32, 32, 8),
-        ("rowstats", "mix"): (32, 32, 8),
-        ("bwd", "none"): (32, 64, 4),
-        ("bwd", "per_head"): (32, 32, 8),
-        ("bwd", "mix"): (32, 32, 8),
-    }
-    return table[(kernel, "none" if kernel == "lse" else mode)]
+        return 16, 16, {"num_warps": 1}
+    bm, bn, warps, stages = BLOCKS[(kernel, "none" if kernel == "lse" else mode)]
+    return bm, bn, {"num_warps": warps, "num_stages": stages}
 
 
 def _bhn(t: torch.Tensor) -> tuple[int, int, int]:
@@ -308,40 +326,99 @@ def _gate_meta(mode: str, w1: torch.Tensor | None) -> tuple[int, int]:
     return hidden, max(2, triton.next_power_of_2(hidden))
 
 
+def _mix_meta(heads: int, hidden: int) -> tuple[int, int]:
+    """(HP, EP) of the head-mixing kernels: heads and hidden width padded to powers of two, at least 8 and 16
+    (the gate's matrix products need 2HP >= 16 and EP >= 16)."""
+    return max(8, triton.next_power_of_2(heads)), max(16, triton.next_power_of_2(hidden))
+
+
+def _mix_channels(heads: int, device: torch.device) -> torch.Tensor:
+    """perm[2h + c] = c H + h: the kernels' channel order (C_AGT, C_VFM of head h side by side) in terms of
+    the order of `gate_values` (all C_AGT heads, then all C_VFM heads)."""
+    h = torch.arange(heads, device=device)
+    return torch.stack([h, h + heads], dim=1).flatten()
+
+
+def _mix_weights(w1, b1, w2, b2, heads: int, keys: int):
+    """The gate's weights as the head-mixing kernels take them (see `_mix`): fp32, zero-padded, channel order
+    of `_mix_channels`, the key count folded into W1: W1T (2HP, EP), B1 (EP,), W2T (EP, 2HP), B2 (2HP,)."""
+    hidden = w1.shape[0]
+    hp, ep = _mix_meta(heads, hidden)
+    perm = _mix_channels(heads, w1.device)
+    f32 = dict(device=w1.device, dtype=torch.float32)
+    w1t = torch.zeros(2 * hp, ep, **f32)
+    w1t[: 2 * heads, :hidden] = w1.detach().t()[perm] * keys
+    b1p = torch.zeros(ep, **f32)
+    b1p[:hidden] = b1.detach()
+    w2t = torch.zeros(ep, 2 * hp, **f32)
+    w2t[:hidden, : 2 * heads] = w2.detach()[perm].t()
+    b2p = torch.zeros(2 * hp, **f32)
+    b2p[: 2 * heads] = b2.detach()[perm]
+    return w1t, b1p, w2t, b2p
+
+
+def _mix_weight_grads(dw: torch.Tensor, heads: int, hidden: int, keys: int):
+    """Sum the programs' rows of DW (`_mix_gate_bwd_kernel`) and map them back to dw1, db1, dw2, db2."""
+    hp, ep = _mix_meta(heads, hidden)
+    inv = torch.argsort(_mix_channels(heads, dw.device))
+    parts = dw.sum(0)
+    c2, n1 = 2 * hp, 2 * hp * ep
+    dw1t = parts[:n1].view(c2, ep)[: 2 * heads, :hidden][inv]
+    dw2t = parts[n1 : 2 * n1].view(ep, c2)[:hidden, : 2 * heads][:, inv]
+    db1 = parts[2 * n1 : 2 * n1 + ep][:hidden]
+    db2 = parts[2 * n1 + ep :][: 2 * heads][inv]
+    return dw1t.t() * keys, db1, dw2t.t(), db2
+
+
+class _Launch:
+    """What every launcher needs from (q, bias): shapes, device, dot precision, the key mask's buffer."""
+
+    def __init__(self, q: torch.Tensor, bias: torch.Tensor | None, scale: float) -> None:
+        self.B, self.H, self.N, self.D = q.shape
+        self.device = q.device
+        # bf16/fp16 dots run on the matrix units whatever this says; fp32 ones in full precision (tests)
+        self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        self.has_kb = bias is not None
+        self.kb = bias if bias is not None else torch.zeros(1, device=q.device)
+        self.skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
+        self.scale = scale
+        self.scale_log2 = scale * _kernels.LOG2E_VALUE
+
+
+def _row_lse(run: _Launch, q, qi, k, mode):
+    """Row log-sum-exps (B, H, N) fp32 (log2 domain) of both softmaxes."""
+    lse_v = torch.empty((run.B, run.H, run.N), device=run.device, dtype=torch.float32)
+    lse_a = torch.empty_like(lse_v)
+    bm, bn, launch = _blocks("lse", mode)
+    _kernels._lse_kernel[(triton.cdiv(run.N, bm), run.B * run.H)](
+        q, qi, k, run.kb, lse_v, lse_a, *_bhn(q), *_bhn(qi), *_bhn(k), run.skbb, run.N, run.H,
+        run.scale_log2, HAS_KB=run.has_kb, BM=bm, BN=bn, D=run.D, PREC=run.prec, **launch,
+    )  # fmt: skip
+    return lse_v, lse_a
+
+
 def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode):
     """-> out (B, H, N, d) (a view of a (B, N, H, d) buffer), lse_v, lse_a (B, H, N) fp32 (log2 domain)."""
+    run = _Launch(q, bias, scale)
     B, H, N, D = q.shape
-    dev = q.device
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    kb = bias if bias is not None else torch.zeros(1, device=dev)
-    skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
-    scale_log2 = scale * _kernels.LOG2E_VALUE
-    lse_v = torch.empty((B, H, N), device=dev, dtype=torch.float32)
-    lse_a = torch.empty_like(lse_v)
-    bm, bn, warps = _blocks("lse", mode)
-    _kernels._lse_kernel[(triton.cdiv(N, bm), B * H)](
-        q, qi, k, kb, lse_v, lse_a, *_bhn(q), *_bhn(qi), *_bhn(k), skbb, N, H, scale_log2,
-        HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
-    )  # fmt: skip
-    E, EP = _gate_meta(mode, w1)
-    w1, b1, w2, b2 = _weights_or_placeholders(w1, b1, w2, b2, dev)
-    bm, bn, warps = _blocks("fwd", mode)
-    common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), skbb)
+    lse_v, lse_a = _row_lse(run, q, qi, k, mode)
+    out = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
+    common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, out.stride(0), out.stride(2), out.stride(1))
+    bm, bn, launch = _blocks("fwd", mode)
     if mode == "mix":
-        acc = torch.zeros((B, N, H, D), device=dev, dtype=torch.float32)
-        _kernels._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
-            q, qi, k, v, kb, lse_v, lse_a, w1, b1, w2, b2, acc, *common, acc.stride(0), acc.stride(2),
-            acc.stride(1), N, H, scale_log2, float(N),
-            E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
+        hp, ep = _mix_meta(H, w1.shape[0])
+        _mix._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
+            q, qi, k, v, run.kb, lse_v, lse_a, *_mix_weights(w1, b1, w2, b2, H, N), out, *common,
+            N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp, EP=ep, BM=bm, BN=bn, D=D, PREC=run.prec,
+            PREC_G=run.prec, **launch,
         )  # fmt: skip
-        out = acc.to(q.dtype)
     else:
-        out = torch.empty((B, N, H, D), device=dev, dtype=q.dtype)
+        E, EP = _gate_meta(mode, w1)
         _kernels._ph_fwd_kernel[(triton.cdiv(N, bm), B * H)](
-            q, qi, k, v, kb, lse_v, lse_a, w1, b1, w2, b2, out, *common, out.stride(0), out.stride(2),
-            out.stride(1), N, H, scale_log2, float(N),
-            GATED=mode == "per_head", E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
-            num_warps=warps,
+            q, qi, k, v, run.kb, lse_v, lse_a, *_weights_or_placeholders(w1, b1, w2, b2, run.device), out,
+            *common, N, H, run.scale_log2, float(N),
+            GATED=mode == "per_head", E=E, EP=EP, HAS_KB=run.has_kb, BM=bm, BN=bn, D=D, PREC=run.prec,
+            **launch,
         )  # fmt: skip
     return out.transpose(1, 2), lse_v, lse_a
 
@@ -354,75 +431,101 @@ def _weights_or_placeholders(w1, b1, w2, b2, device):
     return tuple(w.detach().float().contiguous() for w in (w1, b1, w2, b2))
 
 
+def _mix_backward(run: _Launch, q, k, v, qi, w1, b1, w2, b2, lse_v, lse_a, do):
+    """Head-mixing gate: the gate kernel (row statistics, gate gradients, z and du per pair), then the dK/dV
+    and the dQ kernels. -> (dq, dk, dv, dqi) (B, N, H, d) in the input dtype, the gate weights' gradients."""
+    B, H, N, D = q.shape
+    hidden = w1.shape[0]
+    hp, ep = _mix_meta(H, hidden)
+    w1t, b1p, w2t, b2p = _mix_weights(w1, b1, w2, b2, H, N)
+    d_v = torch.empty((B, H, N), device=run.device, dtype=torch.float32)
+    d_a = torch.empty_like(d_v)
+    # the gate's activations per pair: bf16 for bf16/fp16 inputs (fp32 copies made the I-ViT-S step ~1.9x
+    # slower, H200), fp32 for fp32 inputs (tests hold those to 1e-4)
+    act_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
+    z = torch.empty((B, hidden, N, N), device=run.device, dtype=act_dtype)
+    du = torch.empty_like(z)
+    bm, bn, launch = _blocks("gate_bwd", "mix")
+    grid = (triton.cdiv(N, bm), B)
+    dw = torch.empty((grid[0] * grid[1], 4 * hp * ep + ep + 2 * hp), device=run.device, dtype=torch.float32)
+    strides = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, *_bhn(do))
+    _mix._mix_gate_bwd_kernel[grid](
+        q, qi, k, v, run.kb, lse_v, lse_a, w1t, b1p, w2t, b2p, do, d_v, d_a, z, du, dw, *strides,
+        N, H, run.scale_log2, E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, BM=bm, BN=bn, D=D,
+        PREC=run.prec, PREC_G=run.prec, **launch,
+    )  # fmt: skip
+    dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
+    dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
+    per_head = (*strides, dk.stride(0), dk.stride(2), dk.stride(1), N, H, run.scale_log2, run.scale)
+    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, D=D,
+                  PREC=run.prec)  # fmt: skip
+    bm, bn, launch = _blocks("dkdv", "mix")
+    _mix._mix_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
+        q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dk, dv, *per_head,
+        BM=bm, BN=bn, **launch, **consts,
+    )  # fmt: skip
+    bm, bn, launch = _blocks("dq", "mix")
+    _mix._mix_dq_kernel[(triton.cdiv(N, bm), B * H)](
+        q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dq, dqi, *per_head,
+        BM=bm, BN=bn, **launch, **consts,
+    )  # fmt: skip
+    return (dq, dk, dv, dqi), _mix_weight_grads(dw, H, hidden, N)
+
+
+def _per_head_backward(run: _Launch, q, k, v, qi, w1, b1, w2, b2, mode, lse_v, lse_a, do):
+    """No gate or the per-head gate: row statistics, then the dK/dV (and gate) kernel and the dQ kernel.
+    -> (dq, dk, dv, dqi) (B, N, H, d) in the input dtype, and the gate weights' gradients (or Nones)."""
+    B, H, N, D = q.shape
+    E, EP = _gate_meta(mode, w1)
+    wts = _weights_or_placeholders(w1, b1, w2, b2, run.device)
+    gated = mode == "per_head"
+    d_v = torch.empty((B, H, N), device=run.device, dtype=torch.float32)
+    d_a = torch.empty_like(d_v)
+    strides = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, *_bhn(do))
+    bm, bn, launch = _blocks("rowstats", mode)
+    _kernels._ph_bwd_rowstats_kernel[(triton.cdiv(N, bm), B * H)](
+        q, qi, k, v, run.kb, lse_v, lse_a, *wts, do, d_v, d_a, *strides, N, H, run.scale_log2, float(N),
+        GATED=gated, E=E, EP=EP, HAS_KB=run.has_kb, BM=bm, BN=bn, D=D, PREC=run.prec, **launch,
+    )  # fmt: skip
+    dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
+    dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
+    tail = (dk.stride(0), dk.stride(2), dk.stride(1), N, H, run.scale_log2, run.scale, float(N))
+    consts = dict(GATED=gated, E=E, EP=EP, HAS_KB=run.has_kb, D=D, PREC=run.prec)
+    bm, bn, launch = _blocks("bwd", mode)
+    grid = (triton.cdiv(N, bn), B * H)
+    dw = torch.zeros((grid[0] * grid[1] if gated else 1, 8 * EP), device=run.device, dtype=torch.float32)
+    _kernels._ph_bwd_kernel[grid](
+        q, qi, k, v, run.kb, lse_v, lse_a, *wts, do, d_v, d_a, dk, dv, dw, *strides, *tail,
+        BM=bm, BN=bn, **launch, **consts,
+    )  # fmt: skip
+    bm, bn, launch = _blocks("dq", mode)
+    _kernels._ph_dq_kernel[(triton.cdiv(N, bm), B * H)](
+        q, qi, k, v, run.kb, lse_v, lse_a, *wts, do, d_v, d_a, dq, dqi, *strides, *tail,
+        BM=bm, BN=bn, **launch, **consts,
+    )  # fmt: skip
+    if not gated:
+        return (dq, dk, dv, dqi), (None,) * 4
+    parts = dw.sum(0).view(8, EP)
+    return (
+        (dq, dk, dv, dqi),
+        (
+            torch.stack([parts[0, :E], parts[1, :E]], dim=1),  # dw1 (E, 2): columns C_AGT, C_VFM
+            parts[2, :E],
+            torch.stack([parts[3, :E], parts[4, :E]], dim=0),  # dw2 (2, E)
+            torch.stack([parts[5, 0], parts[6, 0]]),
+        ),
+    )
+
+
 def _backward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, lse_v, lse_a, dout):
     """-> dq, dk, dv, dq_int (B, H, N, d) in the input dtype, and dw1, db1, dw2, db2 (or Nones)."""
-    B, H, N, D = q.shape
-    dev = q.device
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    kb = bias if bias is not None else torch.zeros(1, device=dev)
-    skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
-    scale_log2 = scale * _kernels.LOG2E_VALUE
+    run = _Launch(q, bias, scale)
     do = _unit_last(dout.to(q.dtype))
-    E, EP = _gate_meta(mode, w1)
-    wts = _weights_or_placeholders(w1, b1, w2, b2, dev)
-    d_v = torch.empty((B, H, N), device=dev, dtype=torch.float32)
-    d_a = torch.empty_like(d_v)
-    common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), skbb, *_bhn(do))
-    dq = torch.zeros((B, N, H, D), device=dev, dtype=torch.float32)
-    dqi = torch.zeros_like(dq)
-    g_strides = (dq.stride(0), dq.stride(2), dq.stride(1))
-    bm, bn, warps = _blocks("rowstats", mode)
     if mode == "mix":
-        _kernels._mix_bwd_rowstats_kernel[(triton.cdiv(N, bm), B)](
-            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, *common, N, H, scale_log2, float(N),
-            E=E, EP=EP, HP=MAX_MIX_HEADS, HAS_KB=bias is not None, BM=bm, BN=bn, D=D,
-            PREC=prec, num_warps=warps,
-        )  # fmt: skip
-        bm, bn, warps = _blocks("bwd", mode)
-        dk = torch.zeros_like(dq)
-        dv = torch.zeros_like(dq)
-        cp = _MIX_CP
-        grid = (triton.cdiv(N, bm), B)
-        dw = torch.empty((grid[0] * grid[1], 2 * cp * EP + cp + EP), device=dev, dtype=torch.float32)
-        _kernels._mix_bwd_kernel[grid](
-            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, dq, dqi, dk, dv, dw, *common, *g_strides,
-            N, H, scale_log2, scale, float(N),
-            E=E, EP=EP, CP=cp, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec, num_warps=warps,
-        )  # fmt: skip
-        parts = dw.sum(0)
-        dw1 = parts[: cp * EP].view(cp, EP)[: 2 * H, :E].t()
-        dw2 = parts[cp * EP : 2 * cp * EP].view(cp, EP)[: 2 * H, :E]
-        db2 = parts[2 * cp * EP : 2 * cp * EP + cp][: 2 * H]
-        db1 = parts[2 * cp * EP + cp :][:E]
-        gate_grads = (dw1, db1, dw2, db2)
+        grads, gate_grads = _mix_backward(run, q, k, v, qi, w1, b1, w2, b2, lse_v, lse_a, do)
     else:
-        gated = mode == "per_head"
-        _kernels._ph_bwd_rowstats_kernel[(triton.cdiv(N, bm), B * H)](
-            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, *common, N, H, scale_log2, float(N),
-            GATED=gated, E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
-            num_warps=warps,
-        )  # fmt: skip
-        bm, bn, warps = _blocks("bwd", mode)
-        dk = torch.empty((B, N, H, D), device=dev, dtype=q.dtype)
-        dv = torch.empty_like(dk)
-        grid = (triton.cdiv(N, bn), B * H)
-        dw = torch.zeros((grid[0] * grid[1] if gated else 1, 8 * EP), device=dev, dtype=torch.float32)
-        _kernels._ph_bwd_kernel[grid](
-            q, qi, k, v, kb, lse_v, lse_a, *wts, do, d_v, d_a, dq, dqi, dk, dv, dw, *common, *g_strides,
-            N, H, scale_log2, scale, float(N),
-            GATED=gated, E=E, EP=EP, HAS_KB=bias is not None, BM=bm, BN=bn, D=D, PREC=prec,
-            num_warps=warps,
-        )  # fmt: skip
-        gate_grads = (None,) * 4
-        if gated:
-            parts = dw.sum(0).view(8, EP)
-            gate_grads = (
-                torch.stack([parts[0, :E], parts[1, :E]], dim=1),  # dw1 (E, 2): columns C_AGT, C_VFM
-                parts[2, :E],
-                torch.stack([parts[3, :E], parts[4, :E]], dim=0),  # dw2 (2, E)
-                torch.stack([parts[5, 0], parts[6, 0]]),
-            )
-    grads = tuple(g.to(q.dtype).transpose(1, 2) for g in (dq, dk, dv, dqi))
+        grads, gate_grads = _per_head_backward(run, q, k, v, qi, w1, b1, w2, b2, mode, lse_v, lse_a, do)
+    grads = tuple(g.to(q.dtype).transpose(1, 2) for g in grads)
     gate_grads = tuple(
         None if g is None else g.to(w.dtype) for g, w in zip(gate_grads, (w1, b1, w2, b2), strict=True)
     )
