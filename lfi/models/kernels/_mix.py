@@ -32,7 +32,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from lfi.models.kernels._triton import _gelu, _gelu_grad, _key_bias, _load_cols, _load_rows, _probs
+from lfi.models.kernels._triton import (
+    _gelu,
+    _gelu_grad,
+    _key_bias,
+    _load_cols,
+    _load_rows,
+    _probs,
+    _query_tile,
+)
 
 
 @triton.jit
@@ -250,17 +258,10 @@ def _mix_dkdv_kernel(
     dv = tl.zeros([BN, D], tl.float32)
     for m0 in range(0, N, BM):
         offs_m = m0 + tl.arange(0, BM)
-        row = (b * H + h) * N + offs_m
-        m_ok = offs_m < N
-        q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-        qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-        do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-        lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
-        lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
+        q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
+            N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
-        d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
-        d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
         ds_a, ds_v, c = _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
                                            E, HP, EP)  # fmt: skip
         dv += tl.dot(tl.trans(c.to(do.dtype)), do, input_precision=PREC)
@@ -289,15 +290,9 @@ def _mix_dq_kernel(
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    row = (b * H + h) * N + offs_m
+    q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
+        N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
     m_ok = offs_m < N
-    q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-    qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-    do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-    lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
-    lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
-    d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
-    d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
     dq = tl.zeros([BM, D], tl.float32)
     dqi = tl.zeros([BM, D], tl.float32)
     for n0 in range(0, N, BN):

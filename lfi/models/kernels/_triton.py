@@ -77,6 +77,22 @@ def _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC: tl.constexpr):
 
 
 @triton.jit
+def _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d, N,
+                sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn):  # fmt: skip
+    """What a backward kernel reads of one head's query tile: q, q_int, dO (BM, D); lse_v, lse_a, D_v, D_a (BM,)."""
+    row = (b * H + h) * N + offs_m
+    m_ok = offs_m < N
+    q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
+    qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
+    do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
+    lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
+    lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
+    d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
+    d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
+    return q, qi, do, lse_v, lse_a, d_v, d_a
+
+
+@triton.jit
 def _online_lse(m, total, s):
     """One step of the streaming log-sum-exp (log2 domain) over the tile s (BM, BN)."""
     m_new = tl.maximum(m, tl.max(s, 1))
@@ -286,14 +302,8 @@ def _ph_bwd_kernel(
     db2v = tl.zeros([BM], tl.float32)
     for m0 in range(0, N, BM):
         offs_m = m0 + tl.arange(0, BM)
-        row = (b * H + h) * N + offs_m
-        q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-        qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-        do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-        lse_v = tl.load(LSE_V + row, mask=offs_m < N, other=float("inf"))
-        lse_a = tl.load(LSE_A + row, mask=offs_m < N, other=float("inf"))
-        d_v = tl.load(D_V + row, mask=offs_m < N, other=0.0)
-        d_a = tl.load(D_A + row, mask=offs_m < N, other=0.0)
+        q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
+            N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
         g_a, g_v, dp_a, dp_v, z, du, dt_a, dt_v = _ph_pair_grads(
@@ -348,15 +358,9 @@ def _ph_dq_kernel(
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    row = (b * H + h) * N + offs_m
+    q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
+        N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
     m_ok = offs_m < N
-    q = _load_rows(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-    qi = _load_rows(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-    do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-    lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
-    lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
-    d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
-    d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
     w1a, w1v, b1, w2a, w2v, b2a, b2v = _ph_gate_weights(W1, B1, W2, B2, E, EP)
     dq = tl.zeros([BM, D], tl.float32)
     dqi = tl.zeros([BM, D], tl.float32)
