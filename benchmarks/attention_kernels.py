@@ -32,7 +32,6 @@ import shlex
 import statistics
 import sys
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -44,6 +43,8 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
 
 from lfi.models.interaction_attention import GateWeights, attention_logits, interaction_attention  # noqa: E402
 from lfi.models.kernels import fused_interaction_attention, use_backend  # noqa: E402
@@ -266,15 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
         if time.perf_counter() - start > args.time_budget:
             rec |= {"status": "skipped", "error": "time budget spent"}
         else:
-            t0 = time.perf_counter()
-            try:
-                rec |= run_case(args, shape, gate, impl, dev)
-            except torch.cuda.OutOfMemoryError as e:
-                rec |= {"status": "oom", "error": str(e).splitlines()[0]}
-            except Exception as e:  # any failure is data: record it and go on
-                rec |= {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000],
-                        "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
-            rec["case_wall_s"] = time.perf_counter() - t0
+            rec |= run_isolated(run_case, args, shape, gate, impl, dev)
         if impl == "sdpa" and rec["status"] == "ok":
             sdpa_ms[name] = rec["ms_fwd_bwd"]
         if rec["status"] == "ok" and name in sdpa_ms:

@@ -32,7 +32,6 @@ import platform
 import statistics
 import sys
 import time
-import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +39,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
 
 from lfi.models.interaction_attention import GateWeights  # noqa: E402
 from lfi.models.ivit import interactionize  # noqa: E402
@@ -255,15 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         if left <= 0 or (variant == "compiled" and left < COMPILE_RESERVE_S):
             record |= {"status": "skipped", "error": f"time budget ({left:.0f} s left)"}
         else:
-            t0 = time.perf_counter()
-            try:
-                record |= run_case(args, model_name, mode, variant, device)
-            except torch.cuda.OutOfMemoryError as e:
-                record |= {"status": "oom", "error": str(e).splitlines()[0]}
-            except Exception as e:  # any failure is data: record it and go on
-                record |= {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000],
-                           "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
-            record["case_wall_s"] = time.perf_counter() - t0
+            record |= run_isolated(run_case, args, model_name, mode, variant, device)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
