@@ -53,10 +53,10 @@ def test_plain_attention_never_dispatches_to_the_kernels():
 
 def test_backend_selection(monkeypatch):
     monkeypatch.delenv("LFI_ATTENTION", raising=False)
-    assert (
-        attention_backend() == "reference"
-    )  # the default until the kernels meet the accuracy bound (fused.py)
+    # the default until the kernels meet the accuracy bound (fused.py)
+    assert attention_backend() == "reference"
     monkeypatch.setenv("LFI_ATTENTION", "auto")
+    assert attention_backend() == "auto"
     with use_backend("fused"):
         assert attention_backend() == "fused"
         with use_backend("auto"):
@@ -200,12 +200,12 @@ GPU_CASES = [
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-4}
 
 
-# fp32 with the head-mixing gate takes at most 8 heads (test_float32_mixing_gate_beyond_eight_heads_is_refused)
+# fp32 with the head-mixing gate takes at most MAX_MIX_HEADS_FP32 heads (see the refusal test above)
 GPU_RUNS = [
     pytest.param(case, dtype, id=f"{case.name}-{name}")
     for case in GPU_CASES
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
-    if not (dtype == torch.float32 and case.gate == "mix" and case.heads > 8)
+    if not (dtype == torch.float32 and case.gate == "mix" and case.heads > fused_module.MAX_MIX_HEADS_FP32)
 ]
 
 

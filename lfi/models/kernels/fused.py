@@ -48,8 +48,6 @@ Backend = Literal["auto", "fused", "reference"]
 BACKENDS: tuple[Backend, ...] = ("auto", "fused", "reference")
 BACKEND_ENV = "LFI_ATTENTION"
 HEAD_DIMS = (32, 64)
-# the head-mixing kernels keep per-head row statistics and gate gradients of a tile in registers, padded to
-# these fixed sizes (fixed rather than per head count: fewer kernel variants to compile)
 # the head-mixing kernels hold every head of a tile, and the gate's hidden layer, in registers
 MAX_MIX_HEADS = 16
 MAX_MIX_HEADS_FP32 = 8
@@ -397,8 +395,10 @@ def _row_lse(run: _Launch, q, qi, k, mode):
     return lse_v, lse_a
 
 
-def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode):
-    """-> out (B, H, N, d) (a view of a (B, N, H, d) buffer), lse_v, lse_a (B, H, N) fp32 (log2 domain)."""
+def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, mix_weights):
+    """-> out (B, H, N, d) (a view of a (B, N, H, d) buffer), lse_v, lse_a (B, H, N) fp32 (log2 domain).
+
+    mix_weights: `_mix_weights(...)` for mode "mix" (prepared once per call, shared with the backward)."""
     run = _Launch(q, bias, scale)
     B, H, N, D = q.shape
     lse_v, lse_a = _row_lse(run, q, qi, k, mode)
@@ -408,7 +408,7 @@ def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode):
     if mode == "mix":
         hp, ep = _mix_meta(H, w1.shape[0])
         _mix._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
-            q, qi, k, v, run.kb, lse_v, lse_a, *_mix_weights(w1, b1, w2, b2, H, N), out, *common,
+            q, qi, k, v, run.kb, lse_v, lse_a, *mix_weights, out, *common,
             N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp, EP=ep, BM=bm, BN=bn, D=D, PREC=run.prec,
             PREC_G=run.prec, **launch,
         )  # fmt: skip
@@ -431,13 +431,12 @@ def _weights_or_placeholders(w1, b1, w2, b2, device):
     return tuple(w.detach().float().contiguous() for w in (w1, b1, w2, b2))
 
 
-def _mix_backward(run: _Launch, q, k, v, qi, w1, b1, w2, b2, lse_v, lse_a, do):
+def _mix_backward(run: _Launch, q, k, v, qi, hidden, mix_weights, lse_v, lse_a, do):
     """Head-mixing gate: the gate kernel (row statistics, gate gradients, z and du per pair), then the dK/dV
     and the dQ kernels. -> (dq, dk, dv, dqi) (B, N, H, d) in the input dtype, the gate weights' gradients."""
     B, H, N, D = q.shape
-    hidden = w1.shape[0]
     hp, ep = _mix_meta(H, hidden)
-    w1t, b1p, w2t, b2p = _mix_weights(w1, b1, w2, b2, H, N)
+    w1t, b1p, w2t, b2p = mix_weights
     d_v = torch.empty((B, H, N), device=run.device, dtype=torch.float32)
     d_a = torch.empty_like(d_v)
     # the gate's activations per pair: bf16 for bf16/fp16 inputs (fp32 copies made the I-ViT-S step ~1.9x
@@ -457,8 +456,7 @@ def _mix_backward(run: _Launch, q, k, v, qi, w1, b1, w2, b2, lse_v, lse_a, do):
     dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
     dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
     per_head = (*strides, dk.stride(0), dk.stride(2), dk.stride(1), N, H, run.scale_log2, run.scale)
-    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, D=D,
-                  PREC=run.prec)  # fmt: skip
+    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, D=D, PREC=run.prec)
     bm, bn, launch = _blocks("dkdv", "mix")
     _mix._mix_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
         q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dk, dv, *per_head,
@@ -517,12 +515,12 @@ def _per_head_backward(run: _Launch, q, k, v, qi, w1, b1, w2, b2, mode, lse_v, l
     )
 
 
-def _backward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, lse_v, lse_a, dout):
+def _backward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, mix_weights, lse_v, lse_a, dout):
     """-> dq, dk, dv, dq_int (B, H, N, d) in the input dtype, and dw1, db1, dw2, db2 (or Nones)."""
     run = _Launch(q, bias, scale)
     do = _unit_last(dout.to(q.dtype))
     if mode == "mix":
-        grads, gate_grads = _mix_backward(run, q, k, v, qi, w1, b1, w2, b2, lse_v, lse_a, do)
+        grads, gate_grads = _mix_backward(run, q, k, v, qi, w1.shape[0], mix_weights, lse_v, lse_a, do)
     else:
         grads, gate_grads = _per_head_backward(run, q, k, v, qi, w1, b1, w2, b2, mode, lse_v, lse_a, do)
     grads = tuple(g.to(q.dtype).transpose(1, 2) for g in grads)
@@ -539,15 +537,17 @@ class _FusedInteractionAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, q_int, bias, scale, w1, b1, w2, b2):
         q, k, v, q_int = (_unit_last(t) for t in (q, k, v, q_int))
         mode = "none" if w1 is None else ("per_head" if w1.shape[1] == 2 else "mix")
-        out, lse_v, lse_a = _forward(q, k, v, q_int, bias, scale, w1, b1, w2, b2, mode)
-        ctx.save_for_backward(q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a)
+        heads, keys = q.shape[1], k.shape[2]
+        mix_weights = _mix_weights(w1, b1, w2, b2, heads, keys) if mode == "mix" else (None,) * 4
+        out, lse_v, lse_a = _forward(q, k, v, q_int, bias, scale, w1, b1, w2, b2, mode, mix_weights)
+        ctx.save_for_backward(q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a, *mix_weights)
         ctx.scale, ctx.mode = scale, mode
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a = ctx.saved_tensors
+        q, k, v, q_int, bias, w1, b1, w2, b2, lse_v, lse_a, *mix_weights = ctx.saved_tensors
         (dq, dk, dv, dqi), (dw1, db1, dw2, db2) = _backward(
-            q, k, v, q_int, bias, ctx.scale, w1, b1, w2, b2, ctx.mode, lse_v, lse_a, dout
+            q, k, v, q_int, bias, ctx.scale, w1, b1, w2, b2, ctx.mode, mix_weights, lse_v, lse_a, dout
         )
         return dq, dk, dv, dqi, None, None, dw1, db1, dw2, db2
