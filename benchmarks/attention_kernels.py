@@ -6,8 +6,9 @@ inputs (gate weights std 0.5, as tests/kernels/fused_cases.py; same dtype as q),
   fused      fused_interaction_attention (request=None): forward (no grad), forward+backward (grads of q, k, v,
              q_int and the gate weights, random cotangent), and a per-kernel breakdown of forward+backward
              (torch.profiler, CUDA device time by kernel name, summed over calls, averaged over --prof-iters)
-  reference  interaction_attention under use_backend("reference") (per_head: the same math with
-             per_head_gate_values, which the reference dispatch does not read), fwd and fwd+bwd; OOM recorded
+  reference  interaction_attention under use_backend("reference") (none: its two SDPA calls; per_head: the
+             same math with per_head_gate_values, which the reference dispatch does not read), fwd and fwd+bwd;
+             OOM recorded
 Times: triton.testing.do_bench(return_mode="median"), ms. Every case is isolated (errors recorded, the run
 goes on); the JSON is rewritten after every case; a compact table is printed at the end.
 

@@ -10,6 +10,8 @@ Variants:
                   plain counterpart of P'_q), so that backward runs through every block as in I-ViT.
   fused           I-ViT, interaction attention through the Triton kernels (backend "fused").
   fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower than the mixing gate).
+  no_gate         I-ViT without the gated control network (Table 3's "iq_ic": g1 = g2 = 1/2), whose C_F V runs
+                  as two SDPA calls (any backend): the cost of interaction queries alone.
   naive           I-ViT through the reference path (backend "reference").
   compiled        naive I-ViT under torch.compile.
 Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything).
@@ -47,7 +49,7 @@ from lfi.models.ivit import interactionize  # noqa: E402
 from lfi.models.kernels import use_backend  # noqa: E402
 from lfi.train.losses import LfiCriterion  # noqa: E402
 
-VARIANTS = ("plain", "fused", "fused_per_head", "naive", "compiled")
+VARIANTS = ("plain", "fused", "fused_per_head", "no_gate", "naive", "compiled")
 MODES = ("frozen", "full")
 COMPILE_RESERVE_S = 150  # do not start a torch.compile case with less time than this left
 
@@ -80,7 +82,8 @@ def build(variant: str, model_name: str, mode: str, device: torch.device) -> tup
             for name, p in vit.named_parameters():
                 p.requires_grad_(name.startswith("head.") or ".attn.qkv." in name)
         return vit.to(device), False
-    model = interactionize(vit, inplace=True, freeze_backbone=mode == "frozen")
+    gated = variant != "no_gate"
+    model = interactionize(vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated)
     if variant == "fused_per_head":
         for layer in model.interaction_layers().values():  # new parameters: trainable in both modes
             layer.control = PerHeadGatedControl(model.config.gate_hidden)
@@ -224,7 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
         # no torch.compile in a smoke run; no kernels on the CPU
         keep = (
-            ("plain", "naive", "fused", "fused_per_head") if torch.cuda.is_available() else ("plain", "naive")
+            ("plain", "naive", "no_gate", "fused", "fused_per_head")
+            if torch.cuda.is_available()
+            else ("plain", "naive", "no_gate")
         )
         args.variants = [v for v in args.variants if v in keep]
     if args.out is None:

@@ -112,7 +112,8 @@ def interaction_attention(
     out   = C_F v                                     (Eq. 8-9; the block's projection + MLP follow outside)
 
     q, k, v, q_int: (B, H, N, d). Without q_int the layer is plain attention (C_F = C_VFM) and runs through
-    PyTorch's fused SDPA. attn_mask: broadcastable to (B, H, N, N), bool (True = attend) or additive.
+    PyTorch's fused SDPA; without a gate (and without dropout) C_F V = (C_AGT V + C_VFM V) / 2 runs as two SDPA
+    calls. attn_mask: broadcastable to (B, H, N, N), bool (True = attend) or additive.
     dropout_p: dropout on C_F (timm's attn_drop), only pass it while training.
 
     Returns out (B, H, N, d) and the requested maps {name: (B, H, R, N)} (R = N or request.rows), nothing else.
@@ -124,10 +125,12 @@ def interaction_attention(
             "the gated control network needs interaction queries (q_int); got gate without q_int"
         )
 
-    if q_int is not None and should_use_fused(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p):
-        return fused_interaction_attention(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p)
     if q_int is None:
         return _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p)
+    if gate is None and dropout_p == 0:
+        return _ungated_attention(q, k, v, scale, q_int, names, rows, attn_mask)
+    if should_use_fused(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p):
+        return fused_interaction_attention(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p)
 
     c_vfm = torch.softmax(attention_logits(q, k, scale, attn_mask), dim=-1)
     c_agt = torch.softmax(attention_logits(q_int, k, scale, attn_mask), dim=-1)
@@ -155,6 +158,19 @@ def _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p):
         return out, {}
     row_mask = None if attn_mask is None else _take_rows(attn_mask.expand(*q.shape[:2], -1, k.shape[2]), rows)
     return out, {"vfm": torch.softmax(attention_logits(q[:, :, :rows], k, scale, row_mask), dim=-1)}
+
+
+def _ungated_attention(q, k, v, scale, q_int, names, rows, attn_mask):
+    """No gate: C_F V = (C_AGT V + C_VFM V) / 2 exactly, so two fused SDPA calls give the output (any device,
+    no N x N tensor); maps as `_plain_attention` gives them, C_F from the two. Dropout on C_F is not the
+    average of two dropouts: that case stays on the general path."""
+    asked = frozenset({"vfm"}) if names else frozenset()
+    out_vfm, vfm = _plain_attention(q, k, v, scale, asked, rows, attn_mask, 0.0)
+    out_agt, agt = _plain_attention(q_int, k, v, scale, asked, rows, attn_mask, 0.0)
+    maps = {"vfm": vfm.get("vfm"), "agt": agt.get("vfm")}
+    if "fused" in names:
+        maps["fused"] = 0.5 * (maps["agt"] + maps["vfm"])
+    return 0.5 * (out_agt + out_vfm), {name: maps[name] for name in names}
 
 
 def _take_rows(m: torch.Tensor, rows: int | None) -> torch.Tensor:

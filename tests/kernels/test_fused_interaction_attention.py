@@ -115,9 +115,10 @@ def test_float32_mixing_gate_beyond_eight_heads_is_refused():
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_full_maps_are_computable_but_not_dispatched():
     q, k, v, qi = _qkv()
+    gate = GateWeights(torch.zeros(8, 6), torch.zeros(8), torch.zeros(6, 8), torch.zeros(6))
     full = MapRequest.of("agt")
-    assert fused_unsupported_reason(q, k, v, 0.2, q_int=qi, request=full, dispatch=False) is None
-    assert "full maps" in fused_unsupported_reason(q, k, v, 0.2, q_int=qi, request=full)
+    assert fused_unsupported_reason(q, k, v, 0.2, qi, gate, full, dispatch=False) is None
+    assert "full maps" in fused_unsupported_reason(q, k, v, 0.2, qi, gate, full)
 
 
 def test_key_mask_becomes_an_additive_bias():
@@ -153,6 +154,32 @@ def test_per_head_gate_acts_on_each_head_alone():
     g1b, _ = per_head_gate_values(c_agt2, c_vfm, gate)
     torch.testing.assert_close(g1[:, [0, 2]], g1b[:, [0, 2]])
     assert not torch.allclose(g1[:, 1], g1b[:, 1])
+
+
+def test_mixing_gate_weights_keep_full_precision_when_the_key_count_is_folded_in():
+    # N w1 rounded to bf16 put the weight gradients ~1e-2 off on the GPU: the packing must scale in fp32
+    heads, hidden, keys = 6, 8, 197
+    w1 = torch.randn(hidden, 2 * heads).bfloat16()
+    b1, w2, b2 = (
+        torch.randn(hidden).bfloat16(),
+        torch.randn(2 * heads, hidden).bfloat16(),
+        torch.randn(2 * heads),
+    )
+    w1t, b1p, w2t, b2p = fused_module._mix_weights(w1, b1, w2, b2, heads, keys)
+    perm = fused_module._mix_channels(heads, w1.device)
+    assert w1t.dtype == torch.float32 and w1t.shape == (16, 16)
+    assert torch.equal(w1t[: 2 * heads, :hidden], w1.float().t()[perm] * keys)
+    assert not w1t[2 * heads :].any() and not w1t[:, hidden:].any()
+
+    # the packed layout read back through the gradient unpacking gives the weights in the model's layout
+    packed = torch.cat([w1t.flatten(), w2t.flatten(), b1p, b2p])
+    dw1, db1, dw2, db2 = fused_module._mix_weight_grads(
+        torch.stack([packed, packed]) / 2, heads, hidden, keys
+    )
+    torch.testing.assert_close(dw1, w1.float() * keys**2)
+    torch.testing.assert_close(db1, b1.float())
+    torch.testing.assert_close(dw2, w2.float())
+    torch.testing.assert_close(db2, b2)
 
 
 # -------------------------------------------------------------------------------------- interpreter (CPU)
@@ -228,11 +255,14 @@ def test_fused_fp16_on_gpu():
 @pytest.mark.gpu
 def test_dispatch_picks_the_kernels_on_gpu():
     q, k, v, qi = _qkv(N=197, d=64, device="cuda")
-    assert can_use_fused(q, k, v, 0.125, q_int=qi)
+    gate = GateWeights(*(0.1 * torch.randn(s, device="cuda") for s in ((8, 6), (8,), (6, 8), (6,))))
+    assert can_use_fused(q, k, v, 0.125, q_int=qi, gate=gate)
+    assert "no gate" in fused_unsupported_reason(q, k, v, 0.125, q_int=qi)  # two SDPA calls do that
     with use_backend("reference"):
-        assert not should_use_fused(q, k, v, 0.125, q_int=qi)
-    out, _ = fused_interaction_attention(q, k, v, 0.125, q_int=qi)
-    ref, _ = interaction_attention(q, k, v, 0.125, q_int=qi)
+        assert not should_use_fused(q, k, v, 0.125, q_int=qi, gate=gate)
+    out, _ = fused_interaction_attention(q, k, v, 0.125, q_int=qi, gate=gate)
+    with use_backend("reference"):
+        ref, _ = interaction_attention(q, k, v, 0.125, q_int=qi, gate=gate)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 

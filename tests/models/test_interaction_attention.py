@@ -50,6 +50,23 @@ def test_matches_float64_reference(heads, n, d, with_gate):
         torch.testing.assert_close(maps[name].double(), ref_maps[name], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("request_", [None, MapRequest.of("vfm", "agt", "fused", rows=2)])
+def test_ungated_layer_as_two_sdpa_calls_matches_the_reference(request_):
+    # no gate: C_F V = (C_AGT V + C_VFM V) / 2 runs as two SDPA calls; outputs, row maps and gradients agree
+    q, k, v, q_int = (t.requires_grad_() for t in torch.randn(4, 2, 3, 9, 8).unbind(0))
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[0, ..., 7:] = False
+    out, maps = interaction_attention(q, k, v, 0.4, q_int, request=request_, attn_mask=mask)
+    ref_out, ref_maps = reference(q, k, v, 0.4, q_int, None, mask)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
+    for name in maps:
+        torch.testing.assert_close(maps[name].double(), ref_maps[name][:, :, :2], atol=1e-6, rtol=1e-4)
+    grads = torch.autograd.grad(out.sum(), (q, k, v, q_int))
+    ref_grads = torch.autograd.grad(ref_out.sum(), (q, k, v, q_int))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_match_finite_differences():
     q, k, v, q_int = (t.double().requires_grad_() for t in torch.randn(4, 1, 2, 5, 3).unbind(0))
     w = [t.detach().double().requires_grad_() for t in random_gate(2, 4)]

@@ -42,8 +42,10 @@ def _gelu(u):
 
 
 @triton.jit
-def _gelu_grad(u):
-    return 0.5 * (1.0 + tl.erf(u * INV_SQRT2)) + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI
+def _gelu_with_grad(u):
+    """gelu(u) and gelu'(u) from one erf: the gate's backward is bound by its special functions."""
+    cdf = 0.5 * (1.0 + tl.erf(u * INV_SQRT2))
+    return u * cdf, cdf + u * tl.exp(-0.5 * u * u) * INV_SQRT_2PI
 
 
 @triton.jit
@@ -212,12 +214,12 @@ def _ph_pair_grads(p_a, p_v, dcf, w1a, w1v, b1, w2a, w2v, b2a, b2v, n_keys, GATE
     """
     if GATED:
         u = _ph_hidden(p_a, p_v, w1a, w1v, b1, n_keys)
-        z = _gelu(u)
+        z, dz = _gelu_with_grad(u)
         g_a = _gate_out(z, w2a, b2a)
         g_v = _gate_out(z, w2v, b2v)
         dt_a = dcf * p_a * g_a * (1.0 - g_a)
         dt_v = dcf * p_v * g_v * (1.0 - g_v)
-        du = (dt_a[:, :, None] * w2a[None, None, :] + dt_v[:, :, None] * w2v[None, None, :]) * _gelu_grad(u)
+        du = (dt_a[:, :, None] * w2a[None, None, :] + dt_v[:, :, None] * w2v[None, None, :]) * dz
         dp_a = dcf * g_a + n_keys * tl.sum(du * w1a[None, None, :], 2)
         dp_v = dcf * g_v + n_keys * tl.sum(du * w1v[None, None, :], 2)
     else:  # one return statement: Triton wants the same return types on every path

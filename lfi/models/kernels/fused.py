@@ -140,6 +140,8 @@ def fused_unsupported_reason(
         return "Triton is not installed"
     if q_int is None:
         return "no interaction queries: plain attention already runs through fused SDPA"
+    if dispatch and gate is None and dropout_p == 0:
+        return "no gate: C_F V = (C_AGT V + C_VFM V) / 2 runs as two fused SDPA calls, which are faster"
     if dispatch and request is not None and request.names and request.rows is None:
         return "full maps requested: the reference path materialises them once anyway"
     if dispatch and not q.is_cuda:
@@ -321,13 +323,18 @@ def _gate_meta(mode: str, w1: torch.Tensor | None) -> tuple[int, int]:
     if w1 is None:
         return 1, 2
     hidden = w1.shape[0]
-    return hidden, max(2, triton.next_power_of_2(hidden))
+    return hidden, max(2, _next_power_of_2(hidden))
 
 
 def _mix_meta(heads: int, hidden: int) -> tuple[int, int]:
     """(HP, EP) of the head-mixing kernels: heads and hidden width padded to powers of two, at least 8 and 16
     (the gate's matrix products need 2HP >= 16 and EP >= 16)."""
-    return max(8, triton.next_power_of_2(heads)), max(16, triton.next_power_of_2(hidden))
+    return max(8, _next_power_of_2(heads)), max(16, _next_power_of_2(hidden))
+
+
+def _next_power_of_2(n: int) -> int:
+    # not triton's: the weight packing is plain torch and is tested on machines without triton
+    return 1 << (n - 1).bit_length()
 
 
 def _mix_channels(heads: int, device: torch.device) -> torch.Tensor:
