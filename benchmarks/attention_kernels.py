@@ -15,6 +15,10 @@ goes on); the JSON is rewritten after every case; a compact table is printed at 
     python benchmarks/attention_kernels.py                                   # defaults, one GPU
     python benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --out $OUT/ak.json
     python benchmarks/attention_kernels.py --quick --out /tmp/ak.json        # smoke run, CPU or GPU
+    python benchmarks/attention_kernels.py --gates mix --blocks gate_bwd:mix=16,16,16,1   # try other tiles
+
+--blocks overrides entries of lfi.models.kernels.fused.BLOCKS (kernel:mode=BM,BN,num_warps,num_stages, space-
+separated) for the whole run; the tiles in force are recorded in the JSON ("blocks").
 
 --quick: shape 2x2x20x32, short timings. On a CPU (dtype fp32 unless --dtype), timings use time.perf_counter and
 the profiler reports CPU op self-time; fused cases run only under TRITON_INTERPRET=1 (set before start), else
@@ -28,29 +32,28 @@ import gc
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
+from profiling import kernel_breakdown  # noqa: E402
 
 from lfi.models.interaction_attention import GateWeights, attention_logits, interaction_attention  # noqa: E402
-from lfi.models.kernels import fused_interaction_attention, use_backend  # noqa: E402
+from lfi.models.kernels import fused, fused_interaction_attention, use_backend  # noqa: E402
 
 GATES = ("none", "mix", "per_head")
+DERIVED = ("shape_list", "gate_list", "impl_list", "block_overrides")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -121,54 +124,6 @@ def bench(fn: Callable[[], None], args: argparse.Namespace, cuda: bool) -> float
     return statistics.median(times)
 
 
-def _outer_aten(evt) -> str | None:
-    """The outermost aten op above a (launch) event: which torch call a kernel belongs to."""
-    found = None
-    while evt is not None:
-        found = evt.name if evt.name.startswith("aten::") else found
-        evt = evt.cpu_parent
-    return found
-
-
-def _label(name: str, op: str | None) -> str:
-    head = re.split(r"[<(]", re.sub(r"^void ", "", name).replace("at::native::", ""), maxsplit=1)[0].strip()
-    head = head.replace("(anonymous namespace)::", "") or name
-    return head if op is None else f"{op.removeprefix('aten::')}[{head}]"
-
-
-def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
-    """Device time per kernel name of fn (us per call of fn): CUDA kernels, or CPU op self-time on a CPU."""
-    for _ in range(3):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=acts) as prof:
-        for _ in range(iters):
-            fn()
-        if cuda:
-            torch.cuda.synchronize()
-    us, calls, ops = defaultdict(float), defaultdict(int), defaultdict(set)
-    for e in prof.events():
-        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
-            us[e.name] += e.time_range.elapsed_us()
-            calls[e.name] += 1
-        elif not cuda and e.device_type == torch.autograd.DeviceType.CPU and not e.is_async:
-            us[e.name] += e.self_cpu_time_total
-            calls[e.name] += 1
-        if cuda and e.device_type == torch.autograd.DeviceType.CPU and e.kernels:
-            op = _outer_aten(e)
-            for kinfo in e.kernels:
-                ops[kinfo.name].add(op or "-")
-    rows = []
-    for name in sorted(us, key=us.get, reverse=True):
-        op = next((o for o in sorted(ops[name]) if o != "-"), None)
-        rows.append({"kernel": name, "label": _label(name, op), "ops": sorted(ops[name]),
-                     "us": us[name] / iters, "calls": calls[name] / iters})  # fmt: skip
-    return {"unit": "us per fwd+bwd", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
-            "iters": iters, "total_us": sum(us.values()) / iters, "kernels": rows}  # fmt: skip
-
-
 def run_case(args, shape, gate: str, impl: str, dev: torch.device) -> dict:
     cuda = dev.type == "cuda"
     if impl == "fused" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -233,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=480.0, help="seconds; later cases are skipped")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_kernels.json")
     p.add_argument("--quick", action="store_true", help="smoke run: shape 2x2x20x32, short timings, CPU ok")
+    p.add_argument("--blocks", default="", help="tile overrides: kernel:mode=BM,BN,num_warps,num_stages ...")
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(shapes="2x2x20x32", warmup_ms=5.0, rep_ms=20.0, prof_iters=2)
@@ -247,14 +203,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad += sorted(set(args.impl_list) - {"sdpa", "fused", "reference"})
     if bad:
         p.error(f"invalid shapes/gates/impls: {bad}")
+    try:
+        args.block_overrides = parse_blocks(args.blocks)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def parse_blocks(spec: str) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """'gate_bwd:mix=16,16,16,1 fwd:mix=16,32,8,1' -> {(kernel, mode): (BM, BN, num_warps, num_stages)}."""
+    overrides = {}
+    for item in spec.split():
+        key, _, value = item.partition("=")
+        kernel, _, mode = key.partition(":")
+        tiles = tuple(int(x) for x in value.split(",") if x.isdigit())
+        if (kernel, mode) not in fused.BLOCKS or len(tiles) != 4 or len(value.split(",")) != 4:
+            raise ValueError(
+                f"--blocks {item!r}: expected kernel:mode=BM,BN,num_warps,num_stages with kernel:mode one of "
+                f"{sorted(f'{k}:{m}' for k, m in fused.BLOCKS)}"
+            )
+        overrides[(kernel, mode)] = tiles
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    fused.BLOCKS.update(args.block_overrides)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kept = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.endswith("_list")}
-    report = {**environment(dev), "args": kept, "results": []}
+    kept = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in DERIVED}
+    blocks = {f"{k}:{m}": list(v) for (k, m), v in fused.BLOCKS.items()}
+    report = {**environment(dev), "args": kept, "blocks": blocks, "results": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cases = [(s, "-", "sdpa") for s in args.shape_list if "sdpa" in args.impl_list]

@@ -9,7 +9,8 @@ Variants:
   plain           timm ViT (fused SDPA attention). mode "frozen": trains the head and every block's qkv (the
                   plain counterpart of P'_q), so that backward runs through every block as in I-ViT.
   fused           I-ViT, interaction attention through the Triton kernels (backend "fused").
-  fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower than the mixing gate).
+  fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower
+                  than the mixing gate).
   no_gate         I-ViT without the gated control network (Table 3's "iq_ic": g1 = g2 = 1/2), whose C_F V runs
                   as two SDPA calls (any backend): the cost of interaction queries alone.
   naive           I-ViT through the reference path (backend "reference").
@@ -21,6 +22,10 @@ after every case. Cases stop starting once --time-budget seconds have passed (re
 
     python benchmarks/ivit_step.py --out results.json              # the full run (one GPU)
     python benchmarks/ivit_step.py --quick                         # smoke run: tiny batch, CPU or GPU
+    python benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --profile 3   # + kernel times
+
+--profile N adds to every case the device time of each kernel over N profiled steps (after the timed ones,
+so the timings and peak memory are not affected), with the aten op that launched it ("profile").
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
+from profiling import by_op, kernel_breakdown  # noqa: E402
 
 from lfi.models.interaction_attention import GateWeights  # noqa: E402
 from lfi.models.ivit import interactionize  # noqa: E402
@@ -149,16 +155,19 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
                 t = time.perf_counter()
                 step()
                 times.append((time.perf_counter() - t) * 1e3)
+        peak_mem_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        profile = kernel_breakdown(step, args.profile, cuda) if args.profile else None
     median = statistics.median(times)
-    return {
+    record = {
         "status": "ok",
         "step_ms_median": median,
         "step_ms_all": times,
         "img_per_s": args.batch / (median / 1e3),
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_mem_gib": peak_mem_gib,
         "first_step_s": first,
         "trainable_params": sum(p.numel() for p in params),
     }
+    return record if profile is None else record | {"profile": profile}
 
 
 def _compiled_aligned(compiled: nn.Module, x: torch.Tensor):
@@ -222,6 +231,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=420.0, help="seconds; later cases are skipped")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: $OUT/ivit_step.json or ./)")
     p.add_argument("--quick", action="store_true", help="smoke run: ViT-Ti, batch 2, 2 steps")
+    p.add_argument("--profile", type=int, default=0, help="profiled steps per case (0: no kernel breakdown)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
@@ -269,8 +279,13 @@ def main(argv: list[str] | None = None) -> dict:
         report["results"].append(record)
         add_ratios(report["results"])
         args.out.write_text(json.dumps(report, indent=1))
-        print(json.dumps({k: v for k, v in record.items() if k not in ("step_ms_all", "traceback")}),
+        print(json.dumps({k: v for k, v in record.items() if k not in ("step_ms_all", "traceback", "profile")}),
               flush=True)  # fmt: skip
+        if "profile" in record:
+            print(
+                "  top ops (ms per step):",
+                "; ".join(f"{op} {us / 1e3:.2f}" for op, us in by_op(record["profile"])[:12]),
+            )
     report["total_wall_s"] = time.perf_counter() - start
     args.out.write_text(json.dumps(report, indent=1))
     return report

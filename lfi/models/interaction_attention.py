@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from lfi.models.kernels import fused_interaction_attention, should_use_fused
+from lfi.models.kernels import any_gate_values, fused_interaction_attention, should_use_fused
 
 MAP_NAMES = ("vfm", "agt", "fused")
 
@@ -65,6 +65,29 @@ def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float, attn_mask: 
     return logits + attn_mask
 
 
+def attention_rows(
+    queries: dict[str, torch.Tensor],
+    k: torch.Tensor,
+    scale: float,
+    rows: int | None,
+    attn_mask: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """softmax(q[:, :, :rows] k^T * scale) of several query sets: {name: q (B, H, N, d)} -> {name: (B, H, R, N)}.
+
+    One product for all sets: k is usually a strided view into the fused qkv projection, which a product with
+    it copies whole (and its gradient back), so separate products would pay that once per set.
+    attn_mask: broadcastable to (B, H, N, N), as `attention_logits` takes it.
+    """
+    heads = [q[:, :, :rows] for q in queries.values()]
+    mask = attn_mask
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        if mask.shape[-2] != 1:  # the mask varies over queries: its rows follow the stacked query rows
+            mask = mask[:, :, :rows].repeat(1, 1, len(heads), 1)
+    probs = torch.softmax(attention_logits(torch.cat(heads, dim=2), k, scale, mask), dim=-1)
+    return dict(zip(queries, probs.split(heads[0].shape[2], dim=2), strict=True))
+
+
 def gate_values(
     c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,10 +124,10 @@ def interaction_attention(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Interaction attention, paper Eq. 3-9.
 
-    This reference implementation runs by default. With LFI_ATTENTION=auto (or `lfi.models.kernels.
-    use_backend("auto")`) on a GPU with Triton, the fused kernels of lfi.models.kernels run where they support
-    the call: same math (tests/kernels), ~0.3x the memory and ~0.6x the time of this path per I-ViT train
-    step (benchmarks/README.md).
+    This is the reference implementation. On a GPU with Triton, gated calls go to the fused kernels of
+    lfi.models.kernels by default (LFI_ATTENTION=auto): same math (tests/kernels), ~0.3x the memory and ~0.6x
+    the time of this path per I-ViT train step (benchmarks/README.md). LFI_ATTENTION=reference (or
+    `lfi.models.kernels.use_backend("reference")`) keeps this path everywhere.
 
     C_VFM = softmax(q k^T * scale)                    (Eq. 3, original queries)
     C_AGT = softmax(q_int k^T * scale)                (Eq. 4, interaction queries)
@@ -154,23 +177,41 @@ def _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p):
         return out, {"vfm": c_vfm}
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    if not names:
-        return out, {}
-    row_mask = None if attn_mask is None else _take_rows(attn_mask.expand(*q.shape[:2], -1, k.shape[2]), rows)
-    return out, {"vfm": torch.softmax(attention_logits(q[:, :, :rows], k, scale, row_mask), dim=-1)}
+    return out, attention_rows({"vfm": q}, k, scale, rows, attn_mask) if names else {}
 
 
 def _ungated_attention(q, k, v, scale, q_int, names, rows, attn_mask):
     """No gate: C_F V = (C_AGT V + C_VFM V) / 2 exactly, so two fused SDPA calls give the output (any device,
-    no N x N tensor); maps as `_plain_attention` gives them, C_F from the two. Dropout on C_F is not the
-    average of two dropouts: that case stays on the general path."""
-    asked = frozenset({"vfm"}) if names else frozenset()
-    out_vfm, vfm = _plain_attention(q, k, v, scale, asked, rows, attn_mask, 0.0)
-    out_agt, agt = _plain_attention(q_int, k, v, scale, asked, rows, attn_mask, 0.0)
-    maps = {"vfm": vfm.get("vfm"), "agt": agt.get("vfm")}
+    no N x N tensor); maps from `interaction_maps`. Dropout on C_F is not the average of two dropouts: that
+    case stays on the general path."""
+    out_agt, _ = _plain_attention(q_int, k, v, scale, frozenset(), None, attn_mask, 0.0)
+    out_vfm, _ = _plain_attention(q, k, v, scale, frozenset(), None, attn_mask, 0.0)
+    return 0.5 * (out_agt + out_vfm), interaction_maps(names, q, q_int, k, scale, rows, attn_mask, None)
+
+
+def interaction_maps(
+    names: frozenset[str],
+    q: torch.Tensor,
+    q_int: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    rows: int | None,
+    attn_mask: torch.Tensor | None,
+    gate: GateWeights | None,
+) -> dict[str, torch.Tensor]:
+    """The requested maps ("vfm", "agt", "fused"), their first `rows` query rows, apart from the output.
+
+    For the paths whose output never forms the maps (SDPA, the fused kernels). Only the softmaxes the names
+    need are computed, in one product (`attention_rows`). -> {name: (B, H, R, N)}.
+    """
+    if not names:
+        return {}
+    needed = {name: t for name, t in (("vfm", q), ("agt", q_int)) if name in names or "fused" in names}
+    maps = attention_rows(needed, k, scale, rows, attn_mask)
     if "fused" in names:
-        maps["fused"] = 0.5 * (maps["agt"] + maps["vfm"])
-    return 0.5 * (out_agt + out_vfm), {name: maps[name] for name in names}
+        g1, g2 = (0.5, 0.5) if gate is None else any_gate_values(maps["agt"], maps["vfm"], gate)
+        maps["fused"] = g1 * maps["agt"] + g2 * maps["vfm"]
+    return {name: maps[name] for name in names}
 
 
 def _take_rows(m: torch.Tensor, rows: int | None) -> torch.Tensor:

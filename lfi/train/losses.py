@@ -52,9 +52,10 @@ class AlignmentLoss(nn.Module):
             per_sample = (torch.xlogy(q, q) - q * p.log()).sum(1)
         else:
             per_sample = (p * (p.log() - q.log())).sum(1)
-        if not valid.any():
-            return per_sample.sum() * 0.0
-        return per_sample[valid].mean()
+        # a masked mean, not per_sample[valid]: boolean indexing (and `if valid.any()`) would make the host wait
+        # for the device at every alignment layer, which left the GPU idle for ~20% of an I-ViT step
+        kept = torch.where(valid, per_sample, torch.zeros_like(per_sample))
+        return kept.sum() / valid.sum().clamp_min(1)
 
 
 class LfiCriterion(nn.Module):

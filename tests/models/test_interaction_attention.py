@@ -67,6 +67,29 @@ def test_ungated_layer_as_two_sdpa_calls_matches_the_reference(request_):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("names", [("agt",), ("vfm", "fused")])
+def test_row_maps_under_a_per_query_mask_match_the_reference(names):
+    # the row maps of both softmaxes come from one stacked product (attention_rows); a mask that differs per
+    # query must follow each query set's rows, and only the requested maps come back, with their gradients
+    q, k, v, q_int = (t.requires_grad_() for t in torch.randn(4, 2, 3, 9, 8).unbind(0))
+    mask = (torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(0)) > 0.4) | torch.eye(
+        9, dtype=bool
+    )
+    out, maps = interaction_attention(
+        q, k, v, 0.4, q_int, request=MapRequest.of(*names, rows=3), attn_mask=mask
+    )
+    ref_out, ref_maps = reference(q, k, v, 0.4, q_int, None, mask)
+    assert set(maps) == set(names)
+    weights = torch.rand(2, 3, 3, 9, generator=torch.Generator().manual_seed(1))
+    loss = out.sum() + sum((maps[n] * weights).sum() for n in names)
+    ref_loss = ref_out.sum() + sum((ref_maps[n][:, :, :3] * weights.double()).sum() for n in names)
+    for name in names:
+        torch.testing.assert_close(maps[name].double(), ref_maps[name][:, :, :3], atol=1e-6, rtol=1e-4)
+    grads = torch.autograd.grad(loss, (q, k, v, q_int))
+    for g, r in zip(grads, torch.autograd.grad(ref_loss, (q, k, v, q_int)), strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
 def test_gradients_match_finite_differences():
     q, k, v, q_int = (t.double().requires_grad_() for t in torch.randn(4, 1, 2, 5, 3).unbind(0))
     w = [t.detach().double().requires_grad_() for t in random_gate(2, 4)]

@@ -87,6 +87,9 @@ def test_invalid_teacher_maps_are_left_out():
     expected = torch.stack([loss_fn(p[i : i + 1], q[i : i + 1]) for i in (0, 2)]).mean()
     torch.testing.assert_close(loss_fn(p, q_bad), expected)
     p.requires_grad_()
+    loss_fn(p, q_bad).backward()
+    assert p.grad[1].abs().max() == 0 and p.grad[0].abs().max() > 0  # the left-out sample gets no gradient
+    p.grad = None
     none_valid = loss_fn(p, torch.zeros_like(q))
     none_valid.backward()
     assert none_valid.item() == 0 and p.grad is not None

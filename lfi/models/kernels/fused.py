@@ -4,15 +4,16 @@
 (same arguments, same outputs, gradients for q, k, v, q_int and the gate weights) without any B x H x N x N
 tensor in device memory (the head-mixing gate's backward keeps its hidden activations, B x E x N x N, for one
 layer at a time). Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
-recomputed in plain torch from q[:, :, :k] and k (cheap, and their gradients flow through autograd).
+recomputed in plain torch by `interaction_maps` (cheap, and their gradients flow through autograd).
 
 Which path runs: `should_use_fused(...)` (the dispatch's question) honours the backend chosen by
 `use_backend(...)` (context manager, innermost wins) or else the environment variable LFI_ATTENTION:
-  "reference" (default): never fused. Measured on an H200 (benchmarks/results/ivit_step_h200.json), an
-      I-ViT-S/16 train step with the kernels takes ~0.6x the reference path's time and ~0.3x its memory, but
-      in bf16 the head-mixing gate's weight gradients miss the 1e-2 relative-error bound of tests/kernels on
-      some shapes (8 heads, 333 or 1,000 tokens), so the kernels stay opt-in until they meet it;
-  "auto": fused wherever `can_use_fused` holds (CUDA, supported shapes), the reference elsewhere;
+  "auto" (default): fused wherever `can_use_fused` holds (CUDA with Triton, supported shapes, a gate) and
+      torch.compile is not tracing, the reference elsewhere (the CPU; no gate, where two SDPA calls are faster
+      than the kernels; under torch.compile, which then compiles the reference math). On an H200 the
+      kernels meet the accuracy bounds of tests/kernels (benchmarks/results/kernels_gpu_h200.txt) and an
+      I-ViT-S/16 train step takes ~0.6x the reference path's time and ~0.3x its memory (benchmarks/README.md);
+  "reference": never fused (the exact PyTorch math, e.g. to check a result);
   "fused": fused for every layer with interaction queries, and an error where it cannot be (benchmarks use
       this to be sure they measure the kernel).
 
@@ -61,8 +62,8 @@ def _interpreting() -> bool:
 
 
 def attention_backend() -> Backend:
-    """The backend in force: the innermost `use_backend`, else $LFI_ATTENTION, else "reference"."""
-    backend = _backend_stack[-1] if _backend_stack else os.environ.get(BACKEND_ENV, "reference")
+    """The backend in force: the innermost `use_backend`, else $LFI_ATTENTION, else "auto"."""
+    backend = _backend_stack[-1] if _backend_stack else os.environ.get(BACKEND_ENV, "auto")
     if backend not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={backend!r}: expected one of {BACKENDS}")
     return backend
@@ -214,7 +215,8 @@ def should_use_fused(
 ) -> bool:
     """The dispatch's decision under the backend in force (see the module docstring)."""
     backend = attention_backend()
-    if backend == "reference" or q_int is None:
+    # under torch.compile, "auto" leaves the layer to the compiler (the kernels are opaque to it); "fused" insists
+    if backend == "reference" or q_int is None or (backend == "auto" and torch.compiler.is_compiling()):
         return False
     reason = fused_unsupported_reason(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p)
     if backend == "fused" and reason is not None:
@@ -249,29 +251,11 @@ def fused_interaction_attention(
     bias = _key_mask_bias(attn_mask, q.shape[0], k.shape[2])
     weights = tuple(gate) if gate is not None else (None,) * 4
     out = _FusedInteractionAttention.apply(q, k, v, q_int, bias, scale, *weights)
-    return out, _row_maps(q, k, q_int, gate, scale, request, attn_mask)
+    from lfi.models.interaction_attention import interaction_maps  # lazy: that module imports this one
 
-
-def _row_maps(q, k, q_int, gate, scale, request, attn_mask) -> dict[str, torch.Tensor]:
-    """The requested maps' first rows (B, H, R, N), in plain torch (differentiable, O(R N) memory)."""
-    if request is None or not request.names:
-        return {}
-    from lfi.models.interaction_attention import attention_logits  # lazy: that module may import this one
-
-    rows = request.rows
-    mask = None
-    if attn_mask is not None:
-        mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
-    c_vfm = torch.softmax(attention_logits(q[:, :, :rows], k, scale, mask), dim=-1)
-    c_agt = torch.softmax(attention_logits(q_int[:, :, :rows], k, scale, mask), dim=-1)
-    maps = {"vfm": c_vfm, "agt": c_agt}
-    if "fused" in request.names:
-        if gate is None:
-            maps["fused"] = 0.5 * (c_agt + c_vfm)
-        else:
-            g1, g2 = any_gate_values(c_agt, c_vfm, gate)
-            maps["fused"] = g1 * c_agt + g2 * c_vfm
-    return {name: maps[name] for name in request.names}
+    if request is None:
+        return out, {}
+    return out, interaction_maps(request.names, q, q_int, k, scale, request.rows, attn_mask, gate)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -283,7 +267,8 @@ def _row_maps(q, k, q_int, gate, scale, request, attn_mask) -> dict[str, torch.T
 # (HP, BM, BN) tensors, so their tiles are small, and they are not software-pipelined (num_stages=1): on sm_90
 # the pipeliner would keep several copies of the (HP, BN, d) key and value tiles in shared memory, past its
 # 227 KB. Under the interpreter: the smallest tiles tl.dot allows, so that tiny test shapes still span several
-# tiles. A dict so that benchmarks/attention_kernels.py can try others.
+# tiles. A dict so that benchmarks/attention_kernels.py --blocks can try others (a sweep on an H200:
+# benchmarks/results/attention_kernels_tiles_h200.json).
 BLOCKS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("lse", "none"): (64, 64, 4, 3),
     ("fwd", "none"): (64, 64, 4, 3),
@@ -296,8 +281,8 @@ BLOCKS: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("dq", "none"): (64, 32, 4, 3),
     ("dq", "per_head"): (32, 32, 8, 3),
     ("gate_bwd", "mix"): (16, 16, 8, 1),
-    ("dkdv", "mix"): (16, 32, 4, 2),
-    ("dq", "mix"): (16, 32, 4, 2),
+    ("dkdv", "mix"): (32, 32, 4, 2),
+    ("dq", "mix"): (32, 32, 4, 2),
 }
 
 

@@ -1,0 +1,68 @@
+"""Where the device time of a callable goes: torch.profiler's kernels, summed by name, with the aten op above each."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def _outer_aten(evt) -> str | None:
+    """The outermost aten op above a (launch) event: which torch call a kernel belongs to."""
+    found = None
+    while evt is not None:
+        found = evt.name if evt.name.startswith("aten::") else found
+        evt = evt.cpu_parent
+    return found
+
+
+def _label(name: str, op: str | None) -> str:
+    head = re.split(r"[<(]", re.sub(r"^void ", "", name).replace("at::native::", ""), maxsplit=1)[0].strip()
+    head = head.replace("(anonymous namespace)::", "") or name
+    return head if op is None else f"{op.removeprefix('aten::')}[{head}]"
+
+
+def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
+    """Device time per kernel name of fn (us per call of fn): CUDA kernels, or CPU op self-time on a CPU."""
+    for _ in range(3):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        for _ in range(iters):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    us, calls, ops = defaultdict(float), defaultdict(int), defaultdict(set)
+    for e in prof.events():
+        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+            us[e.name] += e.time_range.elapsed_us()
+            calls[e.name] += 1
+        elif not cuda and e.device_type == torch.autograd.DeviceType.CPU and not e.is_async:
+            us[e.name] += e.self_cpu_time_total
+            calls[e.name] += 1
+        if cuda and e.device_type == torch.autograd.DeviceType.CPU and e.kernels:
+            op = _outer_aten(e)
+            for kinfo in e.kernels:
+                ops[kinfo.name].add(op or "-")
+    rows = []
+    for name in sorted(us, key=us.get, reverse=True):
+        op = next((o for o in sorted(ops[name]) if o != "-"), None)
+        rows.append({"kernel": name, "label": _label(name, op), "ops": sorted(ops[name]),
+                     "us": us[name] / iters, "calls": calls[name] / iters})  # fmt: skip
+    return {"unit": "us per fwd+bwd", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
+            "iters": iters, "total_us": sum(us.values()) / iters, "kernels": rows}  # fmt: skip
+
+
+def by_op(breakdown: dict) -> list[tuple[str, float]]:
+    """`kernel_breakdown`'s kernels summed by the aten op that launched them (else the kernel's label), largest
+    first: [(op, us per call of fn)]."""
+    us: dict[str, float] = defaultdict(float)
+    for k in breakdown["kernels"]:
+        ops = [o for o in k["ops"] if o != "-"]
+        us[ops[0].removeprefix("aten::") if ops else k["label"]] += k["us"]
+    return sorted(us.items(), key=lambda item: item[1], reverse=True)
