@@ -55,9 +55,10 @@ def resample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def attention_to_grid(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
     """Attention rows over tokens -> a map over the patch grid, the student side of the alignment loss.
 
-    rows: (B, H, R, N) attention of R query rows (R=1: the class-token row) over N = prefix + gh*gw keys.
-    Heads and rows are averaged (with R = N, the patch query rows only), prefix keys (class, register tokens)
-    are dropped and the result is re-normalised over the patches. Returns (B, gh, gw).
+    rows: (..., H, R, N) attention of R query rows (R=1: the class-token row) over N = prefix + gh*gw keys,
+    e.g. (B, H, R, N), or (L, B, H, R, N) for L layers at once. Heads and rows are averaged (with R = N, the
+    patch query rows only), prefix keys (class, register tokens) are dropped and the result is re-normalised
+    over the patches. Returns (..., gh, gw).
     """
     n_patches = grid[0] * grid[1]
     if rows.shape[-1] != num_prefix_tokens + n_patches:
@@ -65,7 +66,7 @@ def attention_to_grid(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[in
             f"attention over {rows.shape[-1]} tokens does not match {num_prefix_tokens} prefix tokens + a "
             f"{grid[0]}x{grid[1]} patch grid"
         )
-    if rows.shape[2] == rows.shape[-1]:  # full maps: average the patch queries
-        rows = rows[:, :, num_prefix_tokens:]
-    patches = rows.float().mean(dim=(1, 2))[:, num_prefix_tokens:]
-    return normalize_map(patches.reshape(-1, *grid))
+    if rows.shape[-2] == rows.shape[-1]:  # full maps: average the patch queries
+        rows = rows[..., num_prefix_tokens:, :]
+    patches = rows.float().mean(dim=(-3, -2))[..., num_prefix_tokens:]
+    return normalize_map(patches.reshape(*patches.shape[:-1], *grid))

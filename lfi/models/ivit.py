@@ -219,8 +219,11 @@ class InteractionViT(nn.Module):
         out = self(x, request, layers=self.align_layers)
         grid = self.patch_grid(tuple(x.shape[-2:]))
         name = self.config.supervised_map
-        maps = {i: attention_to_grid(m[name], self.num_prefix_tokens, grid) for i, m in out.maps.items()}
-        return out.logits, maps
+        # all layers in one call: the few small kernels per map are launched once, not once per layer
+        stacked = torch.stack([m[name] for m in out.maps.values()])
+        return out.logits, dict(
+            zip(out.maps, attention_to_grid(stacked, self.num_prefix_tokens, grid), strict=True)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_features(x)

@@ -106,5 +106,5 @@ class DenseAlignment(nn.Module):
         grid = tuple(grid_mask.shape[-2:])
         teacher = teacher_on_grid(teachers, grid_mask)
         weights = self.row_weights(grid_mask, teacher)
-        terms = [self.alignment(student_on_grid(m, weights, grid), teacher) for m in maps.values()]
-        return torch.stack(terms).mean()
+        students = torch.stack([student_on_grid(m, weights, grid) for m in maps.values()])  # (L, B, gh, gw)
+        return self.alignment(students, teacher)

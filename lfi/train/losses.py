@@ -41,19 +41,20 @@ class AlignmentLoss(nn.Module):
         self.direction, self.eps = direction, eps
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """student: (B, gh, gw) distributions; teacher: (B, h, w), resampled here to (gh, gw). -> scalar."""
+        """student: (..., B, gh, gw) distributions, e.g. (L, B, gh, gw) for L layers; teacher: (B, h, w),
+        resampled here to (gh, gw) and shared by the leading dims. -> scalar, the mean over (layer, sample)."""
         teacher = resample_map(teacher.float(), tuple(student.shape[-2:]))
-        valid = is_valid_map(teacher)
-        p = student.float().flatten(1).clamp_min(torch.finfo(torch.float32).tiny)
-        q = teacher.flatten(1)
+        p = student.float().flatten(-2).clamp_min(torch.finfo(torch.float32).tiny)
+        q = teacher.flatten(-2)
         if self.eps > 0:
-            q = (1 - self.eps) * q + self.eps / q.shape[1]
+            q = (1 - self.eps) * q + self.eps / q.shape[-1]
         if self.direction == "teacher_student":
-            per_sample = (torch.xlogy(q, q) - q * p.log()).sum(1)
+            per_sample = (torch.xlogy(q, q) - q * p.log()).sum(-1)
         else:
-            per_sample = (p * (p.log() - q.log())).sum(1)
-        # a masked mean, not per_sample[valid]: boolean indexing (and `if valid.any()`) would make the host wait
-        # for the device at every alignment layer, which left the GPU idle for ~20% of an I-ViT step
+            per_sample = (p * (p.log() - q.log())).sum(-1)
+        valid = is_valid_map(teacher).expand_as(per_sample)
+        # a masked mean, not per_sample[valid]: boolean indexing (and `if valid.any()`) makes the host wait for
+        # the device, which left the GPU idle for up to 15 ms of an I-ViT step (benchmarks/README.md)
         kept = torch.where(valid, per_sample, torch.zeros_like(per_sample))
         return kept.sum() / valid.sum().clamp_min(1)
 
@@ -88,7 +89,8 @@ class LfiCriterion(nn.Module):
         if student_maps:
             if teacher_maps is None:
                 raise ValueError("student maps were given but no teacher maps (C_VLM) to align them with")
-            terms = [self.alignment(m, teacher_maps) for m in student_maps.values()]
-            losses["align"] = torch.stack(terms).mean()
+            # one call over (layer, sample): every layer shares the teacher's valid samples, so this is the mean
+            # over layers of each layer's loss, with the loss's kernels launched once rather than per layer
+            losses["align"] = self.alignment(torch.stack(list(student_maps.values())), teacher_maps)
         losses["loss"] = sum(self.weight_dict[k] * v for k, v in losses.items())
         return losses

@@ -7,6 +7,7 @@ import timm
 import torch
 
 import lfi
+from lfi.maps import attention_to_grid
 from lfi.models.interaction_attention import MapRequest
 
 
@@ -123,11 +124,15 @@ def test_maps_from_the_forward_pass_and_none_kept():
 
 def test_forward_aligned_gives_patch_grid_maps():
     ivit = lfi.interactionize(small_vit(reg_tokens=2, img_size=(32, 48)))
-    logits, maps = ivit.forward_aligned(torch.randn(2, 3, 32, 48))
+    x = torch.randn(2, 3, 32, 48)
+    logits, maps = ivit.forward_aligned(x)
     assert set(maps) == set(ivit.align_layers) == {2, 3}
-    for m in maps.values():
+    out = ivit(x, ivit.alignment_request(), layers=ivit.align_layers)
+    for i, m in maps.items():
         assert m.shape == (2, 4, 6)
         torch.testing.assert_close(m.sum((-2, -1)), torch.ones(2))
+        # the layers' maps are reduced together; each equals its own layer's reduction
+        torch.testing.assert_close(m, attention_to_grid(out.maps[i]["agt"], ivit.num_prefix_tokens, (4, 6)))
 
 
 def test_bad_models_and_configs_are_refused():

@@ -110,6 +110,10 @@ def test_criterion_reports_each_term_and_weights_them():
     align = AlignmentLoss()
     expected_align = (align(maps[6], q) + align(maps[7], q)) / 2
     torch.testing.assert_close(out["align"], expected_align)
+    q_bad = q.clone()
+    q_bad[1] = 0  # a sample without a teacher map is left out of every layer's term alike
+    expected_bad = (align(maps[6], q_bad) + align(maps[7], q_bad)) / 2
+    torch.testing.assert_close(LfiCriterion()(logits, labels, maps, q_bad)["align"], expected_bad)
     torch.testing.assert_close(out["task"], torch.nn.functional.cross_entropy(logits, labels))
     torch.testing.assert_close(out["loss"], out["task"] + 0.5 * out["align"])
     assert set(LfiCriterion()(logits, labels)) == {"task", "loss"}
