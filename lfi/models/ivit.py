@@ -211,10 +211,10 @@ class InteractionViT(nn.Module):
         """One pass -> logits (B, K) and the supervised map of each alignment layer as {layer: (B, gh, gw)}.
 
         The student side of Eq. 14: class-token row of C_AGT (or C_VFM for constraint='original') over the
-        patch tokens, mean over heads. Empty dict when the config has no constraint.
+        patch tokens, mean over heads. Empty dict when the config has no constraint or no alignment layers.
         """
         request = self.alignment_request()
-        if request is None:
+        if request is None or not self.align_layers:
             return self.vit(x), {}
         out = self(x, request, layers=self.align_layers)
         grid = self.patch_grid(tuple(x.shape[-2:]))

@@ -135,6 +135,14 @@ def test_forward_aligned_gives_patch_grid_maps():
         torch.testing.assert_close(m, attention_to_grid(out.maps[i]["agt"], ivit.num_prefix_tokens, (4, 6)))
 
 
+def test_no_alignment_layers_give_no_maps():
+    ivit = lfi.interactionize(small_vit(), align_layers=())
+    x = torch.randn(1, 3, 32, 32)
+    logits, maps = ivit.forward_aligned(x)
+    assert maps == {}
+    torch.testing.assert_close(logits, ivit(x))
+
+
 def test_bad_models_and_configs_are_refused():
     with pytest.raises(TypeError, match="timm VisionTransformer"):
         lfi.interactionize(torch.nn.Linear(2, 2))
