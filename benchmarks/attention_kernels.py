@@ -216,13 +216,13 @@ def parse_blocks(spec: str) -> dict[tuple[str, str], tuple[int, int, int, int]]:
     for item in spec.split():
         key, _, value = item.partition("=")
         kernel, _, mode = key.partition(":")
-        tiles = tuple(int(x) for x in value.split(",") if x.isdigit())
-        if (kernel, mode) not in fused.BLOCKS or len(tiles) != 4 or len(value.split(",")) != 4:
+        parts = value.split(",")
+        if (kernel, mode) not in fused.BLOCKS or len(parts) != 4 or not all(x.isdigit() for x in parts):
             raise ValueError(
                 f"--blocks {item!r}: expected kernel:mode=BM,BN,num_warps,num_stages with kernel:mode one of "
                 f"{sorted(f'{k}:{m}' for k, m in fused.BLOCKS)}"
             )
-        overrides[(kernel, mode)] = tiles
+        overrides[(kernel, mode)] = tuple(int(x) for x in parts)
     return overrides
 
 

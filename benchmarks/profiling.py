@@ -54,7 +54,7 @@ def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
         op = next((o for o in sorted(ops[name]) if o != "-"), None)
         rows.append({"kernel": name, "label": _label(name, op), "ops": sorted(ops[name]),
                      "us": us[name] / iters, "calls": calls[name] / iters})  # fmt: skip
-    return {"unit": "us per fwd+bwd", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
+    return {"unit": "us per call of the profiled function", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
             "iters": iters, "total_us": sum(us.values()) / iters, "kernels": rows}  # fmt: skip
 
 
