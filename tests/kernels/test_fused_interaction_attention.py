@@ -123,6 +123,20 @@ def test_float32_mixing_gate_beyond_eight_heads_is_refused():
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_mixing_gate_activations_beyond_32_bit_offsets_are_refused():
+    """The backward saves B x E x N x N gate activations, indexed with 32-bit offsets: a batch that would
+    overflow them is refused (the reference path takes it), one just below is not. Meta tensors: no memory."""
+    gate = GateWeights(torch.zeros(8, 16), torch.zeros(8), torch.zeros(16, 8), torch.zeros(16))
+
+    def reason(batch: int) -> str | None:
+        q, k, v, qi = (torch.empty(batch, 8, 4000, 32, device="meta", dtype=torch.bfloat16) for _ in range(4))
+        return fused_unsupported_reason(q, k, v, 0.2, qi, gate, dispatch=False)
+
+    assert reason(16) is None  # 16 x 8 x 4000^2 = 2.05e9 < 2^31
+    assert "32-bit" in reason(17)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_full_maps_are_computable_but_not_dispatched():
     q, k, v, qi = _qkv()
     gate = GateWeights(torch.zeros(8, 6), torch.zeros(8), torch.zeros(6, 8), torch.zeros(6))

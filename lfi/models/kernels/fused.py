@@ -166,6 +166,12 @@ def fused_unsupported_reason(
             return f"gate hidden width {hidden} > {MAX_GATE_HIDDEN}"
         if not is_per_head_gate(gate) and heads > MAX_MIX_HEADS:
             return f"{heads} heads > {MAX_MIX_HEADS} for the head-mixing gate"
+        activations = q.shape[0] * hidden * k.shape[2] ** 2
+        if not is_per_head_gate(gate) and activations >= 2**31:
+            return (
+                f"batch x hidden x N^2 = {activations:,} gate activations per pair tensor: the head-mixing"
+                " kernels index them with 32-bit offsets (split the batch)"
+            )
         if not is_per_head_gate(gate) and q.dtype == torch.float32 and heads > MAX_MIX_HEADS_FP32:
             return (
                 f"float32 with {heads} heads > {MAX_MIX_HEADS_FP32}: the head-mixing kernels' float32 tiles of"
