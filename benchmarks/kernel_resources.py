@@ -69,10 +69,12 @@ def kernel_function(kernel: str, mode: str):
     return getattr({"_mix": _mix, "_triton": _triton}[module_name], name)
 
 
-def constexpr_values(kernel: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """-> the kernel's constexpr values (a superset; each kernel takes the ones it declares), launch options."""
+def constexpr_values(kernel: str, args: argparse.Namespace, blocks: dict) -> tuple[dict, dict]:
+    """-> the kernel's constexpr values (a superset; each kernel takes the ones it declares), launch options.
+
+    blocks: `fused.BLOCKS` with the --blocks overrides."""
     dtype = DTYPES[args.dtype]
-    bm, bn, warps, stages = fused.BLOCKS[(kernel, "none" if kernel == "lse" else args.gate)]
+    bm, bn, warps, stages = blocks[(kernel, "none" if kernel == "lse" else args.gate)]
     prec = "ieee" if dtype == torch.float32 else "tf32"
     values = dict(HAS_KB=args.key_mask, BM=bm, BN=bn, D=args.head_dim, PREC=prec, PREC_G=prec)
     if args.gate == "mix":
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     import triton
 
     args = parse_args(argv)
-    fused.BLOCKS.update(parse_blocks(args.blocks))
+    blocks = {**fused.BLOCKS, **parse_blocks(args.blocks)}
     kernels = args.kernels or KERNELS[args.gate]
     unknown = set(kernels) - set(KERNELS[args.gate])
     if unknown:
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         "kernels": {},
     }
     for kernel in kernels:
-        values, options = constexpr_values(kernel, args)
+        values, options = constexpr_values(kernel, args, blocks)
         fn = kernel_function(kernel, args.gate)
         report["kernels"][kernel] = info = resources(fn, values, options, DTYPES[args.dtype], args.arch)
         top = ", ".join(f"{op} {n}" for op, n in list(info["sass_opcodes"].items())[:8])

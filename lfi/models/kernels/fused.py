@@ -169,8 +169,8 @@ def fused_unsupported_reason(
         activations = q.shape[0] * hidden * k.shape[2] ** 2
         if not is_per_head_gate(gate) and activations >= 2**31:
             return (
-                f"batch x hidden x N^2 = {activations:,} gate activations per pair tensor: the head-mixing"
-                " kernels index them with 32-bit offsets (split the batch)"
+                f"the head-mixing gate's saved activations (batch x hidden x N^2 = {activations:,} values)"
+                " exceed the kernels' 32-bit offsets (split the batch)"
             )
         if not is_per_head_gate(gate) and q.dtype == torch.float32 and heads > MAX_MIX_HEADS_FP32:
             return (
