@@ -25,7 +25,7 @@ after every case. Cases stop starting once --time-budget seconds have passed (re
     python benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --profile 3   # + kernel times
 
 --profile N adds to every case the device time of each kernel over N profiled steps (after the timed ones,
-so the timings and peak memory are not affected), with the aten op that launched it ("profile").
+so the timings and peak memory are not affected), with the aten op(s) that launched it ("profile").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where the device time of a callable goes: torch.profiler's kernels, summed by name, with the aten op above each."""
+"""Where the device time of a callable goes: torch.profiler's kernels, summed by name, with the aten op(s) above each."""
 
 from __future__ import annotations
 
@@ -19,10 +19,17 @@ def _outer_aten(evt) -> str | None:
     return found
 
 
+def _launching_ops(ops: list[str]) -> str | None:
+    """The aten op(s) that launched a kernel, "cat/matmul" when several did (a copy kernel serves many ops, and
+    naming one of them would put the others' time on it); None when no aten op was found."""
+    named = [o.removeprefix("aten::") for o in ops if o != "-"]
+    return "/".join(named) or None
+
+
 def _label(name: str, op: str | None) -> str:
     head = re.split(r"[<(]", re.sub(r"^void ", "", name).replace("at::native::", ""), maxsplit=1)[0].strip()
     head = head.replace("(anonymous namespace)::", "") or name
-    return head if op is None else f"{op.removeprefix('aten::')}[{head}]"
+    return head if op is None else f"{op}[{head}]"
 
 
 def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
@@ -51,18 +58,17 @@ def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
                 ops[kinfo.name].add(op or "-")
     rows = []
     for name in sorted(us, key=us.get, reverse=True):
-        op = next((o for o in sorted(ops[name]) if o != "-"), None)
-        rows.append({"kernel": name, "label": _label(name, op), "ops": sorted(ops[name]),
+        launched_by = sorted(ops[name])
+        rows.append({"kernel": name, "label": _label(name, _launching_ops(launched_by)), "ops": launched_by,
                      "us": us[name] / iters, "calls": calls[name] / iters})  # fmt: skip
     return {"unit": "us per call of the profiled function", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
             "iters": iters, "total_us": sum(us.values()) / iters, "kernels": rows}  # fmt: skip
 
 
 def by_op(breakdown: dict) -> list[tuple[str, float]]:
-    """`kernel_breakdown`'s kernels summed by the aten op that launched them (else the kernel's label), largest
-    first: [(op, us per call of fn)]."""
+    """`kernel_breakdown`'s kernels summed by the aten op(s) that launched them (else the kernel's label),
+    largest first: [(op, us per call of fn)]."""
     us: dict[str, float] = defaultdict(float)
     for k in breakdown["kernels"]:
-        ops = [o for o in k["ops"] if o != "-"]
-        us[ops[0].removeprefix("aten::") if ops else k["label"]] += k["us"]
+        us[_launching_ops(k["ops"]) or k["label"]] += k["us"]
     return sorted(us.items(), key=lambda item: item[1], reverse=True)

@@ -1,0 +1,45 @@
+"""benchmarks/profiling.py: kernels are attributed to every aten op that launched them, not to one of them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profiling.py"
+
+
+def _profiling():
+    spec = importlib.util.spec_from_file_location("profiling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_kernel_shared_by_several_ops_is_reported_under_all_of_them():
+    profiling = _profiling()
+    breakdown = {
+        "kernels": [
+            {"label": "copy", "ops": ["aten::cat", "aten::reshape"], "us": 30.0},
+            {"label": "gemm", "ops": ["aten::mm"], "us": 50.0},
+            {"label": "memset", "ops": ["-"], "us": 5.0},
+            {"label": "gemm2", "ops": ["aten::mm"], "us": 10.0},
+        ]
+    }
+    assert profiling.by_op(breakdown) == [("mm", 60.0), ("cat/reshape", 30.0), ("memset", 5.0)]
+    assert (
+        profiling._label("void at::native::copy_kernel<float>(int)", "cat/reshape")
+        == "cat/reshape[copy_kernel]"
+    )
+
+
+def test_the_breakdown_of_a_cpu_function_sums_op_self_times():
+    import torch
+
+    profiling = _profiling()
+    x = torch.randn(64, 64)
+    report = profiling.kernel_breakdown(lambda: x @ x, iters=2, cuda=False)
+    assert report["iters"] == 2
+    assert any(row["kernel"] == "aten::mm" for row in report["kernels"])
+    assert report["total_us"] == pytest.approx(sum(row["us"] for row in report["kernels"]))
