@@ -78,8 +78,8 @@ def constexpr_values(kernel: str, args: argparse.Namespace, blocks: dict) -> tup
     prec = "ieee" if dtype == torch.float32 else "tf32"
     values = dict(HAS_KB=args.key_mask, BM=bm, BN=bn, D=args.head_dim, PREC=prec, PREC_G=prec)
     if args.gate == "mix":
-        hp, ep = fused._mix_meta(args.heads, args.hidden)
-        values.update(HP=hp, EP=ep, E=args.hidden)
+        hp, ep, es = fused._mix_meta(args.heads, args.hidden)
+        values.update(HP=hp, EP=ep, ES=es, E=args.hidden)
     else:
         gated = args.gate == "per_head"
         hidden, padded = fused._gate_meta(args.gate, torch.empty(args.hidden, 2) if gated else None)

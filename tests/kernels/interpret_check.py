@@ -31,6 +31,7 @@ FULL = [
     Case(2, 2, 33, 64, "mix", key_mask=True, hidden=5),
     Case(1, 1, 17, 32, "per_head"),
     Case(1, 2, 18, 32, "mix", rows=None),
+    Case(1, 2, 21, 32, "mix", hidden=12),  # hidden units fill EP = 16: GELU on every column (ES = 1)
 ]
 
 

@@ -8,7 +8,9 @@ C_VFM head h, and the layers are two small matrix products, x W1t -> u (BM*BN, E
 
 The host hands the weights over in that channel order, zero-padded and with the key count N folded into W1
 (the gate reads N P, see `gate_values`): W1T (2HP, EP) = N w1[:, perm]^T, B1 (EP,), W2T (EP, 2HP) = w2[perm]^T,
-B2 (2HP,), perm[2h + c] = c H + h.
+B2 (2HP,), perm[2h + c] = c H + h. Hidden unit e sits in column ES e (`fused._mix_meta`): with ES = 2 the padded
+units take the odd columns, and the even/odd split of a matrix-unit tile is free (each thread holds column pairs),
+so GELU and its slope are evaluated on the real units only (padded units have u = 0, z = 0 and no weight out).
 
 Forward (`_mix_fwd_kernel`): one program per (batch, query tile) walks the key tiles; output accumulators of all
 heads stay in registers. Row log-sum-exps come from `_lse_kernel` beforehand (the gate needs normalised
@@ -96,10 +98,19 @@ def _gate_weights(W1T, B1, W2T, B2, HP: tl.constexpr, EP: tl.constexpr):
 
 
 @triton.jit
-def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr):
+def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
     """The FFN at every pair: x (P, 2HP) -> z = gelu(x w1t + b1) and dz = gelu'(.) (P, EP),
-    g = sigmoid(z w2t + b2) (P, 2HP). The forward drops dz (the compiler removes its work)."""
-    z, dz = _gelu_with_grad(tl.dot(x, w1t, input_precision=PREC_G) + b1[None, :])
+    g = sigmoid(z w2t + b2) (P, 2HP). The forward drops dz (the compiler removes its work).
+    ES = 2: the real hidden units are the even columns; the odd ones get z = dz = 0 without any GELU."""
+    u = tl.dot(x, w1t, input_precision=PREC_G) + b1[None, :]
+    if ES == 2:
+        u_real, _ = tl.split(tl.reshape(u, (u.shape[0], u.shape[1] // 2, 2)))
+        z_real, dz_real = _gelu_with_grad(u_real)
+        zero = tl.zeros_like(z_real)
+        z = tl.reshape(tl.join(z_real, zero), u.shape)
+        dz = tl.reshape(tl.join(dz_real, zero), u.shape)
+    else:
+        z, dz = _gelu_with_grad(u)
     return z, dz, tl.sigmoid(tl.dot(z, w2t, input_precision=PREC_G) + b2[None, :])
 
 
@@ -108,7 +119,7 @@ def _mix_fwd_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, OUT,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sob, soh, son,
     N, H, scale_log2,
-    HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
+    HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
 ):  # fmt: skip
     """out = C_F V for one (batch, query tile), every head. Grid: (cdiv(N, BM), B). OUT: (B, N, H, D) strides."""
@@ -129,7 +140,7 @@ def _mix_fwd_kernel(
         v3 = _heads_rows(V, b, offs_h, offs_n, offs_d, N, H, svb, svh, svn)
         p_v, p_a = _all_probs(q3, qi3, kT3, bias, lse_v, lse_a, scale_log2, PREC)
         x = _to_pairs(p_a, p_v, HP, BM, BN)
-        _, _, g = _gate(x, w1t, b1, w2t, b2, PREC_G)
+        _, _, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
         c = _head_sum(g * x, HP, BM, BN)
         acc += tl.dot(c.to(v3.dtype), v3, input_precision=PREC)
     ptrs = OUT + b * sob + offs_h[:, None, None] * soh + offs_m[None, :, None] * son + offs_d[None, None, :]
@@ -142,7 +153,7 @@ def _mix_gate_bwd_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, DO, D_V, D_A, Z, DU, DW,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn,
     N, H, scale_log2,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
+    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
 ):  # fmt: skip
     """The gate's backward for one (batch, query tile), every head. Grid: (cdiv(N, BM), B).
@@ -169,6 +180,8 @@ def _mix_gate_bwd_kernel(
     db1 = tl.zeros([EP], tl.float32)
     db2 = tl.zeros([2 * HP], tl.float32)
     pair_m = pid_m * BM + offs_p // BN
+    unit = offs_e // ES  # hidden unit of each column (real where offs_e % ES == 0 and unit < E)
+    real_unit = (offs_e % ES == 0) & (unit < E)
     for n0 in range(0, N, BN):
         offs_n = n0 + tl.arange(0, BN)
         bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
@@ -177,7 +190,7 @@ def _mix_gate_bwd_kernel(
         p_v, p_a = _all_probs(q3, qi3, kT3, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do3, vT3, input_precision=PREC)
         x = _to_pairs(p_a, p_v, HP, BM, BN)
-        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC_G)
+        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
         dcf2 = _to_pairs(dcf, dcf, HP, BM, BN)
         dt = dcf2 * x * g * (1.0 - g)
         du = tl.dot(dt, w2, input_precision=PREC_G) * dz
@@ -188,8 +201,8 @@ def _mix_gate_bwd_kernel(
         db1 += tl.sum(du, 0)
         db2 += tl.sum(dt, 0)
         pair_n = n0 + offs_p % BN
-        ptrs = ((b * E + offs_e[None, :]) * N + pair_m[:, None]) * N + pair_n[:, None]
-        ok = (pair_m[:, None] < N) & (pair_n[:, None] < N) & (offs_e[None, :] < E)
+        ptrs = ((b * E + unit[None, :]) * N + pair_m[:, None]) * N + pair_n[:, None]
+        ok = (pair_m[:, None] < N) & (pair_n[:, None] < N) & real_unit[None, :]
         tl.store(Z + ptrs, z.to(Z.dtype.element_ty), mask=ok)
         tl.store(DU + ptrs, du.to(DU.dtype.element_ty), mask=ok)
     d_a, d_v = tl.split(tl.reshape(rowstat, (BM, HP, 2)))
@@ -207,7 +220,7 @@ def _mix_gate_bwd_kernel(
 
 @triton.jit
 def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                       E: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr):  # fmt: skip
+                       E: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr):  # fmt: skip
     """Head h's tile (BM, BN): dS_a, dS_v (fp32) and C_F, from the gate's saved z and du of the pairs.
 
     Z, DU are (B, E, N, N): each hidden unit e is a 2D tile, so that the E-term sums below are plain
@@ -222,11 +235,12 @@ def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, d
     for e in tl.static_range(E):
         z = tl.load(Z + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
         du = tl.load(DU + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
-        # W1T row 2h (2h + 1) holds N w1[:, C_AGT (C_VFM) of head h]; W2T column 2h (2h + 1) holds w2's rows
-        t_a += z * tl.load(W2T + e * (2 * HP) + 2 * h)
-        t_v += z * tl.load(W2T + e * (2 * HP) + 2 * h + 1)
-        dx_a += du * tl.load(W1T + (2 * h) * EP + e)
-        dx_v += du * tl.load(W1T + (2 * h + 1) * EP + e)
+        # W1T row 2h (2h + 1) holds N w1[:, C_AGT (C_VFM) of head h]; W2T column 2h (2h + 1) holds w2's rows;
+        # hidden unit e is column (row) ES e
+        t_a += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h)
+        t_v += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h + 1)
+        dx_a += du * tl.load(W1T + (2 * h) * EP + ES * e)
+        dx_v += du * tl.load(W1T + (2 * h + 1) * EP + ES * e)
     g_a = tl.sigmoid(t_a)
     g_v = tl.sigmoid(t_v)
     ds_a = p_a * (dcf * g_a + dx_a - d_a[:, None])
@@ -239,7 +253,7 @@ def _mix_dkdv_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DK, DV,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
+    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """dK, dV of one (batch, head, key tile), walking the query tiles. Grid: (cdiv(N, BN), B * H).
@@ -262,7 +276,7 @@ def _mix_dkdv_kernel(
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
         ds_a, ds_v, c = _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                                           E, HP, EP)  # fmt: skip
+                                           E, HP, EP, ES)  # fmt: skip
         dv += tl.dot(tl.trans(c.to(do.dtype)), do, input_precision=PREC)
         dk += tl.dot(tl.trans(ds_v.to(q.dtype)), q, input_precision=PREC)
         dk += tl.dot(tl.trans(ds_a.to(q.dtype)), qi, input_precision=PREC)
@@ -277,7 +291,7 @@ def _mix_dq_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DQ, DQI,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
+    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """dQ, dQ_int of one (batch, head, query tile), walking the key tiles. Grid: (cdiv(N, BM), B * H).
@@ -303,7 +317,7 @@ def _mix_dq_kernel(
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
         ds_a, ds_v, _ = _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                                           E, HP, EP)  # fmt: skip
+                                           E, HP, EP, ES)  # fmt: skip
         dq += tl.dot(ds_v.to(k.dtype), k, input_precision=PREC)
         dqi += tl.dot(ds_a.to(k.dtype), k, input_precision=PREC)
     ptrs = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]

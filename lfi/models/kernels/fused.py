@@ -317,10 +317,13 @@ def _gate_meta(mode: str, w1: torch.Tensor | None) -> tuple[int, int]:
     return hidden, max(2, _next_power_of_2(hidden))
 
 
-def _mix_meta(heads: int, hidden: int) -> tuple[int, int]:
-    """(HP, EP) of the head-mixing kernels: heads and hidden width padded to powers of two, at least 8 and 16
-    (the gate's matrix products need 2HP >= 16 and EP >= 16)."""
-    return max(8, _next_power_of_2(heads)), max(16, _next_power_of_2(hidden))
+def _mix_meta(heads: int, hidden: int) -> tuple[int, int, int]:
+    """(HP, EP, ES) of the head-mixing kernels: heads and hidden width padded to powers of two, at least 8 and
+    16 (the gate's matrix products need 2HP >= 16 and EP >= 16), and the hidden units' column stride: 2 where
+    they fill at most half of EP (E <= 8, the default 8 among them), so that the kernels evaluate GELU on the
+    even columns only (the padded units' GELU is most of the gate's special-function work), else 1."""
+    hp, ep = max(8, _next_power_of_2(heads)), max(16, _next_power_of_2(hidden))
+    return hp, ep, 2 if 2 * hidden <= ep else 1
 
 
 def _next_power_of_2(n: int) -> int:
@@ -337,18 +340,20 @@ def _mix_channels(heads: int, device: torch.device) -> torch.Tensor:
 
 def _mix_weights(w1, b1, w2, b2, heads: int, keys: int):
     """The gate's weights as the head-mixing kernels take them (see `_mix`): fp32, zero-padded, channel order
-    of `_mix_channels`, the key count folded into W1: W1T (2HP, EP), B1 (EP,), W2T (EP, 2HP), B2 (2HP,)."""
+    of `_mix_channels`, hidden unit e in column ES e (`_mix_meta`), the key count folded into W1: W1T (2HP, EP),
+    B1 (EP,), W2T (EP, 2HP), B2 (2HP,)."""
     hidden = w1.shape[0]
-    hp, ep = _mix_meta(heads, hidden)
+    hp, ep, es = _mix_meta(heads, hidden)
+    units = slice(0, es * hidden, es)
     perm = _mix_channels(heads, w1.device)
     f32 = dict(device=w1.device, dtype=torch.float32)
     w1t = torch.zeros(2 * hp, ep, **f32)
     # in fp32 before the key count is folded in: N w1 rounded to bf16 put the weight gradients ~1e-2 off
-    w1t[: 2 * heads, :hidden] = w1.detach().float().t()[perm] * keys
+    w1t[: 2 * heads, units] = w1.detach().float().t()[perm] * keys
     b1p = torch.zeros(ep, **f32)
-    b1p[:hidden] = b1.detach()
+    b1p[units] = b1.detach()
     w2t = torch.zeros(ep, 2 * hp, **f32)
-    w2t[:hidden, : 2 * heads] = w2.detach()[perm].t()
+    w2t[units, : 2 * heads] = w2.detach()[perm].t()
     b2p = torch.zeros(2 * hp, **f32)
     b2p[: 2 * heads] = b2.detach()[perm]
     return w1t, b1p, w2t, b2p
@@ -356,13 +361,14 @@ def _mix_weights(w1, b1, w2, b2, heads: int, keys: int):
 
 def _mix_weight_grads(dw: torch.Tensor, heads: int, hidden: int, keys: int):
     """Sum the programs' rows of DW (`_mix_gate_bwd_kernel`) and map them back to dw1, db1, dw2, db2."""
-    hp, ep = _mix_meta(heads, hidden)
+    hp, ep, es = _mix_meta(heads, hidden)
+    units = slice(0, es * hidden, es)
     inv = torch.argsort(_mix_channels(heads, dw.device))
     parts = dw.sum(0)
     c2, n1 = 2 * hp, 2 * hp * ep
-    dw1t = parts[:n1].view(c2, ep)[: 2 * heads, :hidden][inv]
-    dw2t = parts[n1 : 2 * n1].view(ep, c2)[:hidden, : 2 * heads][:, inv]
-    db1 = parts[2 * n1 : 2 * n1 + ep][:hidden]
+    dw1t = parts[:n1].view(c2, ep)[: 2 * heads, units][inv]
+    dw2t = parts[n1 : 2 * n1].view(ep, c2)[units, : 2 * heads][:, inv]
+    db1 = parts[2 * n1 : 2 * n1 + ep][units]
     db2 = parts[2 * n1 + ep :][: 2 * heads][inv]
     return dw1t.t() * keys, db1, dw2t.t(), db2
 
@@ -405,10 +411,10 @@ def _forward(q, k, v, qi, bias, scale, w1, b1, w2, b2, mode, mix_weights):
     common = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, out.stride(0), out.stride(2), out.stride(1))
     bm, bn, launch = _blocks("fwd", mode)
     if mode == "mix":
-        hp, ep = _mix_meta(H, w1.shape[0])
+        hp, ep, es = _mix_meta(H, w1.shape[0])
         _mix._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
             q, qi, k, v, run.kb, lse_v, lse_a, *mix_weights, out, *common,
-            N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp, EP=ep, BM=bm, BN=bn, D=D, PREC=run.prec,
+            N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, BM=bm, BN=bn, D=D, PREC=run.prec,
             PREC_G=run.prec, **launch,
         )  # fmt: skip
     else:
@@ -434,7 +440,7 @@ def _mix_backward(run: _Launch, q, k, v, qi, hidden, mix_weights, lse_v, lse_a, 
     """Head-mixing gate: the gate kernel (row statistics, gate gradients, z and du per pair), then the dK/dV
     and the dQ kernels. -> (dq, dk, dv, dqi) (B, N, H, d) in the input dtype, the gate weights' gradients."""
     B, H, N, D = q.shape
-    hp, ep = _mix_meta(H, hidden)
+    hp, ep, es = _mix_meta(H, hidden)
     w1t, b1p, w2t, b2p = mix_weights
     d_v = torch.empty((B, H, N), device=run.device, dtype=torch.float32)
     d_a = torch.empty_like(d_v)
@@ -449,13 +455,13 @@ def _mix_backward(run: _Launch, q, k, v, qi, hidden, mix_weights, lse_v, lse_a, 
     strides = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, *_bhn(do))
     _mix._mix_gate_bwd_kernel[grid](
         q, qi, k, v, run.kb, lse_v, lse_a, w1t, b1p, w2t, b2p, do, d_v, d_a, z, du, dw, *strides,
-        N, H, run.scale_log2, E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, BM=bm, BN=bn, D=D,
+        N, H, run.scale_log2, E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, BM=bm, BN=bn, D=D,
         PREC=run.prec, PREC_G=run.prec, **launch,
     )  # fmt: skip
     dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
     dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
     per_head = (*strides, dk.stride(0), dk.stride(2), dk.stride(1), N, H, run.scale_log2, run.scale)
-    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, D=D, PREC=run.prec)
+    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, D=D, PREC=run.prec)
     bm, bn, launch = _blocks("dkdv", "mix")
     _mix._mix_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
         q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dk, dv, *per_head,
