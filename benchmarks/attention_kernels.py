@@ -9,6 +9,7 @@ inputs (gate weights std 0.5, as tests/kernels/fused_cases.py; same dtype as q),
   reference  interaction_attention under use_backend("reference") (none: its two SDPA calls; per_head: the
              same math with per_head_gate_values, which the reference dispatch does not read), fwd and fwd+bwd;
              OOM recorded
+  one_sdpa   gate "none" only: both query sets in one SDPA call, (B, H, 2N, d), the two halves averaged
 Times: triton.testing.do_bench(return_mode="median"), ms. Every case is isolated (errors recorded, the run
 goes on); the JSON is rewritten after every case; a compact table is printed at the end.
 
@@ -90,6 +91,12 @@ def callables(impl: str, gate_kind: str, inputs) -> tuple[Callable[[], None], Ca
 
         def call():
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif impl == "one_sdpa":
+        leaves = [q, k, v, qi]
+
+        def call():
+            both = F.scaled_dot_product_attention(torch.cat([qi, q], dim=2), k, v, scale=scale)
+            return both.unflatten(2, (2, q.shape[2])).mean(2)
     else:
         leaves = [q, k, v, qi, *(gate or ())]
         ref = per_head_reference if gate_kind == "per_head" else interaction_attention
@@ -126,6 +133,8 @@ def bench(fn: Callable[[], None], args: argparse.Namespace, cuda: bool) -> float
 
 def run_case(args, shape, gate: str, impl: str, dev: torch.device) -> dict:
     cuda = dev.type == "cuda"
+    if impl == "one_sdpa" and gate != "none":
+        return {"status": "skipped", "error": "one_sdpa is the ungated path: gate 'none' only"}
     if impl == "fused" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return {"status": "skipped", "error": "no CUDA and TRITON_INTERPRET!=1: the kernels need CUDA"}
     fwd, fwd_bwd = callables(impl, gate, make_inputs(shape, gate, args.hidden, DTYPES[args.dtype], dev))
@@ -200,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gate_list = [g for g in args.gates.split(",") if g]
     args.impl_list = [i for i in args.impls.split(",") if i]
     bad = [s for s in args.shape_list if len(s) != 4] + sorted(set(args.gate_list) - set(GATES))
-    bad += sorted(set(args.impl_list) - {"sdpa", "fused", "reference"})
+    bad += sorted(set(args.impl_list) - {"sdpa", "fused", "reference", "one_sdpa"})
     if bad:
         p.error(f"invalid shapes/gates/impls: {bad}")
     try:

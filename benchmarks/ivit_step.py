@@ -12,7 +12,9 @@ Variants:
   fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower
                   than the mixing gate).
   no_gate         I-ViT without the gated control network (Table 3's "iq_ic": g1 = g2 = 1/2), whose C_F V runs
-                  as two SDPA calls (any backend): the cost of interaction queries alone.
+                  as two SDPA calls (any backend): the cost of interaction queries alone, and so a floor for any
+                  gated implementation (a gated layer computes all of this layer's work and more).
+  no_gate_one_sdpa  the same with both query sets in one SDPA call, (B, H, 2N, d), halves averaged.
   naive           I-ViT through the reference path (backend "reference").
   compiled        naive I-ViT under torch.compile.
 Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything).
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import os
 import platform
@@ -55,7 +58,7 @@ from lfi.models.ivit import interactionize  # noqa: E402
 from lfi.models.kernels import use_backend  # noqa: E402
 from lfi.train.losses import LfiCriterion  # noqa: E402
 
-VARIANTS = ("plain", "fused", "fused_per_head", "no_gate", "naive", "compiled")
+VARIANTS = ("plain", "fused", "fused_per_head", "no_gate", "no_gate_one_sdpa", "naive", "compiled")
 MODES = ("frozen", "full")
 COMPILE_RESERVE_S = 150  # do not start a torch.compile case with less time than this left
 
@@ -88,7 +91,7 @@ def build(variant: str, model_name: str, mode: str, device: torch.device) -> tup
             for name, p in vit.named_parameters():
                 p.requires_grad_(name.startswith("head.") or ".attn.qkv." in name)
         return vit.to(device), False
-    gated = variant != "no_gate"
+    gated = not variant.startswith("no_gate")
     model = interactionize(vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated)
     if variant == "fused_per_head":
         for layer in model.interaction_layers().values():  # new parameters: trainable in both modes
@@ -98,6 +101,39 @@ def build(variant: str, model_name: str, mode: str, device: torch.device) -> tup
 
 def backend_for(variant: str) -> str:
     return {"fused": "fused", "fused_per_head": "fused"}.get(variant, "reference")
+
+
+@contextlib.contextmanager
+def one_sdpa_ungated():
+    """Ungated layers as one SDPA call over both query sets stacked along the query axis, (B, H, 2N, d), then
+    the two halves averaged, instead of the library's two calls: the variant no_gate_one_sdpa (measured slower
+    in the step: the stacking and the mean cost more copies than the single call saves, benchmarks/README.md).
+    """
+    ia = importlib.import_module("lfi.models.interaction_attention")  # lfi.models re-exports the function
+
+    def one_call(q, k, v, scale, q_int, names, rows, attn_mask):
+        mask = attn_mask
+        if mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:
+            mask = torch.cat([mask, mask], dim=-2)  # a per-query mask follows each query set's rows
+        both, _ = ia._plain_attention(torch.cat([q_int, q], dim=2), k, v, scale, frozenset(), None, mask, 0.0)
+        maps = ia.interaction_maps(names, q, q_int, k, scale, rows, attn_mask, None)
+        return both.unflatten(2, (2, q.shape[2])).mean(2), maps
+
+    library_path = ia._ungated_attention
+    ia._ungated_attention = one_call
+    try:
+        yield
+    finally:
+        ia._ungated_attention = library_path
+
+
+def variant_context(variant: str) -> contextlib.AbstractContextManager:
+    """The attention path a variant runs under: its backend, and for no_gate_one_sdpa the one-call path."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(use_backend(backend_for(variant)))
+    if variant == "no_gate_one_sdpa":
+        stack.enter_context(one_sdpa_ungated())
+    return stack
 
 
 def run_case(args, model_name: str, mode: str, variant: str, device: torch.device) -> dict:
@@ -134,7 +170,7 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with use_backend(backend_for(variant)):
+    with variant_context(variant):
         t0 = time.perf_counter()
         step()
         if cuda:
@@ -237,9 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
         # no torch.compile in a smoke run; no kernels on the CPU
         keep = (
-            ("plain", "naive", "no_gate", "fused", "fused_per_head")
+            ("plain", "naive", "no_gate", "no_gate_one_sdpa", "fused", "fused_per_head")
             if torch.cuda.is_available()
-            else ("plain", "naive", "no_gate")
+            else ("plain", "naive", "no_gate", "no_gate_one_sdpa")
         )
         args.variants = [v for v in args.variants if v in keep]
     if args.out is None:

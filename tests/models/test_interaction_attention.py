@@ -50,12 +50,24 @@ def test_matches_float64_reference(heads, n, d, with_gate):
         torch.testing.assert_close(maps[name].double(), ref_maps[name], atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("request_", [None, MapRequest.of("vfm", "agt", "fused", rows=2)])
-def test_ungated_layer_as_two_sdpa_calls_matches_the_reference(request_):
-    # no gate: C_F V = (C_AGT V + C_VFM V) / 2 runs as two SDPA calls; outputs, row maps and gradients agree
-    q, k, v, q_int = (t.requires_grad_() for t in torch.randn(4, 2, 3, 9, 8).unbind(0))
+def _key_mask() -> torch.Tensor:
     mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
     mask[0, ..., 7:] = False
+    return mask
+
+
+def _per_query_mask() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(2, 1, 9, 9, generator=generator) > 0.4) | torch.eye(9, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("request_", [None, MapRequest.of("vfm", "agt", "fused", rows=2)])
+@pytest.mark.parametrize("make_mask", [_key_mask, _per_query_mask])
+def test_ungated_layer_as_two_sdpa_calls_matches_the_reference(request_, make_mask):
+    # no gate: C_F V = (C_AGT V + C_VFM V) / 2 runs as two SDPA calls, under a key mask and under a mask that
+    # varies over queries; outputs, row maps and gradients agree
+    q, k, v, q_int = (t.requires_grad_() for t in torch.randn(4, 2, 3, 9, 8).unbind(0))
+    mask = make_mask()
     out, maps = interaction_attention(q, k, v, 0.4, q_int, request=request_, attn_mask=mask)
     ref_out, ref_maps = reference(q, k, v, 0.4, q_int, None, mask)
     torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
@@ -72,9 +84,7 @@ def test_row_maps_under_a_per_query_mask_match_the_reference(names):
     # the row maps of both softmaxes come from one stacked product (attention_rows); a mask that differs per
     # query must follow each query set's rows, and only the requested maps come back, with their gradients
     q, k, v, q_int = (t.requires_grad_() for t in torch.randn(4, 2, 3, 9, 8).unbind(0))
-    mask = (torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(0)) > 0.4) | torch.eye(
-        9, dtype=bool
-    )
+    mask = _per_query_mask()
     out, maps = interaction_attention(
         q, k, v, 0.4, q_int, request=MapRequest.of(*names, rows=3), attn_mask=mask
     )
