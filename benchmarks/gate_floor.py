@@ -1,16 +1,18 @@
 """A floor under the head-mixing gate's cost: its FFN alone, over every query-key pair of a layer, on one GPU.
 
 The gate of Eq. 5 runs at each of the B x N x N pairs of a layer. Whatever the attention kernel around it, the
-gate's own arithmetic has to happen: forward once (for C_F), and in the backward at least twice, because the
-softmax gradient dS = P (dP - D) needs D = rowsum(P dP) over all keys before any dS exists, and dP comes out of
-the gate's backward (storing dP instead would put (B, 2H, N, N) in device memory, which issue 7 rules out). So a
-gated layer costs at least one forward, one backward with and one without the weight gradients.
+gate's own arithmetic has to happen at least twice: its forward for C_F, and its backward, with the weight
+gradients, for dP. (A backward also needs dP a second time, since the softmax gradient dS = P (dP - D) needs
+D = rowsum(P dP) over all keys first; the fused kernels get it back from the stored hidden activations, E values
+per pair, which is cheaper than a second full backward and is left out here.) So floor = forward + backward with
+weight gradients; the backward without them is timed too, to show what the weight gradients cost.
 
 This script times exactly that arithmetic with nothing around it: no attention products, no softmax, no loads or
 stores of pairs (the gate's input is made in registers), in the channel layout and with the same code as the
-fused kernels (`lfi.models.kernels._mix._gate`: two small matrix products on the matrix units, erf GELU,
-sigmoid). Each mode runs over all pairs of the shape; the fastest of a few tile configurations counts. These
-times are what a gated kernel would spend if everything else it does were free, i.e. a floor, not an estimate.
+fused kernels (`lfi.models.kernels._mix._gate`: two small matrix products on the matrix units, erf GELU on the real
+hidden units, sigmoid). Each mode runs over all pairs of the shape; the fastest of a few tile configurations
+counts. These times are what a gated kernel in this formulation would spend if everything else it does were free,
+i.e. a floor, not an estimate.
 
     python benchmarks/gate_floor.py --out $OUT/gate_floor.json            # ViT-S/16 and ViT-B/16 layers, batch 256
     python benchmarks/gate_floor.py --shapes 256x6x197 --configs 256,8     # one shape, one tile
@@ -48,7 +50,8 @@ def _gate_floor_kernel(
 ):  # fmt: skip
     """ITERS tiles of BP pairs: the gate's forward (MODE 0), its backward to dP (1), and with the weight gradients
     (2), exactly as `_mix_gate_bwd_kernel` computes them. C = 2H real channels; the padded ones hold zeros, as
-    padded heads do there. One float per program goes out, so that no work can be dropped."""
+    padded heads do there. One float per program goes out, so that no work can be dropped: the sum of the
+    per-pair terms plus the weight gradients weighted by their position (a misplaced entry changes it)."""
     pid = tl.program_id(0)
     w1t, b1, w2t, b2 = _gate_weights(W1T, B1, W2T, B2, HP, EP)
     w1, w2 = tl.trans(w1t), tl.trans(w2t)
@@ -76,7 +79,10 @@ def _gate_floor_kernel(
             if MODE == 2:
                 dw1t += tl.dot(tl.trans(x), du, input_precision=PREC_G)
                 dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC_G)
-    total = tl.sum(tl.sum(acc, 1), 0) + tl.sum(tl.sum(dw1t, 1), 0) + tl.sum(tl.sum(dw2t, 1), 0)
+    offs_e = tl.arange(0, EP)
+    tag1 = (offs_c[:, None] * EP + offs_e[None, :] + 1).to(tl.float32)
+    tag2 = (offs_e[:, None] * (2 * HP) + offs_c[None, :] + 1).to(tl.float32)
+    total = tl.sum(tl.sum(acc, 1), 0) + tl.sum(tl.sum(dw1t * tag1, 1), 0) + tl.sum(tl.sum(dw2t * tag2, 1), 0)
     tl.store(OUT + pid, total)
 
 
@@ -117,14 +123,19 @@ def measure(
     batch, heads, tokens = shape
     pairs = batch * tokens * tokens
     rec: dict = {"shape": f"{batch}x{heads}x{tokens}", "heads": heads, "hidden": hidden, "pairs": pairs}
-    hp, ep, _ = _mix_meta(heads, hidden)
-    rec["channels"], rec["padded_channels"], rec["padded_hidden"] = 2 * heads, 2 * hp, ep
+    hp, ep, es = _mix_meta(heads, hidden)
+    rec["channels"], rec["padded_channels"], rec["padded_hidden"], rec["hidden_stride"] = (
+        2 * heads,
+        2 * hp,
+        ep,
+        es,
+    )
     for mode in modes:
         trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w) for bp, w in configs}
         best = min(trials, key=trials.get)
         rec[mode] = {"ms": trials[best], "config": best, "all_ms": trials}
-    if set(modes) == set(MODES):
-        rec["floor_ms_per_layer"] = sum(rec[m]["ms"] for m in MODES)
+    if {"forward", "backward_weight_grads"} <= set(modes):
+        rec["floor_ms_per_layer"] = rec["forward"]["ms"] + rec["backward_weight_grads"]["ms"]
     return rec
 
 
@@ -133,7 +144,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shapes", default="256x6x197,256x12x197", help="BxHxN per layer, comma-separated")
     p.add_argument("--hidden", type=int, default=8, help="gate hidden width E")
     p.add_argument("--configs", nargs="+", default=["128,4", "256,4", "256,8", "512,8"], help="BP,num_warps")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="all three give the floor")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="forward and backward_weight_grads give the floor",
+    )
     p.add_argument("--out", type=Path, default=Path("gate_floor.json"))
     args = p.parse_args(argv)
     args.shape_list = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
@@ -155,8 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "command": shlex.join([sys.executable, *sys.argv]),
-        "what": "the head-mixing gate's FFN alone over every pair of a layer; floor = forward + backward + "
-        "backward with weight gradients (ms per layer)",
+        "what": "the head-mixing gate's FFN alone over every pair of a layer; floor = forward + backward with "
+        "weight gradients (ms per layer)",
         "results": [],
     }
     for shape in args.shape_list:

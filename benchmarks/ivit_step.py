@@ -27,7 +27,8 @@ after every case. Cases stop starting once --time-budget seconds have passed (re
     python benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --profile 3   # + kernel times
 
 --profile N adds to every case the device time of each kernel over N profiled steps (after the timed ones,
-so the timings and peak memory are not affected), with the aten op(s) that launched it ("profile").
+so the timings and peak memory are not affected), with the aten op(s) that launched it ("profile"), and the
+attention kernels' share of it ("profile.attention_us", `profiling.attention_us`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
-from profiling import by_op, kernel_breakdown  # noqa: E402
+from profiling import attention_us, by_op, kernel_breakdown  # noqa: E402
 
 from lfi.models.interaction_attention import GateWeights  # noqa: E402
 from lfi.models.ivit import interactionize  # noqa: E402
@@ -193,6 +194,8 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
                 times.append((time.perf_counter() - t) * 1e3)
         peak_mem_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         profile = kernel_breakdown(step, args.profile, cuda) if args.profile else None
+        if profile is not None:
+            profile["attention_us"] = attention_us(profile)
     median = statistics.median(times)
     record = {
         "status": "ok",

@@ -9,6 +9,9 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+# lfi's interaction-attention kernels (lfi.models.kernels), launched from an autograd Function, not an aten op
+INTERACTION_KERNEL = re.compile(r"^_(lse|mix_\w+|ph_\w+)_kernel$")
+
 
 def _outer_aten(evt) -> str | None:
     """The outermost aten op above a (launch) event: which torch call a kernel belongs to."""
@@ -72,3 +75,16 @@ def by_op(breakdown: dict) -> list[tuple[str, float]]:
     for k in breakdown["kernels"]:
         us[_launching_ops(k["ops"]) or k["label"]] += k["us"]
     return sorted(us.items(), key=lambda item: item[1], reverse=True)
+
+
+def attention_us(breakdown: dict) -> float:
+    """The attention part of `kernel_breakdown`'s total: lfi's interaction-attention kernels, and kernels that
+    only SDPA ops launched (cuDNN or flash attention with their helpers). Kernels named by the backend (cuDNN
+    also runs convolutions, e.g. ViT-B's patch embedding) or shared with other ops do not count."""
+    return sum(
+        k["us"]
+        for k in breakdown["kernels"]
+        if INTERACTION_KERNEL.match(k["kernel"])
+        or "scaled_dot_product" in k["kernel"]  # on a CPU the rows are the aten ops themselves
+        or (k["ops"] and all("scaled_dot_product" in op for op in k["ops"]))
+    )

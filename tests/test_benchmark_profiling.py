@@ -43,3 +43,20 @@ def test_the_breakdown_of_a_cpu_function_sums_op_self_times():
     assert report["iters"] == 2
     assert any(row["kernel"] == "aten::mm" for row in report["kernels"])
     assert report["total_us"] == pytest.approx(sum(row["us"] for row in report["kernels"]))
+
+
+def test_attention_time_counts_sdpa_and_interaction_kernels_only():
+    profiling = _profiling()
+    breakdown = {
+        "kernels": [
+            {"kernel": "cudnn_generated_fort_native_sdpa_sm90_flash_bprop", "ops": ["aten::_scaled_dot_product_cudnn_attention_backward"], "us": 40.0},
+            {"kernel": "_mix_gate_bwd_kernel", "ops": ["-"], "us": 30.0},
+            {"kernel": "_lse_kernel", "ops": ["-"], "us": 2.0},
+            {"kernel": "cutlass__5x_cudnn::Kernel<conv>", "ops": ["aten::conv2d"], "us": 20.0},  # a cuDNN conv
+            {"kernel": "Memset (Device)", "ops": ["aten::_scaled_dot_product_cudnn_attention_backward", "aten::mm"], "us": 1.0},
+            {"kernel": "_gate_floor_kernel", "ops": ["-"], "us": 7.0},  # a benchmark's kernel, not lfi's
+            {"kernel": "aten::_scaled_dot_product_flash_attention_for_cpu", "ops": [], "us": 3.0},  # a CPU row
+            {"kernel": "aten::mm", "ops": [], "us": 4.0},
+        ]
+    }  # fmt: skip
+    assert profiling.attention_us(breakdown) == 75.0
