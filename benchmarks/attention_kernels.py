@@ -82,6 +82,17 @@ def per_head_reference(q, k, v, scale, q_int, gate):
     return (g1 * c_agt + g2 * c_vfm) @ v, {}
 
 
+def one_sdpa(q, k, v, scale: float, q_int, attn_mask=None) -> torch.Tensor:
+    """(C_AGT V + C_VFM V) / 2 as one SDPA call over both query sets stacked along the query axis, (B, H, 2N, d),
+    the halves averaged: the rejected alternative to the library's two calls (benchmarks/README.md)."""
+    if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.shape[-2] != 1:
+        attn_mask = torch.cat([attn_mask, attn_mask], dim=-2)  # a per-query mask follows each set's rows
+    both = F.scaled_dot_product_attention(
+        torch.cat([q_int, q], dim=2), k, v, attn_mask=attn_mask, scale=scale
+    )
+    return both.unflatten(2, (2, q.shape[2])).mean(2)
+
+
 def callables(impl: str, gate_kind: str, inputs) -> tuple[Callable[[], None], Callable[[], None]]:
     """-> (forward without grad, forward + backward) of one implementation on the inputs."""
     q, k, v, qi, gate, gout = inputs
@@ -95,8 +106,7 @@ def callables(impl: str, gate_kind: str, inputs) -> tuple[Callable[[], None], Ca
         leaves = [q, k, v, qi]
 
         def call():
-            both = F.scaled_dot_product_attention(torch.cat([qi, q], dim=2), k, v, scale=scale)
-            return both.unflatten(2, (2, q.shape[2])).mean(2)
+            return one_sdpa(q, k, v, scale, qi)
     else:
         leaves = [q, k, v, qi, *(gate or ())]
         ref = per_head_reference if gate_kind == "per_head" else interaction_attention

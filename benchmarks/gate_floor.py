@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -35,6 +32,8 @@ import triton.testing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from attention_kernels import environment  # noqa: E402  (benchmarks/, this script's folder)
 
 from lfi.models.kernels._mix import _gate, _gate_weights  # noqa: E402
 from lfi.models.kernels.fused import _mix_meta, _mix_weights  # noqa: E402
@@ -124,12 +123,7 @@ def measure(
     pairs = batch * tokens * tokens
     rec: dict = {"shape": f"{batch}x{heads}x{tokens}", "heads": heads, "hidden": hidden, "pairs": pairs}
     hp, ep, es = _mix_meta(heads, hidden)
-    rec["channels"], rec["padded_channels"], rec["padded_hidden"], rec["hidden_stride"] = (
-        2 * heads,
-        2 * hp,
-        ep,
-        es,
-    )
+    rec.update(channels=2 * heads, padded_channels=2 * hp, padded_hidden=ep, hidden_stride=es)
     for mode in modes:
         trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w) for bp, w in configs}
         best = min(trials, key=trials.get)
@@ -165,13 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not torch.cuda.is_available():
         sys.exit("gate_floor.py needs a CUDA GPU")
     report = {
-        "device": torch.cuda.get_device_name(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "command": shlex.join([sys.executable, *sys.argv]),
+        **environment(torch.device("cuda")),
         "what": "the head-mixing gate's FFN alone over every pair of a layer; floor = forward + backward with "
         "weight gradients (ms per layer)",
         "results": [],

@@ -51,7 +51,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
+from attention_kernels import one_sdpa  # noqa: E402  (benchmarks/, this script's folder)
+from isolated import run_isolated  # noqa: E402
 from profiling import attention_us, by_op, kernel_breakdown  # noqa: E402
 
 from lfi.models.interaction_attention import GateWeights  # noqa: E402
@@ -113,12 +114,9 @@ def one_sdpa_ungated():
     ia = importlib.import_module("lfi.models.interaction_attention")  # lfi.models re-exports the function
 
     def one_call(q, k, v, scale, q_int, names, rows, attn_mask):
-        mask = attn_mask
-        if mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1:
-            mask = torch.cat([mask, mask], dim=-2)  # a per-query mask follows each query set's rows
-        both, _ = ia._plain_attention(torch.cat([q_int, q], dim=2), k, v, scale, frozenset(), None, mask, 0.0)
+        mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)
         maps = ia.interaction_maps(names, q, q_int, k, scale, rows, attn_mask, None)
-        return both.unflatten(2, (2, q.shape[2])).mean(2), maps
+        return one_sdpa(q, k, v, scale, q_int, mask), maps
 
     library_path = ia._ungated_attention
     ia._ungated_attention = one_call
