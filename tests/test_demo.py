@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lfi.demo.cli import register
+from lfi.cli.demo import register
 from lfi.demo.synthetic import ShortcutShapes
 
 

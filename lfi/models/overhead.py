@@ -1,9 +1,6 @@
-"""`lfi params`: the parameter and FLOP overhead of I-ViT over its ViT (the #params / FLOPs of Table 1)."""
+"""The parameter and FLOP overhead of I-ViT over its ViT (the #params / FLOPs of Table 1; `lfi params`)."""
 
 from __future__ import annotations
-
-import argparse
-import json
 
 import timm
 import torch
@@ -30,16 +27,3 @@ def overhead(name: str, flops: bool = False) -> dict[str, float | str]:
                 model(x)
             row[key] = counter.get_total_flops() / 1e9
     return row
-
-
-def _run(args: argparse.Namespace) -> int:
-    for name in args.models:
-        print(json.dumps(overhead(name, args.flops)))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("params", help="parameter (and FLOP) overhead of I-ViT over timm ViTs")
-    p.add_argument("models", nargs="+", help="timm model names, e.g. vit_small_patch16_224")
-    p.add_argument("--flops", action="store_true", help="also count forward FLOPs (builds real weights)")
-    p.set_defaults(func=_run)
