@@ -52,13 +52,22 @@ def resample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return normalize_map(out.reshape(*lead, *size)).to(m.dtype)
 
 
-def attention_to_grid(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Attention rows over tokens -> a map over the patch grid, the student side of the alignment loss.
+def attention_to_grid(
+    rows: torch.Tensor,
+    num_prefix_tokens: int,
+    grid: tuple[int, int],
+    row_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention rows over tokens -> a map over the patch grid: the student side of the alignment loss, for
+    I-ViT (class-token row), I-DETR (encoder rows), the figures and the human-alignment metrics alike.
 
-    rows: (..., H, R, N) attention of R query rows (R=1: the class-token row) over N = prefix + gh*gw keys,
-    e.g. (B, H, R, N), or (L, B, H, R, N) for L layers at once. Heads and rows are averaged (with R = N, the
-    patch query rows only), prefix keys (class, register tokens) are dropped and the result is re-normalised
-    over the patches. Returns (..., gh, gw).
+    rows: (..., H, R, N) attention of R query rows over N = prefix + gh*gw keys, e.g. (B, H, 1, N) for the
+        class-token row, (B, H, N, N) for full maps, or (L, B, H, R, N) for L layers at once. With full maps
+        (R = N) the prefix query rows are dropped.
+    row_weights: (..., R) non-negative weights of the query rows (e.g. I-DETR's real, non-padding tokens),
+        broadcast over the leading dims; None = the plain mean over rows.
+    Heads are averaged, prefix keys (class, register tokens) dropped and the result re-normalised over the
+    patches. Returns (..., gh, gw); zero where keys carried no attention (padding).
     """
     n_patches = grid[0] * grid[1]
     if rows.shape[-1] != num_prefix_tokens + n_patches:
@@ -66,7 +75,16 @@ def attention_to_grid(rows: torch.Tensor, num_prefix_tokens: int, grid: tuple[in
             f"attention over {rows.shape[-1]} tokens does not match {num_prefix_tokens} prefix tokens + a "
             f"{grid[0]}x{grid[1]} patch grid"
         )
-    if rows.shape[-2] == rows.shape[-1]:  # full maps: average the patch queries
+    if rows.shape[-2] == rows.shape[-1]:  # full maps: the patch queries only
         rows = rows[..., num_prefix_tokens:, :]
-    patches = rows.float().mean(dim=(-3, -2))[..., num_prefix_tokens:]
+        if row_weights is not None:
+            row_weights = row_weights[..., num_prefix_tokens:]
+    heads = rows.float().mean(dim=-3)  # (..., R, N)
+    if row_weights is None:
+        keys = heads.mean(dim=-2)
+    else:
+        w = row_weights.float()
+        w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        keys = (heads * w.unsqueeze(-1)).sum(dim=-2)
+    patches = keys[..., num_prefix_tokens:]
     return normalize_map(patches.reshape(*patches.shape[:-1], *grid))

@@ -1,13 +1,42 @@
-"""`lfi train`: the train stage's commands."""
+"""`lfi train CONFIG [KEY=VALUE ...] [--resume [CKPT]]`: train any task from a config (Lightning)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lfi.config import load_config
+    from lfi.train.engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    callbacks = []
+    if cfg.trainer.log_maps_every_n_epochs and cfg.task == "classification":
+        from lfi.show.tensorboard import LogInteractionMaps
+
+        callbacks.append(LogInteractionMaps(every_n_epochs=cfg.trainer.log_maps_every_n_epochs))
+    result = train(cfg, resume=args.resume, callbacks=callbacks)
+    if result.metrics:
+        print(json.dumps(result.metrics["test"], indent=2))
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The one override syntax of every command: dotted KEY=VALUE pairs after the config or run folder."""
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="dotted overrides, values as YAML: trainer.max_epochs=3 data.test_domains=[sketch]",
+    )  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lfi.train.cli import register as register_train
-    from lfi.train.detection import register as register_detection
-
-    register_train(subparsers)
-    register_detection(subparsers)
+    p = subparsers.add_parser("train", help="train a ViT / I-ViT / DETR / I-DETR or a baseline from a config")
+    p.add_argument("config", help="experiment YAML (configs/; `task:` picks classification or detection)")
+    add_overrides(p)
+    p.add_argument(
+        "--resume", nargs="?", const=True, default=None, metavar="CKPT",
+        help="continue from CKPT, or from the run folder's checkpoints/last.ckpt when no path is given",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_train)

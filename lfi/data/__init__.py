@@ -1,27 +1,42 @@
 """Datasets, joint image/box/mask/interaction-map transforms, and the store-backed training wrapper.
 
-Modules: `source` (zips or folders), `base` (sample format), `tinyimagenet`, `pacs`, `domainbed` (VLCS and
-any DomainBed-layout set), `coco`, `osie`, `subsets` (ratio subsets), `registry` (`build_dataset`),
-`transforms` (InteractionMap tv_tensor), `pipelines` (standard v2 pipelines), `interaction`
-(`WithInteractionMaps`), `collate`.
+Modules: `keys` (image store keys), `source` (zips or folders), `base` (sample format), `tinyimagenet`,
+`pacs`, `domainbed` (VLCS and any DomainBed-layout set), `coco`, `voc`, `osie`, `build` (`build_dataset`,
+one entry point by name), `subsets` (ratio subsets), `transforms` (InteractionMap tv_tensor), `pipelines`
+(standard v2 pipelines), `interaction` (`WithInteractionMaps`), `collate`.
+
+The names below are imported on first use (PEP 562), so that `import lfi.data.keys` or
+`lfi.data.build_dataset` do not load torchvision's transforms.
 """
 
-from lfi.data.collate import collate_classification, collate_detection
-from lfi.data.interaction import WithInteractionMaps
-from lfi.data.pipelines import classification_transforms, detection_transforms
-from lfi.data.registry import build_dataset
-from lfi.data.subsets import ratio_subset
-from lfi.data.transforms import InteractionMap, map_to_grid, map_to_image_geometry
+from __future__ import annotations
 
-__all__ = [
-    "InteractionMap",
-    "WithInteractionMaps",
-    "build_dataset",
-    "classification_transforms",
-    "collate_classification",
-    "collate_detection",
-    "detection_transforms",
-    "map_to_grid",
-    "map_to_image_geometry",
-    "ratio_subset",
-]
+import importlib
+from typing import Any
+
+# exported name -> module that defines it
+_EXPORTS = {
+    "InteractionMap": "lfi.data.transforms",
+    "WithInteractionMaps": "lfi.data.interaction",
+    "build_dataset": "lfi.data.build",
+    "classification_transforms": "lfi.data.pipelines",
+    "collate_classification": "lfi.data.collate",
+    "collate_detection": "lfi.data.collate",
+    "detection_transforms": "lfi.data.pipelines",
+    "image_key": "lfi.data.keys",
+    "map_to_grid": "lfi.data.transforms",
+    "map_to_image_geometry": "lfi.data.transforms",
+    "ratio_subset": "lfi.data.subsets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lfi.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,13 +1,14 @@
 """Common sample format of every classification dataset in `lfi.data`.
 
 A sample is a dict:
-    image       tv_tensors.Image uint8 (3, H, W), RGB (grey and paletted/alpha PNGs are converted)
+    image       tv_tensors.Image uint8 (3, H, W), RGB (grey, 16-bit, paletted/alpha, CMYK are converted)
     label       int, 0..num_classes-1
     class_name  str
     boxes       tv_tensors.BoundingBoxes XYXY, absolute pixels, canvas (H, W); shape (K, 4), K may be 0
     relpath     dataset-relative path of the image file, e.g. 'val/images/val_0.JPEG'
     domain      str, only for multi-domain datasets (PACS, VLCS): the image's domain, e.g. 'sketch'
-    key         lfi.extract.store.image_key(relpath, data): the image's key in the interaction store
+    key         lfi.data.keys.image_key(relpath, data): the image's key in the interaction store
+    wnid        str, TinyImageNet only: the ImageNet id of the class, e.g. 'n01443537'
     data        raw file bytes (only with return_bytes=True)
 """
 
@@ -16,14 +17,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 
+import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from lfi.data.keys import image_key
 from lfi.data.source import FileSource
-from lfi.extract.store import image_key
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,63 @@ class Record:
     domain: str = ""
 
 
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded faithfully; `path` names it (`lfi extract --on-error skip` lists
+    it in the store's failed.jsonl)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# 16-bit greyscale modes: PIL's convert("RGB") clips them at 255 (a 16-bit PNG comes out nearly all white).
+_MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_rgb(img: PIL.Image.Image, origin: str) -> PIL.Image.Image:
+    """Any PIL mode -> RGB, scaling high-bit-depth greyscale to 8 bits instead of clipping it."""
+    if img.mode in _MODES_16BIT or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        # mode "I" (32-bit int) is how older PNG decoders and some TIFFs carry 16-bit data
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageDecodeError(
+                f"{origin}: {img.mode} image with values in [{values.min()}, {values.max()}], outside the "
+                "16-bit range; convert it to 8-bit RGB first",
+                origin,
+            )
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257): 65535 -> 255
+        return PIL.Image.fromarray(grey, mode="L").convert("RGB")
+    if img.mode == "F":
+        raise ImageDecodeError(
+            f"{origin}: floating-point image (mode F) has no defined intensity range; convert it to 8-bit RGB "
+            "first",
+            origin,
+        )
+    # 8-bit modes (L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...): PIL's own conversion is exact; alpha is dropped.
+    return img.convert("RGB")
+
+
 def decode_rgb(data: bytes, origin: str) -> tv_tensors.Image:
     """Encoded image bytes -> tv_tensors.Image uint8 (3, H, W) RGB. `origin` names the file in errors.
 
-    PIL rather than torchvision.io: it converts every mode (grey, palette, alpha, CMYK) to RGB, and
-    torchvision deprecates its decoders from 0.29 on.
+    PIL rather than torchvision.io: it reads every mode (grey, 16-bit, palette, alpha, CMYK), and
+    torchvision deprecates its decoders from 0.29 on. Errors are `ImageDecodeError`s naming `origin`.
     """
     try:
         with PIL.Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-    except (PIL.UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{origin}: cannot decode as an image ({e})") from e
+            rgb = _to_rgb(img, origin)
+    except ImageDecodeError:
+        raise
+    except PIL.Image.DecompressionBombError as e:
+        raise ImageDecodeError(
+            f"{origin}: refused as a possible decompression bomb ({e}); if the image is genuine, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS before reading it",
+            origin,
+        ) from e
+    except Exception as e:  # decoders of damaged files raise OSError, SyntaxError, ValueError, zlib.error...
+        raise ImageDecodeError(
+            f"{origin}: cannot decode as an image ({type(e).__name__}: {e})", origin
+        ) from e
     return tv_tensors.Image(pil_to_tensor(rgb))
 
 

@@ -9,7 +9,7 @@ the zip). A sample is a dict:
     masks      tv_tensors.Mask uint8 (K, H, W), only with return_masks=True
     image_id   int (the COCO image id, for pycocotools evaluation)
     relpath    e.g. 'val2017/000000532481.jpg'
-    key        lfi.extract.store.image_key(relpath, data)
+    key        lfi.data.keys.image_key(relpath, data)
     data       raw bytes, only with return_bytes=True
 
 Crowd annotations (iscrowd=1: one RLE region covering a group of objects) are dropped by default
@@ -33,8 +33,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from lfi.data.base import decode_rgb, make_boxes
+from lfi.data.keys import image_key
 from lfi.data.source import open_source
-from lfi.extract.store import image_key
 
 SPLITS = ("train", "val")
 CROWD = ("drop", "keep")

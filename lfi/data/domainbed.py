@@ -16,7 +16,7 @@ from lfi.data.subsets import holdout_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VLCS_DOMAINS = ("CALTECH", "LABELME", "PASCAL", "SUN")
-SPLITS = ("all", "train", "val")
+SPLITS = ("all", "train", "val", "test")
 
 
 def check_domains(domains: Sequence[str] | str | None, known: Sequence[str], dataset: str) -> list[str]:
@@ -49,8 +49,9 @@ class DomainFolders(ImageDataset):
 
     root: a folder holding ``<name>/`` (or ``<name>`` itself), or a ``<name>*.zip`` with members under
     ``<name>/``. all_domains: the dataset's domains (fixes the class list across selections).
-    split: 'all', or 'train'/'val' = a seeded stratified holdout of `holdout` of each selected domain's
-    images per class (DomainBed holds out 20 % of every environment; its exact seed hash is not reproduced).
+    split: 'all' (alias 'test': the whole domain, as PACS's 'test', for testing on an unseen domain), or
+    'train'/'val' = a seeded stratified holdout of `holdout` of each selected domain's images per class
+    (DomainBed holds out 20 % of every environment; its exact seed hash is not reproduced).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class DomainFolders(ImageDataset):
         records = []
         for d in self.domains:
             recs = [Record(rel, index[c], domain=d) for c, rel in found[d]]
-            if split != "all":
+            if split in ("train", "val"):
                 train, val = holdout_split([r.label for r in recs], holdout, seed)
                 recs = [recs[i] for i in (train if split == "train" else val)]
             records.extend(recs)

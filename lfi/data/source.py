@@ -10,8 +10,20 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """Open a zip; a truncated or damaged one is a ValueError naming it (zipfile's own names no file)."""
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(
+            f"{path}: not a readable zip archive ({e}); it is truncated or damaged: re-copy it "
+            "(compare it with the dataset's checksums)"
+        ) from e
 
 
 class FileSource:
@@ -30,7 +42,7 @@ class FileSource:
         self.prefix = prefix
         self._where: dict[str, list[int]] = {}  # relpath -> zip indices; folder files are not indexed
         for i, z in enumerate(self.zips):
-            with zipfile.ZipFile(z) as zf:
+            with _open_zip(z) as zf:
                 for name in zf.namelist():
                     if name.startswith(prefix) and not name.endswith("/"):
                         self._where.setdefault(name[len(prefix) :], []).append(i)
@@ -51,8 +63,17 @@ class FileSource:
         if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
             self._open, self._pid = {}, os.getpid()
         if i not in self._open:
-            self._open[i] = zipfile.ZipFile(self.zips[i])
+            self._open[i] = _open_zip(self.zips[i])
         return self._open[i]
+
+    def _read_member(self, i: int, relpath: str) -> bytes:
+        try:
+            return self._zip(i).read(self.prefix + relpath)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:  # bad CRC, truncated or garbled member
+            raise ValueError(
+                f"{self.zips[i]}: member {self.prefix + relpath!r} is damaged ({e}); re-copy the zip "
+                "(compare it with the dataset's checksums)"
+            ) from e
 
     def exists(self, relpath: str) -> bool:
         if relpath in self._where:
@@ -65,7 +86,7 @@ class FileSource:
 
     def read_all(self, relpath: str) -> list[bytes]:
         """Bytes of every copy of `relpath` (zips in order, then the folder); FileNotFoundError if none."""
-        copies = [self._zip(i).read(self.prefix + relpath) for i in self._where.get(relpath, [])]
+        copies = [self._read_member(i, relpath) for i in self._where.get(relpath, [])]
         if self.folder is not None and (self.folder / relpath).is_file():
             copies.append((self.folder / relpath).read_bytes())
         if not copies:

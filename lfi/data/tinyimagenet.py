@@ -50,7 +50,8 @@ def _class_names(source: FileSource, wnids: list[str]) -> list[str]:
 
 
 class TinyImageNet(ImageDataset):
-    """TinyImageNet-200 `split` ('train' or 'val'); samples as in `lfi.data.base`, one box each.
+    """TinyImageNet-200 `split` ('train' or 'val'); samples as in `lfi.data.base`, one box each, plus the
+    class's 'wnid' (its ImageNet id, which lets ImageNet teachers find the class exactly).
 
     root: a folder with the ``tiny-imagenet-200-*.zip`` files (or the shared data root), one zip, or an
     extracted ``tiny-imagenet-200`` folder.
@@ -68,6 +69,11 @@ class TinyImageNet(ImageDataset):
         index = {w: i for i, w in enumerate(self.wnids)}
         records = self._train(source, index) if split == "train" else self._val(source, index)
         super().__init__(source, records, _class_names(source, self.wnids), return_bytes)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        sample["wnid"] = self.wnids[sample["label"]]
+        return sample
 
     @staticmethod
     def _val(source: FileSource, index: dict[str, int]) -> list[Record]:

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lfi.data.base import decode_rgb, make_boxes
+from lfi.data.keys import image_key
 from lfi.data.source import FileSource
-from lfi.extract.store import image_key
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from lfi.data.base import make_boxes
-from lfi.extract.store import image_key
+from lfi.data.keys import image_key
 
 CLASSES = ("circle", "square", "triangle", "cross")
 # One background colour per class (RGB in [0, 1]): the shortcut.

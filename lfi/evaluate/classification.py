@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, int]:
@@ -21,41 +20,39 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] =
     return {k: int(hits[:, : min(k, kmax)].any(-1).sum()) for k in ks}
 
 
-@torch.no_grad()
-def evaluate_loader(
-    model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device | str = "cpu"
-) -> dict:
-    """Accuracy of `model` (images (B, 3, H, W) -> logits (B, K)) over batches {image, label}.
-
-    Returns {"acc1", "acc5" (in %), "n"}.
-    """
-    was_training = model.training
-    model.eval()
-    correct = {1: 0, 5: 0}
-    n = 0
-    for batch in loader:
-        logits = model(batch["image"].to(device))
-        labels = batch["label"].to(device)
-        for k, c in topk_correct(logits.float(), labels).items():
-            correct[k] += c
-        n += labels.shape[0]
-    model.train(was_training)
-    if n == 0:
-        raise ValueError("evaluate_loader: the loader yielded no samples")
-    return {"acc1": 100.0 * correct[1] / n, "acc5": 100.0 * correct[5] / n, "n": n}
+def cross_domain_summary(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{"mean_acc1", "var_acc1"} across named test sets (the paper's cross-domain variance); {} for one set."""
+    if len(results) < 2:
+        return {}
+    accs = torch.tensor([r["acc1"] for r in results.values()], dtype=torch.float64)
+    return {"mean_acc1": float(accs.mean()), "var_acc1": float(accs.var(unbiased=False))}
 
 
-def evaluate_sets(
-    model: nn.Module, loaders: Mapping[str, Iterable[dict[str, Any]]], device: torch.device | str = "cpu"
-) -> dict[str, Any]:
-    """{name: {"acc1", "acc5", "n"}} for every named test set, plus "mean_acc1" and "var_acc1" across sets
-    (the paper's cross-domain variance) when there are several."""
-    out: dict[str, Any] = {name: evaluate_loader(model, loader, device) for name, loader in loaders.items()}
-    if len(loaders) > 1:
-        accs = torch.tensor([out[name]["acc1"] for name in loaders], dtype=torch.float64)
-        out["mean_acc1"] = float(accs.mean())
-        out["var_acc1"] = float(accs.var(unbiased=False))
-    return out
+class AccuracyEvaluator:
+    """Top-1 / top-5 accuracy and mean cross-entropy, accumulated over batches; under DDP `compute` sums the
+    counts of every process once (one all-reduce per evaluation, not per batch)."""
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, summed loss, samples
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """logits (B, K), labels (B,)."""
+        hits = topk_correct(logits.float(), labels)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        self.counts += torch.tensor([hits[1], hits[5], float(loss), labels.shape[0]], dtype=torch.float64)
+
+    def compute(self) -> dict[str, float]:
+        """{"acc1", "acc5" (in %), "loss", "n"} over every process."""
+        counts = self.counts.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+            counts = counts.to(device)
+            torch.distributed.all_reduce(counts)
+            counts = counts.cpu()
+        top1, top5, loss, n = counts.tolist()
+        if n == 0:
+            raise ValueError("AccuracyEvaluator: no samples were evaluated")
+        return {"acc1": 100.0 * top1 / n, "acc5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
 
 
 def write_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:

@@ -185,7 +185,12 @@ class CocoEvaluator:
         self.image_ids.update(int(i) for i in image_ids)
 
     def compute(self) -> dict[str, float]:
-        """{"mAP", "AP50", ..., "AP_mask", ...} over the images seen so far."""
+        """{"mAP", "AP50", ..., "AP_mask", ...} over the images seen so far (by every process under DDP)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (self.predictions, self.image_ids))
+            self.predictions = [p for preds, _ in gathered for p in preds]
+            self.image_ids = set().union(*(ids for _, ids in gathered))
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
             metrics.update(coco_evaluate(self.gt, self.predictions, iou_type, sorted(self.image_ids)))

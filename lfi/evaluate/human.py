@@ -18,6 +18,10 @@ Common grid (`resample`):
 - ``"to_model"``: the human map is area-downsampled to each model map's grid (mass-preserving), and each
   fixated pixel votes for the cell it falls in (NSS weights cells by their share of fixated pixels).
 Either way a model map must cover the whole image (resize, no crop), so that its grid maps onto the image.
+
+Ratios (the paper's "C_AGT is 2.7x closer to human attention than C_VFM"): mean score of one map over that of
+another, undefined (NaN) when the denominator is <= 0, since "x times" a score at or below chance level means
+nothing (`score_ratio`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ DEFAULT_RESAMPLE: Resample = "to_human"
 METRICS = ("cosine", "cc", "nss")
 CONSTANT_RTOL = 1e-6  # a map whose std is below this fraction of its peak is treated as constant
 PAPER_RATIO = 2.7  # C_AGT / C_VFM cosine similarity to human maps reported in the paper (Fig. 6)
+
+
+def score_ratio(num: float, den: float) -> float:
+    """num / den, or NaN (undefined) when den <= 0: how many times higher a mean score is than another is
+    only a number when the other is above zero (CC and NSS of a map can be negative, cosine can be 0)."""
+    return num / den if den > 0 else math.nan
 
 
 def _flat(m: torch.Tensor) -> torch.Tensor:
@@ -148,15 +158,15 @@ class AlignmentTable:
         return out
 
     def ratio(self, num: str = "C_AGT", den: str = "C_VFM", metric: str = "cosine") -> float:
-        """Mean `metric` of map `num` over that of `den` (paper: C_AGT / C_VFM cosine = 2.7x); NaN if 0."""
+        """Mean `metric` of map `num` over that of `den` (paper: C_AGT / C_VFM cosine = 2.7x); NaN (undefined)
+        when the mean of `den` is <= 0 (`score_ratio`)."""
         for name in (num, den):
             if name not in self.scores:
                 raise KeyError(f"ratio: no map {name!r} in the table (have {sorted(self.scores)})")
-        d = self.scores[den][metric].mean().item()
-        return self.scores[num][metric].mean().item() / d if d != 0 else math.nan
+        return score_ratio(self.scores[num][metric].mean().item(), self.scores[den][metric].mean().item())
 
     def to_markdown(self) -> str:
-        """A Markdown table (mean ± std over images), then the C_AGT / C_VFM ratio when both maps exist."""
+        """A Markdown table (mean ± std over images), then the C_AGT / C_VFM ratios when both maps exist."""
         summary = self.summary()
         n = {name: next(iter(v.values())).numel() for name, v in self.scores.items()}
         lines = [
@@ -169,7 +179,7 @@ class AlignmentTable:
         lines.append(f"\nGrid: {self.resample}.")
         if {"C_AGT", "C_VFM"} <= summary.keys():
             r = {m: self.ratio(metric=m) for m in METRICS}
-            r = {m: "n/a" if math.isnan(v) else f"{v:.2f}x" for m, v in r.items()}
+            r = {m: "undefined (C_VFM's mean <= 0)" if math.isnan(v) else f"{v:.2f}x" for m, v in r.items()}
             lines.append(
                 f"C_AGT / C_VFM: cosine {r['cosine']} (paper: {PAPER_RATIO}x), CC {r['cc']}, NSS {r['nss']}"
             )

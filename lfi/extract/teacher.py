@@ -46,7 +46,7 @@ class Sample(TypedDict, total=False):
     boxes: float tensor (K, 4), XYXY in pixels of `image`; K may be 0.
     masks: optional instance masks: bool/uint8 tensor (K, H, W) or a list of K COCO segmentations
         (polygon lists or RLE dicts).
-    key: optional precomputed store key (else `lfi.extract.store.image_key(relpath, data)`).
+    key: optional precomputed store key (else `lfi.data.keys.image_key(relpath, data)`).
     """
 
     relpath: str
@@ -138,10 +138,12 @@ def apply_contrast(
     """
     if empty not in EMPTY_POLICIES:
         raise ValueError(f"empty policy must be one of {EMPTY_POLICIES}, got {empty!r}")
+    # Checked on the inputs: normalising would turn a NaN map into an all-zero ("empty") one, silently.
+    finite = torch.isfinite(fore).flatten(1).all(1) & torch.isfinite(back).flatten(1).all(1)
+    if not finite.all():
+        bad = [keys[i] for i in torch.nonzero(~finite).flatten().tolist()]
+        raise ValueError(f"teacher returned non-finite maps (NaN or Inf) for {bad}; nothing stored for them")
     maps = contrast_map(fore.float(), back.float())
-    if not torch.isfinite(maps).all():
-        bad = [keys[i] for i in torch.nonzero(~torch.isfinite(maps).flatten(1).all(1)).flatten().tolist()]
-        raise ValueError(f"teacher returned non-finite maps for {bad}")
     is_empty = ~is_valid_map(maps)
     if is_empty.any():
         if empty == "error":

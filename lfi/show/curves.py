@@ -1,24 +1,25 @@
-"""Convergence (paper Fig. 3-4): validation accuracy per epoch of several runs, and how many epochs each needs
-to reach a given accuracy.
+"""Convergence (paper Fig. 3-4): a validation metric per epoch of several runs, and how many epochs each needs
+to reach a given value; `lfi curves` (`lfi.cli.show`) draws them.
 
-Reads Lightning `CSVLogger` files (``<run>/.../metrics.csv``): one row per logging call, columns ``epoch``,
-``step`` and every logged metric, cells empty where a row did not log that metric. Epochs there count from 0.
+Reads each run folder's metrics.csv through `lfi.train.runs.load_run`: one row per epoch, epochs counted from
+0, columns such as ``val/acc1`` (top-1 in %) or ``val/mAP`` (COCO AP in [0, 1]).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lfi.show.save import save_figure
+from lfi.train.runs import Run, load_run
 
-DEFAULT_COLUMN = "val/acc1"
+#: The validation metric a run's checkpoint is chosen by, per task (metrics.json records it as 'monitor').
+MONITORS = {"classification": "val/acc1", "detection": "val/mAP", "segmentation": "val/mAP"}
 
 
 @dataclass(frozen=True)
@@ -30,35 +31,36 @@ class Curve:
     values: tuple[float, ...]
 
 
-def read_curve(
-    path: str | Path, column: str = DEFAULT_COLUMN, label: str | None = None, epoch_column: str = "epoch"
-) -> Curve:
-    """A `Curve` from a Lightning ``metrics.csv``: per epoch, the last non-empty value of `column` in it.
+def run_label(run: Run) -> str:
+    """A run's name in legends: its experiment name, or its folder's name when the folder was moved or copied
+    (then the experiment name no longer tells the copies apart)."""
+    experiment = Path(run.cfg.experiment).parts
+    return run.cfg.experiment if run.path.resolve().parts[-len(experiment) :] == experiment else run.path.name
 
-    label defaults to the name of the run folder holding the csv (the folder above ``version_*``, if any).
-    """
-    path = Path(path)
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for needed in (column, epoch_column):
-            if needed not in header:
-                raise KeyError(f"{path}: no column {needed!r} (columns: {header})")
-        per_epoch: dict[int, float] = {}
-        for line, row in enumerate(reader, start=2):
-            if row[column] in ("", None) or row[epoch_column] in ("", None):
-                continue
-            try:
-                per_epoch[int(float(row[epoch_column]))] = float(row[column])
-            except ValueError as err:
-                raise ValueError(f"{path}:{line}: {epoch_column!r} / {column!r} not numbers") from err
-    if not per_epoch:
-        raise ValueError(f"{path}: column {column!r} has no values")
-    if label is None:
-        run = path.parent
-        label = run.parent.name if run.name.startswith("version_") else run.name
-    epochs = sorted(per_epoch)
-    return Curve(label, tuple(epochs), tuple(per_epoch[e] for e in epochs))
+
+def monitor(run: Run) -> str:
+    """The metrics.csv column of the run's validation metric: the one recorded in metrics.json, else the task's."""
+    return run.metrics.get("monitor") or MONITORS[run.cfg.task]
+
+
+def run_curve(run: Run, column: str | None = None, label: str | None = None) -> Curve:
+    """A `Curve` of a run's metrics.csv column (default: its validation metric), labelled by `run_label`."""
+    column = column or monitor(run)
+    if not run.epochs:
+        raise FileNotFoundError(
+            f"{run.files.metrics_csv}: missing or empty; the run has not finished an epoch yet"
+        )
+    points = run.curve(column)
+    if not points:
+        present = sorted({k for row in run.epochs for k in row})
+        raise KeyError(f"{run.files.metrics_csv}: no values in column {column!r} (columns: {present})")
+    epochs, values = zip(*sorted(points), strict=True)
+    return Curve(label or run_label(run), epochs, values)
+
+
+def read_curves(run_dirs: Sequence[str | Path], column: str | None = None) -> list[Curve]:
+    """The curves of several run folders, in order."""
+    return [run_curve(load_run(path), column) for path in run_dirs]
 
 
 def epochs_to_reach(curve: Curve, threshold: float) -> int | None:
@@ -76,6 +78,20 @@ def speedup(baseline: Curve, other: Curve, threshold: float) -> float:
     return b / o if b is not None and o is not None else math.nan
 
 
+def reach_lines(curves: Sequence[Curve], threshold: float) -> list[str]:
+    """Per curve: epochs to reach `threshold` and the speed-up over the first curve (the baseline), as text."""
+    lines = []
+    for curve in curves:
+        reached = epochs_to_reach(curve, threshold)
+        ratio = speedup(curves[0], curve, threshold)
+        pace = "n/a (one of them never reaches it)" if math.isnan(ratio) else f"{ratio:.2f}x"
+        lines.append(
+            f"{curve.label}: {'never' if reached is None else reached} epochs to {threshold:g}, "
+            f"{pace} vs {curves[0].label}"
+        )
+    return lines
+
+
 def _pace(ratio: float) -> str:
     """Epochs-to-threshold ratio as words: 2.5 -> '2.50x faster', 0.8 -> '1.25x slower'."""
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
@@ -84,7 +100,7 @@ def _pace(ratio: float) -> str:
 def convergence_figure(
     curves: Sequence[Curve],
     threshold: float | None = None,
-    ylabel: str = "validation top-1 accuracy",
+    ylabel: str = "validation metric",
     title: str | None = "Convergence",
     path: str | Path | None = None,
 ) -> Figure:
@@ -109,6 +125,7 @@ def convergence_figure(
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are counts
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -117,26 +134,3 @@ def convergence_figure(
     if path is not None:
         save_figure(fig, path)
     return fig
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """``lfi curves CSV... --out FIG``: the convergence figure of several runs' ``metrics.csv`` files."""
-    p = subparsers.add_parser("curves", help="convergence plot (Fig. 3-4) from Lightning metrics.csv files")
-    p.add_argument("csv", nargs="+", type=Path, help="metrics.csv per run; the first is the baseline")
-    p.add_argument("--column", default=DEFAULT_COLUMN, help=f"metric column (default {DEFAULT_COLUMN})")
-    p.add_argument("--threshold", type=float, help="accuracy whose epochs-to-reach are reported")
-    p.add_argument("--out", type=Path, required=True, help="figure path; .png and .pdf are written")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    curves = [read_curve(path, args.column) for path in args.csv]
-    convergence_figure(curves, threshold=args.threshold, path=args.out)
-    if args.threshold is not None:
-        for curve in curves:
-            reached = epochs_to_reach(curve, args.threshold)
-            print(
-                f"{curve.label}: {'never' if reached is None else reached} epochs to {args.threshold:g}, "
-                f"{speedup(curves[0], curve, args.threshold):.2f}x vs {curves[0].label}"
-            )
-    print(f"wrote {args.out.with_suffix('.png')} and {args.out.with_suffix('.pdf')}")

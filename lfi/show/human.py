@@ -6,11 +6,13 @@ nothing but numbers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from lfi.evaluate.human import score_ratio
 from lfi.show.save import save_figure
 
 METRIC_LABELS = {"cosine": "cosine similarity", "cc": "CC (Pearson)", "nss": "NSS"}
@@ -23,7 +25,8 @@ def human_alignment_figure(
     path: str | Path | None = None,
 ) -> Figure:
     """One panel per metric, one bar per map (in `summary` order) with its std as an error bar and its mean
-    written at its foot; the C_AGT / C_VFM cosine ratio goes into the title when both exist.
+    written at its foot; the C_AGT / C_VFM cosine ratio goes into the title when both exist and it is defined
+    (C_VFM's mean cosine > 0).
     summary: {map name: {metric: (mean, std)}}. Writes PNG and PDF when `path` is given."""
     names = list(summary)
     if not names:
@@ -57,9 +60,10 @@ def human_alignment_figure(
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_title(METRIC_LABELS.get(metric, metric))
         ax.tick_params(axis="x", labelrotation=30 if len(names) > 4 else 0)
-    if {"C_AGT", "C_VFM"} <= set(names) and "cosine" in metrics and summary["C_VFM"]["cosine"][0] > 0:
-        ratio = summary["C_AGT"]["cosine"][0] / summary["C_VFM"]["cosine"][0]
-        title = f"{title or ''}   (C_AGT / C_VFM cosine: {ratio:.2f}x)".strip()
+    if {"C_AGT", "C_VFM"} <= set(names) and "cosine" in metrics:
+        ratio = score_ratio(summary["C_AGT"]["cosine"][0], summary["C_VFM"]["cosine"][0])
+        if not math.isnan(ratio):
+            title = f"{title or ''}   (C_AGT / C_VFM cosine: {ratio:.2f}x)".strip()
     if title:
         fig.suptitle(title)
     if path is not None:

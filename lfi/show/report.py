@@ -1,41 +1,41 @@
-"""`lfi report RUN_DIR...`: the paper's Tables 1-7 as Markdown, from finished run folders.
+"""The paper's Tables 1-7 as Markdown, from finished run folders; `lfi report` (`lfi.cli.show`) runs
+`build_report`.
 
-A classification run folder (`lfi.train.run`) holds config.yaml, metrics.json ({"test": {set: {"acc1",
-"acc5", "n"}}, "best_val_acc1", ...}), logs/metrics.csv and model.safetensors; a detection run folder
-(`lfi.train.detection`) holds config.yaml and metrics.json ({"metrics": {"mAP", "AP_S", ..., "AP_mask"}} in
-COCOeval's [0, 1]). Each run is placed in a table, row and column by its config alone:
+Every run folder is read by `lfi.train.runs.load_run` (config.yaml, metrics.json, metrics.csv) and placed in a
+table, row and columns by its config alone (`place`, keyed by `cfg.task`):
 
   Table 1  TinyImageNet, pretrained checkpoint, ViT vs I-ViT (variant vit / iq_ic_gc), row = model size
   Table 2  TinyImageNet from scratch (no checkpoint), row = ViT / I-ViT, column = data.ratio
-  Table 3  TinyImageNet, pretrained, row = Table 3 variant (ViT-L/I-ViT-L runs appear in Table 1 and 3,
-           as in the paper)
+  Table 3  TinyImageNet, row = Table 3 variant (ViT-L / I-ViT-L runs of Table 1 appear in Table 3 too, as in
+           the paper)
   Table 4  PACS, column = the unseen (test) domain;  Table 5  VLCS, the same
-  Table 6  detection/segmentation at full data, row = with / without C_VLM
-  Table 7  detection with little data (data.fraction < 1 or Conditional DETR), row = with / without C_VLM
+  Table 6  detection / segmentation (DETR) on all the training data, row = with / without C_VLM
+  Table 7  detection with little data (data.ratio < 1) or Conditional DETR, row = with / without C_VLM
   other    anything else (e.g. `lfi demo`'s synthetic runs): row = model, column = test set
 
-Runs whose configs differ only in seeds (and paths, devices) are pooled: mean ± sample std over seeds.
-Runs landing in the same cell with other settings get their own row, labelled with the keys that differ.
-The paper's number is shown beside ours only where the row matches the paper's setting (same model size,
-same table); each table names the dataset and the teachers, and says whether a teacher is the paper's.
+Runs whose configs differ only in seeds (and paths, devices) are pooled: mean ± sample std over seeds, with
+their count n. Runs landing in the same cell with other settings get their own row, labelled with the keys
+that differ. Every row shows its input size, trained epochs and test-set size n. The paper's number is shown
+beside ours only where the row matches the paper's setting (same model size, same table); each table names
+the dataset and the teachers, and says whether a teacher is the paper's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from safetensors import safe_open
 
-from lfi.show.curves import read_curve
+from lfi.config import Config, config_to_dict
+from lfi.show.curves import monitor, run_curve
+from lfi.train.runs import Run, load_run
 
 #: How a teacher is named in tables and figure captions. Only 'llava' is the paper's teacher.
 TEACHER_LABELS = {
@@ -93,14 +93,17 @@ PAPER_LLAVA_VLCS = {"PASCAL": 56.40, "CALTECH": 62.89, "LABELME": 52.58, "SUN": 
 
 # Config keys that do not change what an experiment measures: runs differing only here are pooled.
 _POOLED_KEYS = {
-    "seed", "experiment", "paper_row", "output_dir", "output", "device", "data.root", "data.num_workers",
-    "data.split_seed", "data.seed", "teacher.store", "optim.num_workers", "trainer.accelerator",
-    "trainer.devices", "trainer.strategy", "trainer.num_nodes", "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps", "trainer.precision",
+    "seed", "experiment", "paper_row", "output_dir", "data.root", "data.num_workers", "data.split_seed",
+    "teacher.store", "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
+    "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps", "trainer.log_maps_every_n_epochs",
 }  # fmt: skip
+# Paths of weights: the same file lives at different paths on different machines, so only set / not set counts.
+_PATH_KEYS = ("model.checkpoint", "loss.kd.checkpoint", "loss.kd.synsets")
 _SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
 _DATASETS = {"tinyimagenet": "TinyImageNet", "pacs": "PACS", "vlcs": "VLCS", "synthetic": "synthetic (lfi demo)",
              "coco": "COCO 2017", "voc": "Pascal VOC"}  # fmt: skip
+_DETRS = {"detr": "DETR", "conditional_detr": "Conditional-DETR"}
 
 
 def teacher_label(name: str) -> str:
@@ -119,23 +122,147 @@ def model_label(timm_name: str, timm_kwargs: dict[str, Any] | None = None) -> st
     return f"{size}/{patch}" if size and patch else timm_name
 
 
-@dataclass
-class Run:
-    """One run folder: its raw config and metrics, and where it lands in the report."""
+#: Where a column's number comes from: (test set name in metrics.json, metric key in it).
+Source = tuple[str, str]
 
-    path: Path
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    table: str = "other"
-    row: str = ""
-    values: dict[str, float] = field(default_factory=dict)  # column -> our number
-    teacher: str = "none"
-    dataset: str = ""
-    paper_model: bool = False  # the paper's model for this table (sizes and architecture match)
+
+@dataclass
+class Cell:
+    """Where a run lands: table, row, its columns (column -> `Source`) and whether the row is the paper's
+    model for that table (so that the paper's number may stand beside ours)."""
+
+    table: str
+    row: str
+    columns: dict[str, Source]
+    paper_model: bool
+
+
+@dataclass
+class Entry:
+    """A run placed in the report: its cell and its numbers (column -> ours, in %; column -> test-set size)."""
+
+    run: Run
+    table: str
+    row: str
+    values: dict[str, float]
+    n: dict[str, int]
+    dataset: str
+    paper_model: bool
 
     @property
-    def seed(self) -> Any:
-        return self.config.get("seed", self.config.get("data", {}).get("seed"))
+    def cfg(self) -> Config:
+        return self.run.cfg
+
+    @property
+    def teacher(self) -> str:
+        return self.cfg.teacher.name  # 'none' for every variant that reads no maps (config validation)
+
+
+def tested_sets(run: Run) -> dict[str, dict[str, float]]:
+    """metrics.json's test sets {name: metrics}, without the summaries across them (mean_acc1, var_acc1)."""
+    return {name: m for name, m in run.metrics["test"].items() if isinstance(m, dict)}
+
+
+def _main_set(run: Run) -> str:
+    """The test set a single-column table reads: 'val' (the split of Tables 1-3, 6, 7), else the only one."""
+    tests = tested_sets(run)
+    if "val" in tests:
+        return "val"
+    if len(tests) != 1:
+        raise ValueError(
+            f"{run.files.metrics}: test sets {sorted(tests)} and none named 'val'; this table has one column, "
+            "so train the run with one test set (no data.test_domains)"
+        )
+    return next(iter(tests))
+
+
+def classification_cell(run: Run) -> Cell:
+    """Tables 1-5 (module docstring), or 'other'."""
+    m, d = run.cfg.model, run.cfg.data
+    size = model_label(m.name, m.timm_kwargs)
+    kd = run.cfg.loss.kd_weight > 0
+    row = f"{'ViT' if m.variant == 'vit' else 'I-ViT'}-{size}" + (" + KD (result-oriented)" if kd else "")
+    pretrained = m.checkpoint is not None
+    tests = tested_sets(run)
+    if d.dataset in ("pacs", "vlcs"):
+        domains = {name: (name, "acc1") for name in tests if name != "val"}
+        return Cell("4" if d.dataset == "pacs" else "5", row, domains, size == "L/16" and not kd)
+    if d.dataset != "tinyimagenet":
+        return Cell("other", row, {name: (name, "acc1") for name in tests}, False)
+    top1 = (_main_set(run), "acc1")
+    if m.variant not in ("vit", "iq_ic_gc"):
+        return Cell("3", f"{TABLE3_ROWS[m.variant]}, {size}", {"top-1": top1}, size == "L/16" and pretrained)
+    if pretrained:
+        return Cell("1", row, {"top-1": top1}, not kd)
+    return Cell("2", row, {f"{d.ratio * 100:g}%": top1}, size == "L/16" and not kd)
+
+
+def detection_cell(run: Run) -> Cell:
+    """Table 6 (DETR on all the data) or Table 7 (little data, or Conditional DETR)."""
+    cfg, main = run.cfg, _main_set(run)
+    m = cfg.model
+    arch, size = _DETRS[m.name], m.size.upper()
+    mark = {"iq_ic_gc": "w/ C_VLM", "vit": "w/o C_VLM"}.get(m.variant, f"variant {m.variant}")
+    paper_variant = m.variant in ("vit", "iq_ic_gc")
+    if m.name == "conditional_detr" or cfg.data.ratio < 1:
+        columns = {k: (main, k) for k in ("mAP", "AP_S", "AP_M", "AP_L")}
+        return Cell(
+            "7",
+            f"{mark}, {arch}-{size}",
+            columns,
+            paper_variant and size == "R50" and m.name == "conditional_detr",
+        )
+    metric = "AP_mask" if cfg.task == "segmentation" else "mAP"
+    row = f"{cfg.task} {mark}, {arch}-{size}"
+    return Cell("6", row, {metric: (main, metric)}, paper_variant and size == "R50" and m.name == "detr")
+
+
+#: The placer of each task.
+CELLS = {"classification": classification_cell, "detection": detection_cell, "segmentation": detection_cell}
+
+
+def _percent(task: str, value: Any) -> float:
+    """A metric as the tables print it: top-1 is already in %; COCO AP in [0, 1] -> %, where COCOeval's -1
+    (no ground truth in an area range) stays undefined."""
+    if not isinstance(value, (int, float)):
+        return math.nan
+    if task == "classification":
+        return float(value)
+    return 100.0 * value if value >= 0 else math.nan
+
+
+def place(run: Run) -> Entry:
+    """Put a finished run in its table, row and columns (module docstring), with its numbers and test sizes."""
+    if not run.metrics:
+        raise FileNotFoundError(f"{run.path}: no metrics.json (is this a finished `lfi train` run folder?)")
+    tests = run.metrics.get("test")
+    if not isinstance(tests, dict) or not tests:
+        raise ValueError(
+            f"{run.files.metrics}: no 'test' metrics; evaluate the run with `lfi eval {run.path}`"
+        )
+    cfg, tests = run.cfg, tested_sets(run)
+    cell = CELLS[cfg.task](run)
+    values, n = {}, {}
+    for column, (name, key) in cell.columns.items():
+        metrics = tests.get(name, {})
+        values[column] = _percent(cfg.task, metrics.get(key))
+        if "n" in metrics:
+            n[column] = int(metrics["n"])
+    dataset = _DATASETS.get(cfg.data.dataset, cfg.data.dataset)
+    if cfg.data.dataset in ("pacs", "vlcs"):
+        dataset += f", trained on {', '.join(cfg.data.train_domains or ['all domains'])}"
+    if cfg.data.ratio < 1 and cell.table != "2":  # Table 2's columns are the ratios
+        dataset += f", {cfg.data.ratio * 100:g}% of train"
+    return Entry(run, cell.table, cell.row, values, n, dataset, cell.paper_model)
+
+
+def table3_copy(entry: Entry) -> Entry | None:
+    """A Table 1 ViT-L / I-ViT-L run as its Table 3 row (the paper reports those runs in both tables)."""
+    m = entry.cfg.model
+    size = model_label(m.name, m.timm_kwargs)
+    if entry.table != "1" or size != "L/16" or entry.cfg.loss.kd_weight > 0:
+        return None
+    return replace(entry, table="3", row=f"{TABLE3_ROWS[m.variant]}, {size}")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -148,152 +275,63 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The config keys that define the experiment (pooled keys dropped; checkpoint paths reduced to set /
-    not set, since the same weights live at different paths on different machines)."""
-    flat = {k: v for k, v in _flatten(config).items() if k not in _POOLED_KEYS}
-    for key in ("model.checkpoint", "loss.kd.checkpoint", "loss.kd.synsets"):
-        if key in flat:
-            flat[key] = flat[key] is not None
+def fingerprint(cfg: Config) -> dict[str, Any]:
+    """The config keys that define the experiment: the pooled keys dropped, weight paths reduced to set / not
+    set."""
+    flat = {k: v for k, v in _flatten(config_to_dict(cfg)).items() if k not in _POOLED_KEYS}
+    for key in _PATH_KEYS:
+        flat[key] = flat[key] is not None
     return flat
 
 
-def load_run(path: str | Path) -> Run:
-    """Read a run folder and place it (module docstring). Raises naming the file that is missing or bad."""
-    path = Path(path)
-    files = {name: path / name for name in ("config.yaml", "metrics.json")}
-    for name, file in files.items():
-        if not file.is_file():
-            raise FileNotFoundError(f"{path}: no {name} (is this a finished `lfi train` run folder?)")
-    config = yaml.safe_load(files["config.yaml"].read_text()) or {}
-    metrics = json.loads(files["metrics.json"].read_text())
-    run = Run(path, config, metrics)
-    if "test" in metrics:
-        _place_classification(run)
-    elif isinstance(metrics.get("metrics"), dict):
-        _place_detection(run)
-    else:
-        raise ValueError(
-            f"{files['metrics.json']}: neither 'test' (classification) nor 'metrics' (detection)"
-        )
-    return run
-
-
-def _place_classification(run: Run) -> None:
-    cfg, tests = run.config, run.metrics["test"]
-    model, data = cfg.get("model", {}), cfg.get("data", {})
-    variant, dataset = model.get("variant", "vit"), data.get("dataset", "")
-    size = model_label(model.get("name", "?"), model.get("timm_kwargs"))
-    kd = cfg.get("loss", {}).get("kd", {}).get("weight", 0) or 0
-    prefix = "ViT" if variant == "vit" else "I-ViT"
-    # variants without a constraint read no maps, whatever teacher the config names
-    reads_maps = variant not in ("vit", "iq_gc")
-    run.teacher = cfg.get("teacher", {}).get("name", "none") if reads_maps else "none"
-    run.dataset = _DATASETS.get(dataset, dataset)
-    run.row = f"{prefix}-{size}" + (" + KD (result-oriented)" if kd > 0 else "")
-    per_set = {name: float(v["acc1"]) for name, v in tests.items() if isinstance(v, dict) and "acc1" in v}
-    pretrained = model.get("checkpoint") is not None
-    if dataset == "tinyimagenet" and not pretrained and variant in ("vit", "iq_ic_gc"):
-        run.table = "2"
-        ratio = float(data.get("ratio", 1.0))
-        run.values = {f"{ratio * 100:g}%": per_set.get("val", math.nan)}
-        run.dataset += f", {ratio * 100:g}% of train"
-        run.paper_model = size == "L/16" and kd == 0
-    elif dataset == "tinyimagenet" and pretrained and variant in ("vit", "iq_ic_gc"):
-        run.table, run.values = "1", {"top-1": per_set.get("val", math.nan)}
-        run.paper_model = kd == 0
-    elif dataset == "tinyimagenet" and variant in TABLE3_ROWS:
-        run.table, run.values = "3", {"top-1": per_set.get("val", math.nan)}
-        run.row, run.paper_model = f"{TABLE3_ROWS[variant]}, {size}", size == "L/16" and pretrained
-    elif dataset in ("pacs", "vlcs"):
-        run.table = "4" if dataset == "pacs" else "5"
-        run.values = {name: acc for name, acc in per_set.items() if name != "val"}
-        run.dataset += f", trained on {', '.join(data.get('train_domains') or ['all domains'])}"
-        run.paper_model = size == "L/16" and kd == 0
-    else:
-        run.table, run.values = "other", per_set
-        run.dataset += ", " + ", ".join(f"{k}: {v}" for k, v in sorted(_flatten(data).items())
-                                        if k in ("img_size", "ratio"))  # fmt: skip
-
-
-def _place_detection(run: Run) -> None:
-    cfg, m = run.config, run.metrics["metrics"]
-    data, teacher, model = cfg.get("data", {}), cfg.get("teacher", {}), cfg.get("model", {})
-    arch = {"detr": "DETR", "conditional_detr": "Conditional-DETR"}.get(
-        cfg.get("arch", ""), cfg.get("arch", "?")
-    )
-    size = model.get("size", "?").upper()
-    fraction = float(data.get("fraction", 1.0))
-    with_maps = teacher.get("name", "none") != "none"
-    # the teacher that made the maps: the oracle itself, or the extracting teacher recorded for a store
-    run.teacher = "none" if not with_maps else teacher.get("teacher") or teacher.get("name")
-    run.dataset = _DATASETS.get(data.get("dataset", ""), data.get("dataset", "?"))
-    run.dataset += f", {fraction * 100:g}% of train" if fraction < 1 else ""
-    mark = "w/ C_VLM" if with_maps else "w/o C_VLM"
-    scaled = {k: 100.0 * float(v) for k, v in m.items()}  # COCOeval's [0, 1] -> %
-    if cfg.get("arch") == "conditional_detr" or fraction < 1:
-        run.table, run.row = "7", f"{mark}, {arch}-{size}"
-        run.values = {k: scaled.get(k, math.nan) for k in ("mAP", "AP_S", "AP_M", "AP_L")}
-        run.paper_model = size == "R50" and arch == "Conditional-DETR"
-    else:
-        task = cfg.get("task", "detection")
-        run.table, run.row = "6", f"{task} {mark}, {arch}-{size}"
-        run.values = {"AP_mask" if task == "segmentation" else "mAP": scaled.get(
-            "AP_mask" if task == "segmentation" else "mAP", math.nan)}  # fmt: skip
-        run.paper_model = size == "R50" and arch == "DETR"
-
-
-def table3_copy(run: Run) -> Run | None:
-    """A Table 1 ViT-L / I-ViT-L run as its Table 3 row (the paper reports those runs in both tables)."""
-    model = run.config.get("model", {})
-    size = model_label(model.get("name", "?"), model.get("timm_kwargs"))
-    if run.table != "1" or size != "L/16" or run.row.endswith("(result-oriented)"):
-        return None
-    variant = run.config["model"].get("variant", "vit")
-    return replace(run, table="3", row=f"{TABLE3_ROWS[variant]}, {size}")
-
-
-def _mean_std(values: Sequence[float]) -> str:
+def mean_std(values: Sequence[float]) -> str:
+    """'mean ± sample std (n=k)' over the defined values; one value alone; '-' when none is defined."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return "-"
     if len(vals) == 1:
         return f"{vals[0]:.2f}"
-    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}"
+    return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})"
 
 
 def num_params(run: Run) -> int | None:
     """Numbers in the run's model.safetensors (read from its header, nothing loaded), None without one."""
-    path = run.path / "model.safetensors"
+    path = run.files.weights
     if not path.is_file():
         return None
     with safe_open(str(path), framework="pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
 
 
+def _count(n: int) -> str:
+    """A parameter count: 22.1M, or 31.4k for the tiny test models."""
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
 @dataclass
 class Group:
-    """Runs of one table row that differ only in seeds; label = row name (+ the keys that set it apart)."""
+    """Entries of one table row that differ only in seeds; label = row name (+ the keys that set it apart)."""
 
     label: str
-    runs: list[Run]
+    entries: list[Entry]
 
 
-def group_runs(runs: Iterable[Run]) -> dict[str, list[Group]]:
-    """{table: [Group]} in table order; rows keep the order of first appearance."""
-    by_key: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
-    for run in runs:
-        fp = json.dumps(fingerprint(run.config), sort_keys=True, default=str)
-        by_key[(run.table, run.row, fp)].append(run)
-    tables: dict[str, list[Group]] = defaultdict(list)
-    rows: dict[tuple[str, str], list[list[Run]]] = defaultdict(list)
+def group_runs(entries: Iterable[Entry]) -> dict[str, list[Group]]:
+    """{table: [Group]} in table order; rows keep the order of first appearance. Entries of one cell whose
+    fingerprints differ are separate rows, each labelled with the keys whose values differ among them."""
+    by_key: dict[tuple[str, str, str], list[Entry]] = defaultdict(list)
+    for entry in entries:
+        fp = json.dumps(fingerprint(entry.cfg), sort_keys=True, default=str)
+        by_key[(entry.table, entry.row, fp)].append(entry)
+    rows: dict[tuple[str, str], list[list[Entry]]] = defaultdict(list)
     for (table, row, _), members in by_key.items():
         rows[(table, row)].append(members)
+    tables: dict[str, list[Group]] = defaultdict(list)
     for (table, row), variants in rows.items():
         if len(variants) == 1:
             tables[table].append(Group(row, variants[0]))
             continue
-        prints = [fingerprint(v[0].config) for v in variants]
+        prints = [fingerprint(v[0].cfg) for v in variants]
         differ = sorted({k for p in prints for k in p if any(p.get(k) != q.get(k) for q in prints)})
         for members, fp in zip(variants, prints, strict=True):
             tables[table].append(Group(f"{row} ({', '.join(f'{k}={fp.get(k)}' for k in differ)})", members))
@@ -304,100 +342,120 @@ def group_runs(runs: Iterable[Run]) -> dict[str, list[Group]]:
 def _columns(groups: Sequence[Group]) -> list[str]:
     cols: list[str] = []
     for g in groups:
-        for r in g.runs:
-            cols.extend(c for c in r.values if c not in cols)
+        for e in g.entries:
+            cols.extend(c for c in e.values if c not in cols)
     return cols
 
 
 def _paper_value(table: str, group: Group, column: str) -> float | None:
-    row = group.label
-    if not all(r.paper_model for r in group.runs):
+    if not all(e.paper_model for e in group.entries):
         return None
-    return PAPER.get(table, {}).get((row, column))
+    return PAPER.get(table, {}).get((group.label, column))
+
+
+def _joined(values: Iterable[Any]) -> str:
+    """Distinct values in order of appearance, '/'-joined ('-' for none): seeds of one row share them."""
+    distinct = list(dict.fromkeys(str(v) for v in values if v is not None))
+    return "/".join(distinct) or "-"
+
+
+def input_size(cfg: Config) -> str:
+    """The student's input: classification's side in px; detection's shorter sides and longest-side cap."""
+    d = cfg.data
+    if cfg.task == "classification":
+        return str(d.img_size)
+    return f"{min(d.scales)}-{max(d.scales)}, max {d.max_size}"
+
+
+def _test_sizes(group: Group, columns: Sequence[str]) -> str:
+    """Images per test set: one number when every column shares it, else one per column ('/'-joined)."""
+    sizes = [_joined(e.n.get(c) for e in group.entries) for c in columns]
+    return sizes[0] if len(set(sizes)) == 1 else "/".join(sizes)
 
 
 def table_markdown(table: str, groups: Sequence[Group], figure: str | None = None) -> str:
     """One table: title, dataset and teacher lines, rows (ours mean ± std over seeds | paper), figure link."""
-    runs = [r for g in groups for r in g.runs]
+    entries = [e for g in groups for e in g.entries]
     columns = _columns(groups)
     if table == "2":
         columns.sort(key=lambda c: -float(c.rstrip("%")))
-    teachers = sorted({r.teacher for r in runs})
     lines = [f"### {TABLE_TITLES[table]}", ""]
-    lines.append(f"Dataset: {'; '.join(sorted({r.dataset for r in runs}))}.  ")
+    lines.append(f"Dataset: {'; '.join(sorted({e.dataset for e in entries}))}.  ")
+    teachers = sorted({e.teacher for e in entries})
     lines.append("Teacher (C_VLM): " + "; ".join(f"{t}: {teacher_label(t)}" for t in teachers) + ".  ")
-    lines.append("Ours: mean ± sample std over seeds (one value: a single seed). Paper: the paper's number for "
-                 "the same row, only where the row's model is the paper's (its teacher was LLaVA-1.5).")  # fmt: skip
+    lines.append("Ours: mean ± sample std over n seeds (one value: a single seed). Paper: the paper's number for "
+                 "the same row, only where the row's model is the paper's (its teacher was LLaVA-1.5). img: input "
+                 "size (px); epochs: trained epochs; n: test images.")  # fmt: skip
     lines.append("")
     paper_columns = columns if table in PAPER else []
     header = ["row", "teacher", *(f"{c} (ours)" for c in columns), *(f"{c} (paper)" for c in paper_columns)]
-    header += ["seeds", "#params"]
+    header += ["img", "epochs", "n", "seeds", "#params"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for g in groups:
-        ours = [_mean_std([r.values.get(c, math.nan) for r in g.runs]) for c in columns]
+        ours = [mean_std([e.values.get(c, math.nan) for e in g.entries]) for c in columns]
         paper = [_paper_value(table, g, c) for c in paper_columns]
-        seeds = ", ".join(str(r.seed) for r in g.runs)
-        params = {num_params(r) for r in g.runs} - {None}
-        size = f"{next(iter(params)) / 1e6:.1f}M" if len(params) == 1 else "-"
-        teacher = "/".join(sorted({r.teacher for r in g.runs}))
-        cells = [g.label, teacher, *ours, *("-" if p is None else f"{p:.2f}" for p in paper), seeds, size]
+        params = {num_params(e.run) for e in g.entries} - {None}
+        cells = [
+            g.label,
+            _joined(e.teacher for e in g.entries),
+            *ours,
+            *("-" if p is None else f"{p:.2f}" for p in paper),
+            _joined(input_size(e.cfg) for e in g.entries),
+            _joined(e.run.metrics.get("epochs") for e in g.entries),
+            _test_sizes(g, columns),
+            ", ".join(str(e.cfg.seed) for e in g.entries),
+            _count(next(iter(params))) if len(params) == 1 else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if table == "5":
         llava = " | ".join(f"{d} {v:.2f}" for d, v in PAPER_LLAVA_VLCS.items())
         lines.append(f"\nPaper's LLaVA-1.5 row (the VLM's own accuracy, not run here): {llava}.")
-    lines.append("\nRuns: " + ", ".join(f"`{r.path}`" for r in runs) + ".")
+    lines.append("\nRuns: " + ", ".join(f"`{e.run.path}`" for e in entries) + ".")
     if figure:
         lines.append(f"\n![convergence of these runs]({figure})")
     return "\n".join(lines)
 
 
 def convergence_for(table: str, groups: Sequence[Group], out: Path, threshold: float | None) -> str | None:
-    """Convergence figure (Fig. 3-4) of the runs of one table that have logs/metrics.csv; returns its path
-    relative to the report folder, or None when no run has a log."""
+    """Convergence figure (Fig. 3-4) of the runs of one table whose metrics.csv logged their validation metric;
+    returns its path relative to the report's folder, or None when no run has such a log."""
     from lfi.show.curves import convergence_figure
 
-    curves = []
-    for g in groups:
-        for r in g.runs:
-            csv = r.path / "logs" / "metrics.csv"
-            if csv.is_file():
-                curves.append(read_curve(csv, label=f"{g.label}, seed {r.seed}"))
+    entries = [(g, e) for g in groups for e in g.entries]
+    columns = {monitor(e.run) for _, e in entries}
+    if len(columns) != 1:  # accuracy and AP do not share an axis; Tables 6-7 hold one task each
+        return None
+    (column,) = columns
+    curves = [
+        run_curve(e.run, column, label=f"{g.label}, seed {e.cfg.seed}")
+        for g, e in entries
+        if e.run.curve(column)
+    ]
     if not curves:
         return None
     path = out.parent / "figures" / f"table{table}_convergence.png"
-    fig_title = f"{TABLE_TITLES[table].split('.')[0]}: validation top-1 per epoch"
-    convergence_figure(curves, threshold=threshold, ylabel="val/acc1 (fraction)", title=fig_title, path=path)
+    title = f"{TABLE_TITLES[table].split('.')[0]}: {column} per epoch"
+    unit = " (%)" if column.endswith("acc1") else ""
+    convergence_figure(curves, threshold=threshold, ylabel=column + unit, title=title, path=path)
     return str(path.relative_to(out.parent))
 
 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, threshold: float | None = None) -> str:
-    """Write the Markdown report of `run_dirs` to `out` (figures into out's folder / figures); returns it."""
-    out = Path(out)
-    runs = [load_run(p) for p in run_dirs]
-    runs += [copy for copy in map(table3_copy, runs) if copy is not None]
-    if not runs:
+    """Write the Markdown report of `run_dirs` to `out` (figures into out's folder / figures); returns it.
+
+    threshold: the validation value (the metrics.csv column's unit: top-1 in %, mAP in [0, 1]) whose
+    epochs-to-reach the convergence figures mark."""
+    if not run_dirs:
         raise ValueError("build_report: no run folders")
-    parts = ["# lfi report", "", f"{len(runs)} runs. Tables follow the paper's Tables 1-7 (Sec. 5).", ""]
-    for table, groups in group_runs(runs).items():
+    out = Path(out)
+    entries = [place(load_run(p)) for p in run_dirs]
+    entries += [copy for copy in map(table3_copy, entries) if copy is not None]
+    parts = ["# lfi report", "", f"{len(run_dirs)} runs. Tables follow the paper's Tables 1-7 (Sec. 5).", ""]
+    for table, groups in group_runs(entries).items():
         parts.append(table_markdown(table, groups, convergence_for(table, groups, out, threshold)))
         parts.append("")
     text = "\n".join(parts)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """``lfi report RUN_DIR... [--out report.md] [--threshold T]``."""
-    p = subparsers.add_parser("report", help="Markdown tables in the layout of the paper's Tables 1-7")
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (config.yaml + metrics.json)")
-    p.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file (default report.md)")
-    p.add_argument("--threshold", type=float, help="val/acc1 (fraction) whose epochs-to-reach the plots mark")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    build_report(args.runs, args.out, args.threshold)
-    print(f"wrote {args.out}")
-    return 0

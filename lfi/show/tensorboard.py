@@ -1,6 +1,9 @@
-"""Interaction maps in TensorBoard while training: a Lightning callback.
+"""Interaction maps in TensorBoard while training: a Lightning callback for `lfi.train.engine.train`.
 
-    trainer = L.Trainer(logger=TensorBoardLogger(...), callbacks=[LogInteractionMaps(every_n_epochs=1)])
+    train(cfg, callbacks=[LogInteractionMaps(every_n_epochs=cfg.trainer.log_maps_every_n_epochs)])
+
+It lives in the show stage (figures) and is handed to the engine by the command line, since `lfi.train` may
+not import `lfi.show`.
 
 At the end of a validation epoch the callback runs a fixed batch (the first `num_images` images of the first
 validation batch it saw, so epochs are comparable) through the student and logs the Fig. 5 grid of their
@@ -28,8 +31,9 @@ class LogInteractionMaps(L.Callback):
     """Logs the maps of a fixed validation batch as a figure to every TensorBoard logger of the trainer.
 
     every_n_epochs: log at validation epochs 0, n, 2n, ...; num_images: rows of the figure.
-    mean / std: the normalisation of the batches, undone for display. attribute: the module's I-ViT
-    (`LfiModule.model`). Does nothing for a plain ViT or without a TensorBoardLogger; runs on global rank 0.
+    mean / std: the normalisation of the batches, undone for display. The student is the module's `.model`
+    (`LfiModule`); a detector (no class token to draw) is skipped, as is a trainer without a
+    TensorBoardLogger. Runs on global rank 0 only.
     """
 
     def __init__(
@@ -38,11 +42,13 @@ class LogInteractionMaps(L.Callback):
         num_images: int = 4,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        attribute: str = "model",
     ) -> None:
         if every_n_epochs < 1 or num_images < 1:
-            raise ValueError("LogInteractionMaps: every_n_epochs and num_images must be >= 1")
-        self.every_n_epochs, self.num_images, self.attribute = every_n_epochs, num_images, attribute
+            raise ValueError(
+                f"LogInteractionMaps: every_n_epochs and num_images must be >= 1, got {every_n_epochs} and "
+                f"{num_images} (trainer.log_maps_every_n_epochs=0 turns the maps off)"
+            )
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.images: torch.Tensor | None = None
@@ -52,8 +58,7 @@ class LogInteractionMaps(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
         if self.images is None and not trainer.sanity_checking:
-            images = batch["image"] if isinstance(batch, dict) else batch[0]
-            self.images = images[: self.num_images].detach().cpu().clone()
+            self.images = batch["image"][: self.num_images].detach().cpu().clone()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.images is None or not trainer.is_global_zero:
@@ -63,12 +68,14 @@ class LogInteractionMaps(L.Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
-        model = getattr(pl_module, self.attribute)
-        if not isinstance(model, InteractionViT):  # a plain ViT baseline has no interaction maps to show
+        model = pl_module.model
+        if not isinstance(model, InteractionViT):
             return
         was_training = model.training
         model.eval()
-        maps = student_maps(model, self.images.to(pl_module.device), layers=model.align_layers)
+        # the weights' dtype, not the batch's: under precision bf16-true the student holds bf16 weights
+        x = self.images.to(pl_module.device, next(model.parameters()).dtype)
+        maps = student_maps(model, x, layers=model.align_layers)
         model.train(was_training)
         shown = (self.images * self.std + self.mean).clamp(0, 1)
         per_image = [{name: m[i] for name, m in maps.items()} for i in range(len(shown))]

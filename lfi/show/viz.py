@@ -1,6 +1,6 @@
-"""`lfi viz RUN_DIR --images IMG...`: a trained I-ViT's interaction maps over chosen images (paper Fig. 5).
+"""A trained I-ViT's interaction maps over chosen images (paper Fig. 5); `lfi viz` (`lfi.cli.show`) runs `run_viz`.
 
-The student is rebuilt from the run folder (config.yaml + model.safetensors) and run once over the images
+The student is rebuilt from the run folder (`lfi.train.runs.load_model`) and run once over the images
 with a `MapRequest` for the class-token rows of C_VFM, C_AGT and C_F (only C_VFM for a plain ViT). C_VLM, the
 teacher's map, comes from the run's interaction store when the image is in it (matched by the hash of the
 file's bytes, the second part of every store key), or from a teacher named with ``--teacher vit|oracle``;
@@ -12,14 +12,12 @@ overlays of `lfi.show.maps` need.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as TF
 
 from lfi.data.base import decode_rgb
@@ -28,8 +26,7 @@ from lfi.extract.teacher import apply_contrast, build_teacher
 from lfi.models import InteractionViT, MapRequest
 from lfi.show.maps import class_token_map, interaction_figure, interaction_grid
 from lfi.show.save import save_figure
-from lfi.train.config import Config, load_config
-from lfi.train.module import build_student
+from lfi.train.runs import Run, load_model, load_run
 
 #: Figure names of the student's maps, in the order of the paper's Fig. 5 (C_VLM goes after C_VFM).
 MAP_TITLES = {"vfm": "C_VFM", "agt": "C_AGT", "fused": "C_F"}
@@ -45,27 +42,14 @@ def vlm_title(teacher: str) -> str:
     return f"C_VLM (teacher: {teacher},\nnot LLaVA-1.5)"
 
 
-def load_trained(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InteractionViT, Config]:
-    """The trained student of a run folder, in eval mode, and the run's config.
-
-    The architecture comes from config.yaml, every weight from model.safetensors (so the config's backbone
-    checkpoint, which may live elsewhere, is not read); the class count from the classifier's weight.
-    """
-    run = Path(run_dir)
-    weights = run / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{run}: no model.safetensors (a finished `lfi train` run writes it)")
-    # No KD teacher and no backbone checkpoint: inference needs neither, and the files may not be here.
-    cfg = load_config(
-        run / "config.yaml", ["loss.kd.weight=0", "model.checkpoint=null", "model.freeze_backbone=false"]
-    )
-    state = load_file(str(weights))
-    heads = [k for k in state if k.endswith("head.weight")]
-    if len(heads) != 1:
-        raise KeyError(f"{weights}: expected one classifier 'head.weight', found {heads}")
-    model = build_student(cfg, state[heads[0]].shape[0])
-    model.load_state_dict(state)
-    return model.eval().to(device), cfg
+def load_trained(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InteractionViT, Run]:
+    """The trained I-ViT of a classification run folder, in eval mode, and the run (its config in `run.cfg`)."""
+    run = load_run(run_dir)
+    if run.cfg.task != "classification":
+        raise ValueError(
+            f"{run.files.config}: task {run.cfg.task!r}; interaction-map figures need a classification run (I-ViT)"
+        )
+    return load_model(run, device=device), run
 
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, bytes]:
@@ -116,7 +100,7 @@ def thumbnail(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
 
 
 def hash_suffix(data: bytes) -> str:
-    """The part of a store key that identifies an image's bytes (`lfi.extract.store.image_key`)."""
+    """The part of a store key that identifies an image's bytes (`lfi.data.keys.image_key`)."""
     return "#" + hashlib.sha256(data).hexdigest()[:12]
 
 
@@ -182,7 +166,8 @@ def run_viz(
     per: 'mean' (one figure, a row per image, `layer` / `head` or the mean over them), 'layer' or 'head' (a
     row per layer / per head of `layer`, one figure per image, named <out>_<image stem>).
     """
-    model, cfg = load_trained(run_dir)
+    model, run = load_trained(run_dir)
+    cfg = run.cfg
     loaded = [read_image(p) for p in image_paths]
     images, datas = [im for im, _ in loaded], [d for _, d in loaded]
     names = [Path(p).name for p in image_paths]
@@ -215,31 +200,3 @@ def run_viz(
         fig = interaction_figure(image, named, per=per, layer=-1 if layer is None else layer, title=title)
         written += save_figure(fig, Path(out).with_name(f"{Path(out).stem}_{Path(name).stem}.png"), dpi=dpi)
     return written
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """``lfi viz RUN_DIR --images IMG... [--layer L] [--head H] [--per mean|layer|head] [--teacher T] --out FIG``."""
-    p = subparsers.add_parser("viz", help="interaction maps of a trained run over images (Fig. 5), PNG + PDF")
-    p.add_argument("run", type=Path, help="run folder (config.yaml + model.safetensors)")
-    p.add_argument("--images", nargs="+", type=Path, required=True, help="image files")
-    p.add_argument("--layer", type=int, help="block index into the converted blocks (default: mean)")
-    p.add_argument("--head", type=int, help="head (default: mean over heads)")
-    p.add_argument("--per", choices=("mean", "layer", "head"), default="mean",
-                   help="mean: one row per image; layer / head: a figure per image, a row per layer / head")  # fmt: skip
-    p.add_argument("--teacher", choices=("vit", "oracle", "none"),
-                   help="C_VLM computed by this teacher (default: read from the run's interaction store)")  # fmt: skip
-    p.add_argument("--boxes", nargs="+", help="oracle teacher: one box 'x0,y0,x1,y1' (pixels) per image")
-    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
-    p.add_argument("--out", type=Path, required=True, help="figure path; .png and .pdf are written")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    boxes = [parse_box(b) for b in args.boxes] if args.boxes else None
-    if boxes is not None and len(boxes) != len(args.images):
-        raise ValueError(f"--boxes: {len(boxes)} boxes for {len(args.images)} images")
-    written = run_viz(
-        args.run, args.images, args.out, args.teacher, boxes, args.layer, args.head, args.per, args.dpi
-    )
-    print("wrote " + ", ".join(map(str, written)))
-    return 0

@@ -1,143 +1,160 @@
-"""Datasets of an experiment and the LightningDataModule that serves them with their interaction maps.
+"""The datasets of an experiment and the LightningDataModule that serves them, for every task.
 
 Training batches carry the teacher's map (read from the interaction store, moved with every augmentation by
-`lfi.data.WithInteractionMaps`) when the student is aligned; validation and test batches never do (the
-teacher is not available at test time, and accuracy does not need it).
+`lfi.data.WithInteractionMaps`) when the student is aligned; validation and test batches never do.
+
+Exact resume: the training order depends only on (seed, epoch) and each sample's augmentation only on
+(seed, epoch, index), whatever the worker that draws it (`SeededSamples`); the data module records how many
+batches of the current epoch were consumed, so a run resumed from a mid-epoch checkpoint continues at the
+next batch and ends bit for bit like an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from lfi.data.collate import collate_classification
+from lfi.config import Config
+from lfi.data.collate import collate_classification, collate_detection
 from lfi.data.interaction import WithInteractionMaps
-from lfi.data.pipelines import classification_transforms
+from lfi.data.pipelines import classification_transforms, detection_transforms
 from lfi.data.subsets import ratio_subset
-from lfi.train.config import Config
 
 Transform = Callable[[dict], dict]
+
+#: Grid of stored detection maps after the transforms: image // 32, the encoder's stride for ResNets.
+DETECTION_STRIDE = 32
 
 
 @dataclass
 class ExperimentData:
     """train / val datasets (samples as in `lfi.data.base`), named test sets (e.g. one per unseen domain),
-    class names and, where the classes are ImageNet classes, their wnids (for the KD baseline)."""
+    class names, and: their ImageNet wnids where they have them (KD baseline); for detection, the COCO ground
+    truth of val (`coco_gt`) and each label's COCO category id (`category_ids`, None = the label)."""
 
     train: Dataset
     val: Dataset
     tests: dict[str, Dataset]
     classes: list[str]
     wnids: list[str] | None = None
+    coco_gt: Any = None
+    category_ids: list[int] | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
 
 def build_data(cfg: Config) -> ExperimentData:
-    """The datasets named by cfg.data (real data under cfg.data.root)."""
-    d = cfg.data
-    root = Path(d.root)
-    if d.dataset == "tinyimagenet":
-        from lfi.data.tinyimagenet import TinyImageNet
+    """The datasets named by cfg.data (real data under cfg.data.root), for cfg.task."""
+    from lfi.data.build import build_dataset
 
-        train, val = TinyImageNet(root, "train"), TinyImageNet(root, "val")
-        data = ExperimentData(train, val, {"val": val}, train.classes, train.wnids)
-    elif d.dataset == "pacs":
-        from lfi.data.pacs import PACS
-
-        train, val = PACS(root, d.train_domains, "train"), PACS(root, d.train_domains, "val")
-        tests = {dom: PACS(root, [dom], "test") for dom in d.test_domains or []}
-        data = ExperimentData(train, val, tests or {"val": val}, train.classes)
-    elif d.dataset == "vlcs":
-        from lfi.data.domainbed import VLCS
-
-        kw = {"holdout": 0.2, "seed": d.split_seed}
-        train, val = (
-            VLCS(root, d.train_domains, split="train", **kw),
-            VLCS(root, d.train_domains, split="val", **kw),
-        )
-        tests = {dom: VLCS(root, [dom], split="all") for dom in d.test_domains or []}
-        data = ExperimentData(train, val, tests or {"val": val}, train.classes)
-    else:
-        raise ValueError(
-            f"data.dataset={d.dataset!r} has no loader here (the synthetic set is built by lfi demo)"
-        )
+    d, root = cfg.data, Path(cfg.data.root)
+    if cfg.task != "classification":
+        return _detection_data(cfg)
+    if d.dataset == "synthetic":
+        raise ValueError("data.dataset=synthetic has no loader here: the synthetic set is built by `lfi demo`")
+    opts = {"domains": d.train_domains} if d.dataset in ("pacs", "vlcs") else {}
+    if d.dataset == "vlcs":
+        opts["seed"] = d.split_seed
+    train = build_dataset(d.dataset, root, "train", **opts)
+    val = build_dataset(d.dataset, root, "val", **opts)
+    tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
+    data = ExperimentData(train, val, tests or {"val": val}, train.classes, getattr(train, "wnids", None))
     if d.ratio < 1.0:
         data.train = Subset(data.train, ratio_subset(data.train.labels, d.ratio, d.split_seed))
     return data
 
 
-class LfiDataModule(L.LightningDataModule):
-    """Loaders over `data`; training samples get their map from `store` when `store` is given.
+def _detection_data(cfg: Config) -> ExperimentData:
+    from lfi.data.build import build_dataset
+    from lfi.data.detection import coco_ground_truth, fraction_subset
+    from lfi.evaluate.coco import coco_from_dataset
 
-    grid: the student's patch grid (gh, gw); transforms default to the ViT recipe at cfg.data.img_size
-    (train: random resized crop + flip if cfg.data.augment, eval: resize + centre crop).
+    d, root = cfg.data, Path(cfg.data.root)
+    masks = cfg.task == "segmentation" or (cfg.teacher.name == "oracle" and cfg.teacher.source == "masks")
+    opts = {"year": d.year} if d.dataset == "voc" else {}
+    train = build_dataset(d.dataset, root, d.train_split, masks=masks, **opts)
+    val = build_dataset(d.dataset, root, d.val_split, masks=masks, **opts)
+    if d.dataset == "coco":
+        gt, category_ids = val.coco, val.coco_ids
+    else:
+        gt, category_ids = coco_from_dataset(coco_ground_truth(val, val.classes)), None
+    train = fraction_subset(train, d.ratio, d.split_seed)
+    return ExperimentData(train, val, {"val": val}, list(val.classes), coco_gt=gt, category_ids=category_ids)
+
+
+class SeededSamples(Dataset):
+    """Indexed by (epoch, index): the sample `index` of `dataset`, transformed with the random state seeded
+    by (seed, epoch, index), so that its augmentation does not depend on the worker, the worker count or a
+    resume. The global random state of the process is left as it was."""
+
+    def __init__(self, dataset: Dataset, transform: Transform | None, seed: int) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        epoch, index = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            sample = dict(self.dataset[index])
+            sample.pop("data", None)
+            return self.transform(sample) if self.transform is not None else sample
+
+
+class ResumableSampler(Sampler):
+    """The training order of one rank: a permutation seeded by (seed, epoch), padded to a multiple of the
+    world size and split by rank (as DistributedSampler), yielding (epoch, index) for `SeededSamples`.
+
+    `resume(epoch, batches)` skips the first `batches` batches of that epoch once, after a mid-epoch resume.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        data: ExperimentData,
-        grid: tuple[int, int],
-        store: object | None = None,
-        train_transforms: Transform | None = None,
-        eval_transforms: Transform | None = None,
-    ) -> None:
-        super().__init__()
-        self.cfg, self.data, self.grid, self.store = cfg, data, grid, store
-        size = cfg.data.img_size
-        self.train_tf = train_transforms or classification_transforms(cfg.data.augment, size)
-        self.eval_tf = eval_transforms or classification_transforms(False, size)
-
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        d = self.cfg.data
-        return DataLoader(
-            dataset,
-            batch_size=d.batch_size,
-            sampler=EpochRandomSampler(dataset, self.cfg.seed) if shuffle else None,
-            num_workers=d.num_workers,
-            collate_fn=collate_classification,
-            persistent_workers=d.num_workers > 0,
-            drop_last=shuffle and len(dataset) > d.batch_size,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        if self.store is not None:
-            ds: Dataset = WithInteractionMaps(self.data.train, self.store, self.train_tf, self.grid)
-        else:
-            ds = _Transformed(self.data.train, self.train_tf)
-        return self._loader(ds, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(_Transformed(self.data.val, self.eval_tf), shuffle=False)
-
-    def test_loaders(self) -> dict[str, DataLoader]:
-        """One loader per named test set (plain, for `lfi.evaluate`)."""
-        return {
-            name: self._loader(_Transformed(ds, self.eval_tf), shuffle=False)
-            for name, ds in self.data.tests.items()
-        }
-
-
-class EpochRandomSampler(RandomSampler):
-    """A random order that depends only on (seed, epoch): a run resumed from a checkpoint sees the same order
-    as an uninterrupted one. Lightning calls `set_epoch` every epoch; under DDP it replaces this sampler (a
-    RandomSampler) with a DistributedSampler seeded the same way."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        super().__init__(dataset)
-        self.seed, self.epoch = seed, 0
+    def __init__(self, size: int, seed: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.batch_size, self.rank, self.world = size, seed, batch_size, rank, world
+        self.epoch, self.skip = 0, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.skip = epoch, 0
+        if self._resume is not None and self._resume[0] <= epoch:
+            if self._resume[0] == epoch:
+                self.skip = self._resume[1] * self.batch_size
+            self._resume = None
 
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=g).tolist())
+    def resume(self, epoch: int, batches: int) -> None:
+        """Skip the first `batches` batches when epoch `epoch` starts (Lightning calls set_epoch then)."""
+        self._resume = (epoch, batches)
+
+    def _indices(self) -> list[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        per_rank = -(-self.size // self.world)
+        padded = order.tolist() + order.tolist()[: per_rank * self.world - self.size]
+        return padded[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        # the whole epoch, also when resumed: Lightning counts the skipped batches as done
+        return -(-self.size // self.world)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in self._indices()[self.skip :]])
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: every index once, in order, split by rank (no padding, so no sample counts twice)."""
+
+    def __init__(self, size: int, rank: int = 0, world: int = 1) -> None:
+        self.indices = list(range(rank, size, world))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 class _Transformed(Dataset):
@@ -153,3 +170,110 @@ class _Transformed(Dataset):
         sample = dict(self.dataset[index])
         sample.pop("data", None)
         return self.transform(sample)
+
+
+class LfiDataModule(L.LightningDataModule):
+    """Loaders over `data` for cfg.task; training samples get their map from `store` when one is given.
+
+    grid: the student's patch grid (gh, gw) for classification (detection maps follow each image's size at
+    the encoder's stride). Transforms default to the task's recipe: classification at cfg.data.img_size
+    (random resized crop + flip when cfg.data.augment; eval: resize + centre crop), detection DETR's
+    multi-scale resize and flip.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        data: ExperimentData,
+        grid: tuple[int, int] | None = None,
+        store: object | None = None,
+        train_transforms: Transform | None = None,
+        eval_transforms: Transform | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.data, self.grid, self.store = cfg, data, grid, store
+        d = cfg.data
+        if cfg.task != "classification":
+            self.train_tf = train_transforms or detection_transforms(d.augment, scales=d.scales, max_size=d.max_size)
+            self.eval_tf = eval_transforms or detection_transforms(False, scales=d.scales, max_size=d.max_size)
+            self.collate = collate_detection
+        else:
+            self.train_tf = train_transforms or classification_transforms(d.augment, d.img_size)
+            self.eval_tf = eval_transforms or classification_transforms(False, d.img_size)
+            self.collate = collate_classification
+        self.sampler: ResumableSampler | None = None
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer if self._has_trainer() else None
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _has_trainer(self) -> bool:
+        return getattr(self, "trainer", None) is not None
+
+    def _loader(self, dataset: Dataset, sampler: Sampler, persistent: bool = True) -> DataLoader:
+        d = self.cfg.data
+        return DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            sampler=sampler,
+            num_workers=d.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=persistent and d.num_workers > 0,
+            # its own generator: creating an iterator must not draw from the global random state (resume)
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+
+    def _train_samples(self) -> Dataset:
+        """Training samples indexed by (epoch, index), transformed, with their maps when a store is read."""
+        train = self.data.train
+        if self.cfg.task != "classification":
+            from lfi.data.detection import WithOriginalSize
+
+            train = WithOriginalSize(train)
+        if self.store is None:
+            return SeededSamples(train, self.train_tf, self.cfg.seed)
+        grid = DETECTION_STRIDE if self.cfg.task != "classification" else self.grid
+        return SeededSamples(WithInteractionMaps(train, self.store, self.train_tf, grid), None, self.cfg.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        samples = self._train_samples()
+        size, batch = len(samples), self.cfg.data.batch_size
+        usable = size if size <= batch else size - size % batch  # drop the last partial batch
+        self.sampler = ResumableSampler(usable, self.cfg.seed, batch, rank, world)
+        if self._pending_resume is not None:
+            self.sampler.resume(*self._pending_resume)
+            self._pending_resume = None
+        # with persistent workers the loader's iterator may be made before Lightning calls set_epoch: the
+        # sampler must already stand at the epoch the run (re)starts in
+        self.sampler.set_epoch(self.trainer.current_epoch if self._has_trainer() else 0)
+        # fresh workers every epoch: Lightning makes a resumed epoch's iterator before it sets the sampler's
+        # epoch, and persistent workers would keep that iterator (epoch 0's order) for the next epoch
+        return self._loader(samples, self.sampler, persistent=False)
+
+    _pending_resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """After loading a checkpoint taken `batches` batches into `epoch`: start there."""
+        self._pending_resume = (epoch, batches)
+
+    def _eval_dataset(self, dataset: Dataset) -> Dataset:
+        if self.cfg.task != "classification":
+            from lfi.data.detection import WithOriginalSize
+
+            return WithOriginalSize(dataset, self.eval_tf)
+        return _Transformed(dataset, self.eval_tf)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        return self._loader(self._eval_dataset(self.data.val), ShardSampler(len(self.data.val), rank, world))
+
+    def test_loaders(self) -> dict[str, DataLoader]:
+        """One loader per named test set, on this process alone (cfg.data.test_limit caps each set)."""
+        limit = self.cfg.data.test_limit
+        out = {}
+        for name, dataset in self.data.tests.items():
+            size = len(dataset) if limit is None else min(limit, len(dataset))
+            out[name] = self._loader(self._eval_dataset(dataset), ShardSampler(size))
+        return out
+

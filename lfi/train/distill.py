@@ -17,15 +17,6 @@ from torch import nn
 from lfi.models import create_vit
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """student, teacher: (B, K) logits over the same K classes -> scalar T^2 * mean_B KL(p_t || p_s)."""
-    if student.shape != teacher.shape:
-        raise ValueError(f"kd_loss: student logits {tuple(student.shape)} != teacher {tuple(teacher.shape)}")
-    log_p_s = F.log_softmax(student.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher.float() / temperature, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
-
-
 def imagenet_indices(wnids: Sequence[str], synsets: str | Path) -> list[int]:
     """Index of each wnid in the ImageNet-1k output order listed in `synsets` ('<wnid> <names>' lines)."""
     path = Path(synsets)

@@ -1,16 +1,26 @@
-"""Losses of Learning from Interactions (paper Eq. 13-14), DETR-style: terms with a weight table."""
+"""Losses of Learning from Interactions (paper Eq. 13-14), DETR-style: terms, and one weight table.
+
+    criterion = Criterion({"task": ClassificationLoss(), "align": MapAlignment()}, {"task": 1.0, "align": 1.0})
+    losses = criterion(outputs, batch)   # {"task", "align", "loss"}; "loss" = sum of weight_dict[k] * term k
+
+Every weight of every task lives in `Criterion.weight_dict`: task, aux (DETR's decoder-layer losses), align
+(Eq. 14), kd (the result-oriented baseline). The student's outputs are a dict (see `lfi.train.tasks`):
+"logits" (B, K) or DETR's "loss_dict", and "maps": the supervised attention of the alignment layers.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfi.maps import is_valid_map, resample_map
+from lfi.maps import attention_to_grid, is_valid_map, resample_map
 
 Direction = Literal["teacher_student", "student_teacher"]
+Rows = Literal["all", "objects"]
 
 
 class AlignmentLoss(nn.Module):
@@ -41,8 +51,8 @@ class AlignmentLoss(nn.Module):
         self.direction, self.eps = direction, eps
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """student: (..., B, gh, gw) distributions, e.g. (L, B, gh, gw) for L layers; teacher: (B, h, w),
-        resampled here to (gh, gw) and shared by the leading dims. -> scalar, the mean over (layer, sample)."""
+        """student: (..., B, gh, gw) distributions, e.g. (L, B, gh, gw) for L layers; teacher: (B, gh, gw) on
+        the same grid (resampled here if not), shared by the leading dims. -> scalar, mean over (layer, sample)."""
         teacher = resample_map(teacher.float(), tuple(student.shape[-2:]))
         p = student.float().flatten(-2).clamp_min(torch.finfo(torch.float32).tiny)
         q = teacher.flatten(-2)
@@ -58,38 +68,189 @@ class AlignmentLoss(nn.Module):
         return per_sample.where(valid, 0.0).sum() / valid.sum().clamp_min(1)
 
 
-class LfiCriterion(nn.Module):
-    """L_total = w_task * L_task + w_align * L_align (Eq. 13), every term reported.
+class ClassificationLoss(nn.Module):
+    """L_task of classification: cross-entropy of outputs["logits"] (B, K) with batch["label"] (B,)."""
 
-    weight_dict: {"task": 1.0, "align": align_weight}; the paper's Eq. 13 uses 1 for both.
-    The alignment term is the mean over layers of `AlignmentLoss` between each layer's student map and C_VLM.
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {"task": F.cross_entropy(outputs["logits"], batch["label"], label_smoothing=self.label_smoothing)}
+
+
+class DetrLoss(nn.Module):
+    """L_task and L_aux of DETR from HF's Hungarian-matched `loss_dict` (the model computes the terms).
+
+    coefficients: HF's per-term weights ({"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2, ...}); the terms of
+    the last decoder layer make "task", those of the earlier layers (suffix `_i`) make "aux", so that
+    task + aux is HF's own total and `weight_dict["aux"]` scales DETR's auxiliary losses.
+    """
+
+    def __init__(self, coefficients: Mapping[str, float]) -> None:
+        super().__init__()
+        self.coefficients = dict(coefficients)
+
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        task, aux = [], []
+        for name, value in outputs["loss_dict"].items():
+            base, _, layer = name.rpartition("_")
+            if layer.isdigit() and base in self.coefficients:
+                aux.append(self.coefficients[base] * value)
+            elif name in self.coefficients:
+                task.append(self.coefficients[name] * value)
+        out = {"task": torch.stack(task).sum()}
+        if aux:
+            out["aux"] = torch.stack(aux).sum()
+        return out
+
+
+class MapAlignment(nn.Module):
+    """L_align of I-ViT (Eq. 14): outputs["maps"] (L, B, gh, gw), the alignment layers' student maps, against
+    batch["map"] (B, gh, gw), the teacher's C_VLM on the student's grid (zeroed where batch["map_valid"] is
+    False, which `AlignmentLoss` leaves out)."""
+
+    def __init__(self, alignment: AlignmentLoss | None = None) -> None:
+        super().__init__()
+        self.alignment = alignment or AlignmentLoss()
+
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if "map" not in batch:
+            raise KeyError("the student is aligned to C_VLM but the batch has no 'map' (no interaction store?)")
+        teacher = batch["map"] * batch["map_valid"].to(batch["map"].dtype)[:, None, None]
+        return {"align": self.alignment(outputs["maps"], teacher)}
+
+
+class DenseAlignment(nn.Module):
+    """L_align of I-DETR (Eq. 12-14 on the encoder's feature grid).
+
+    In a padded batch an image occupies the top-left (hv, wv) cells of the encoder's (gh, gw) grid (HF pads
+    bottom/right); its teacher map is resampled into that region only and is zero over the padding. The
+    student map of each alignment layer is its (B, H, N, N) encoder attention reduced by `attention_to_grid`
+    over the supervised query rows:
+    rows="all": every real (non-padding) token's row: the encoder as a whole should look where the teacher
+        looks, the detector's analogue of the class-token row of I-ViT.
+    rows="objects": the rows of tokens inside objects (teacher mass > 0); background tokens may gather
+        context. An image whose map has no mass on the grid falls back to all real tokens (then masked anyway).
+
+    teacher_maps: batch -> one (h_i, w_i) map per image (the oracle's on-the-fly maps, or the store's).
     """
 
     def __init__(
-        self, align_weight: float = 1.0, alignment: AlignmentLoss | None = None, label_smoothing: float = 0.0
+        self,
+        teacher_maps: Callable[[Mapping[str, Any]], Sequence[torch.Tensor]],
+        rows: Rows = "all",
+        alignment: AlignmentLoss | None = None,
     ) -> None:
         super().__init__()
+        if rows not in ("all", "objects"):
+            raise ValueError(f"rows must be 'all' or 'objects', got {rows!r}")
+        self.teacher_maps, self.rows = teacher_maps, rows
         self.alignment = alignment or AlignmentLoss()
-        self.label_smoothing = label_smoothing
-        self.weight_dict = {"task": 1.0, "align": align_weight}
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        student_maps: dict[int, torch.Tensor] | None = None,
-        teacher_maps: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """logits (B, K), labels (B,), student_maps {layer: (B, gh, gw)}, teacher_maps (B, h, w).
+    def row_weights(self, grid_mask: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """(B, gh, gw) mask and teacher grid maps -> (B, N) weights of the supervised query rows."""
+        valid = grid_mask.flatten(1).float()
+        if self.rows == "all":
+            return valid
+        inside = (teacher.flatten(1) > 0).float() * valid
+        return torch.where(inside.sum(1, keepdim=True) > 0, inside, valid)
 
-        Returns {"task", "align" (when maps are given), "loss" (the weighted total)}.
-        """
-        losses = {"task": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
-        if student_maps:
-            if teacher_maps is None:
-                raise ValueError("student maps were given but no teacher maps (C_VLM) to align them with")
-            # one call over (layer, sample): every layer shares the teacher's valid samples, so this is the mean
-            # over layers of each layer's loss, with the loss's kernels launched once rather than per layer
-            losses["align"] = self.alignment(torch.stack(list(student_maps.values())), teacher_maps)
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """outputs["maps"]: (L, B, H, N, N) supervised attention; outputs["grid_mask"]: (B, gh, gw) bool."""
+        grid_mask = outputs["grid_mask"]
+        teacher = teacher_on_grid(self.teacher_maps(batch), grid_mask)
+        weights = self.row_weights(grid_mask, teacher)
+        students = attention_to_grid(outputs["maps"], 0, tuple(grid_mask.shape[-2:]), weights)
+        return {"align": self.alignment(students, teacher)}
+
+
+def valid_region(grid_mask: torch.Tensor) -> list[tuple[int, int]]:
+    """(B, gh, gw) bool -> [(hv, wv)] per image: the size of its top-left valid rectangle.
+
+    Raises if an image's valid cells are not a top-left rectangle (padding must be bottom/right).
+    """
+    sizes = []
+    for b, m in enumerate(grid_mask.bool()):
+        hv, wv = int(m.any(1).sum()), int(m.any(0).sum())
+        if int(m.sum()) != hv * wv or not bool(m[:hv, :wv].all()):
+            raise ValueError(f"grid_mask[{b}]: valid cells are not a top-left rectangle (pad bottom/right only)")
+        sizes.append((hv, wv))
+    return sizes
+
+
+def teacher_on_grid(teachers: Sequence[torch.Tensor], grid_mask: torch.Tensor) -> torch.Tensor:
+    """Per-image teacher maps (h_i, w_i) (any size, each over its whole image) -> (B, gh, gw) on the grid:
+    each resampled once (`resample_map`) into its image's valid region, zero elsewhere."""
+    if len(teachers) != grid_mask.shape[0]:
+        raise ValueError(f"teacher maps: got {len(teachers)} for a batch of {grid_mask.shape[0]} images")
+    out = torch.zeros(grid_mask.shape, dtype=torch.float32, device=grid_mask.device)
+    for b, (t, (hv, wv)) in enumerate(zip(teachers, valid_region(grid_mask), strict=True)):
+        if t.dim() != 2:
+            raise ValueError(f"teacher map {b}: expected (h, w), got shape {tuple(t.shape)}")
+        if hv and wv:
+            out[b, :hv, :wv] = resample_map(t.float().to(out.device).clamp_min(0), (hv, wv))
+    return out
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """student, teacher: (B, K) logits over the same K classes -> scalar T^2 * mean_B KL(p_t || p_s)."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"kd_loss: student logits {tuple(student.shape)} != teacher {tuple(teacher.shape)}")
+    log_p_s = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+class Distillation(nn.Module):
+    """L_kd, the result-oriented baseline (Hinton et al. 2015): KL between the temperature-softened logits of
+    a frozen teacher (`lfi.train.distill.LogitTeacher`) on batch["image"] and the student's outputs["logits"]."""
+
+    def __init__(self, teacher: nn.Module, temperature: float = 4.0) -> None:
+        super().__init__()
+        self.teacher, self.temperature = teacher, temperature
+
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {"kd": kd_loss(outputs["logits"], self.teacher(batch["image"]), self.temperature)}
+
+
+class Criterion(nn.Module):
+    """L_total = sum_k weight_dict[k] * L_k (Eq. 13 and its extensions), every term reported.
+
+    terms: name -> module(outputs, batch) -> {term name: scalar}; a term may report several names (DETR's
+    task and aux). weight_dict: every reported name's weight; a name without a weight is an error.
+    """
+
+    def __init__(self, terms: Mapping[str, nn.Module], weight_dict: Mapping[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(dict(terms))
+        self.weight_dict = dict(weight_dict)
+
+    def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        losses: dict[str, torch.Tensor] = {}
+        for term in self.terms.values():
+            losses.update(term(outputs, batch))
+        missing = sorted(set(losses) - set(self.weight_dict))
+        if missing:
+            raise KeyError(f"Criterion: no weight for the loss terms {missing}; weight_dict has {sorted(self.weight_dict)}")
         losses["loss"] = sum(self.weight_dict[k] * v for k, v in losses.items())
         return losses
+
+
+def classification_criterion(
+    align_weight: float = 1.0,
+    direction: Direction = "teacher_student",
+    label_smoothing: float = 0.0,
+    kd_teacher: nn.Module | None = None,
+    kd_weight: float = 0.0,
+    kd_temperature: float = 4.0,
+    aligned: bool = True,
+) -> Criterion:
+    """The criterion of an I-ViT (or ViT) classifier: task [+ align] [+ kd], with their weights."""
+    terms: dict[str, nn.Module] = {"task": ClassificationLoss(label_smoothing)}
+    weights = {"task": 1.0}
+    if aligned:
+        terms["align"], weights["align"] = MapAlignment(AlignmentLoss(direction)), align_weight
+    if kd_teacher is not None:
+        terms["kd"], weights["kd"] = Distillation(kd_teacher, kd_temperature), kd_weight
+    return Criterion(terms, weights)

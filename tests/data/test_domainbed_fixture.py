@@ -79,6 +79,13 @@ def test_vlcs_zip_reads_like_folder(vlcs_root: Path, tmp_path: Path) -> None:
     assert torch.equal(from_zip[4]["image"], from_folder[4]["image"])
 
 
+def test_vlcs_test_split_is_the_whole_domain(vlcs_root: Path) -> None:
+    test = build_dataset("vlcs", vlcs_root, "test", domains=["SUN"])
+    assert [r.relpath for r in test.records] == [
+        r.relpath for r in VLCS(vlcs_root, "SUN", split="all").records
+    ]
+
+
 def test_vlcs_holdout_split_partitions_each_class(vlcs_root: Path) -> None:
     train = build_dataset("vlcs", vlcs_root, "train", domains=["SUN"], holdout=0.34)
     val = build_dataset("vlcs", vlcs_root, "val", domains=["SUN"], holdout=0.34)
@@ -90,7 +97,7 @@ def test_vlcs_errors_name_the_problem(vlcs_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown or no domains"):
         VLCS(vlcs_root, domains=["VOC"])
     with pytest.raises(ValueError, match="split must be one of"):
-        VLCS(vlcs_root, split="test")
+        VLCS(vlcs_root, split="holdout")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="neither zips"):

@@ -73,3 +73,10 @@ def test_bad_split_and_undecodable_image(tin_root: Path) -> None:
     (tin_root / "tiny-imagenet-200" / "val" / "images" / "val_0.JPEG").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"val_0\.JPEG: cannot decode"):
         TinyImageNet(tin_root, "val")[0]
+
+
+def test_samples_carry_their_wnid(tin_root: Path) -> None:
+    from lfi.data import build_dataset
+
+    train = build_dataset("tinyimagenet", tin_root, "train")
+    assert [train[i]["wnid"] for i in (0, 5)] == ["n001", "n002"]

@@ -16,7 +16,8 @@ from lfi.data import (
     collate_detection,
     detection_transforms,
 )
-from lfi.extract.store import InteractionStore, Record, StoreWriter, image_key
+from lfi.data.keys import image_key
+from lfi.extract.store import InteractionStore, Record, StoreWriter
 from lfi.maps import normalize_map
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfi.evaluate.classification import evaluate_loader, evaluate_sets, topk_correct, write_metrics
+from lfi.evaluate.classification import AccuracyEvaluator, cross_domain_summary, topk_correct, write_metrics
+from lfi.train.engine import evaluate
+from lfi.train.tasks import ClassificationTask
 
 
 def test_topk_correct():
@@ -35,7 +37,8 @@ def batches(labels: list[int], predicted: list[int]) -> list[dict]:
 
 def test_evaluate_sets_per_domain(tmp_path: Path):
     loaders = {"art": batches([0, 1, 2, 3], [0, 1, 2, 3]), "sketch": batches([0, 1, 2, 3], [0, 0, 0, 0])}
-    out = evaluate_sets(Fixed(), loaders)
+    out = {name: evaluate(Fixed(), ClassificationTask(), loader, "cpu") for name, loader in loaders.items()}
+    out |= cross_domain_summary(out)
     assert out["art"]["acc1"] == 100.0 and out["sketch"]["acc1"] == 25.0 and out["sketch"]["n"] == 4
     assert out["mean_acc1"] == pytest.approx(62.5) and out["var_acc1"] == pytest.approx(37.5**2)
     path = write_metrics(out, tmp_path / "m" / "metrics.json")
@@ -44,4 +47,4 @@ def test_evaluate_sets_per_domain(tmp_path: Path):
 
 def test_empty_loader_is_an_error():
     with pytest.raises(ValueError, match="no samples"):
-        evaluate_loader(Fixed(), [])
+        AccuracyEvaluator().compute()

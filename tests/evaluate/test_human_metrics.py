@@ -15,6 +15,7 @@ from lfi.evaluate.human import (
     cosine_similarity,
     nss,
     pearson_cc,
+    score_ratio,
 )
 
 
@@ -134,7 +135,18 @@ def test_table_summary_ratio_markdown_csv_and_concat(tmp_path) -> None:
     text = str(table)
     assert "| C_AGT | 0.5400 ± 0.0566" in text and "C_AGT / C_VFM: cosine 2.70x" in text
     assert math.isnan(part([0.5], [0.0]).ratio())
+    # a negative denominator gives no "times closer": -0.5 / -0.25 is not 2x, it is undefined
+    negative = part([-0.5], [-0.25])
+    assert math.isnan(negative.ratio()) and math.isnan(negative.ratio(metric="cc"))
+    assert "C_AGT / C_VFM: cosine undefined (C_VFM's mean <= 0)" in negative.to_markdown()
+    assert text.count("C_AGT / C_VFM") == 1
     lines = table.write_csv(tmp_path / "human.csv").read_text().splitlines()
     assert lines[0].startswith("map,cosine_mean,cosine_std") and lines[2].startswith("C_AGT,0.540000")
     with pytest.raises(KeyError, match="C_VLM"):
         table.ratio(num="C_VLM")
+
+
+def test_score_ratio_is_defined_only_over_a_positive_denominator() -> None:
+    assert score_ratio(0.54, 0.2) == pytest.approx(2.7)
+    assert score_ratio(-0.1, 0.2) == pytest.approx(-0.5)  # a negative numerator is still a number
+    assert all(math.isnan(score_ratio(0.5, d)) for d in (0.0, -0.2, -1e-12))

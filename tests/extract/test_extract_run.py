@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfi.extract.cli import register
+from lfi.cli.extract import register
 from lfi.extract.oracle import OracleTeacher
 from lfi.extract.run import extract
 from lfi.extract.store import InteractionStore, StoreMetadataError, store_arrays
@@ -130,7 +133,10 @@ def test_cli_extract_info_verify_on_tinyimagenet(shared_data: Path, tmp_path: Pa
     assert '"records": 12' in capsys.readouterr().out
     assert _cli("store", "verify", str(out), *common, "--limit", "12") == 0
     assert _cli("store", "verify", str(out), *common, "--limit", "13") == 1
-    assert "missing key: val/images/val_12.JPEG#" in capsys.readouterr().out
+    assert (
+        "missing key (re-run `lfi extract`, which resumes): val/images/val_12.JPEG#"
+        in capsys.readouterr().out
+    )
 
 
 class _Slow(OracleTeacher):
@@ -205,3 +211,116 @@ def test_oracle_on_a_dataset_without_boxes_is_refused(tmp_path: Path) -> None:
         _cli(*argv)
     with pytest.raises(ValueError, match="'tinyimagenet' has boxes"):
         _cli(*argv[:6], "tinyimagenet", *argv[7:], "--oracle-source", "masks")
+
+
+class _NanFor(OracleTeacher):
+    """Returns a NaN map for the image at `relpath` (a teacher bug on one image)."""
+
+    def __init__(self, relpath: str) -> None:
+        super().__init__(grid=(6, 6))
+        self.relpath = relpath
+
+    def __call__(self, batch: Sequence[Sample]) -> TeacherOutput:
+        out = super().__call__(batch)
+        for i, sample in enumerate(batch):
+            if sample["relpath"] == self.relpath:
+                out.fore[i, 0, 0] = float("nan")
+        return out
+
+
+def test_nan_map_stops_or_is_listed_with_its_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"non-finite maps \(NaN or Inf\) for \['imgs/2\.png#"):
+        extract(_NanFor("imgs/2.png"), _samples(), tmp_path / "strict", batch_size=4, progress=False)
+    report = extract(
+        _NanFor("imgs/2.png"), _samples(), tmp_path / "s", batch_size=4, on_error="skip", progress=False
+    )
+    assert (report.written, report.failed) == (12, 1) and "1 FAILED" in report.summary()
+    (entry,) = [json.loads(line) for line in (tmp_path / "s" / "failed.jsonl").read_text().splitlines()]
+    assert entry["key"].startswith("imgs/2.png#") and entry["path"] == "imgs/2.png" and entry["index"] == 2
+    assert "non-finite" in entry["error"] and len(InteractionStore(tmp_path / "s")) == 12
+
+
+class _Pause(OracleTeacher):
+    def __call__(self, batch: Sequence[Sample]) -> TeacherOutput:
+        threading.Event().wait(0.01)  # let the other writer run in between
+        return super().__call__(batch)
+
+
+def test_two_extractions_on_one_store_never_duplicate(tmp_path: Path) -> None:
+    """A job launched twice on one store: same rank, same writer name, same images, at the same time."""
+    reports = []
+
+    def run() -> None:
+        reports.append(
+            extract(_Pause(grid=(6, 6)), _samples(), tmp_path, batch_size=1, shard_size=1, progress=False)
+        )
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.written for r in reports) == 13 and sum(r.skipped for r in reports) == 13
+    store = InteractionStore(tmp_path)
+    assert len(store) == 13 and store.info()["duplicates"] == 0 and store.verify().ok
+
+
+def _tiny_imagenet(root: Path, bad: int) -> Path:
+    """A 3-image TinyImageNet val folder whose image `bad` is not an image."""
+    from PIL import Image
+
+    folder = root / "tiny-imagenet-200"
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("n001\n")
+    lines = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (10 * i, 0, 0)).save(buf, format="PNG")
+        (folder / "val" / "images" / f"val_{i}.JPEG").write_bytes(b"garbage" if i == bad else buf.getvalue())
+        lines.append(f"val_{i}.JPEG\tn001\t4\t4\t40\t40")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_cli_on_error_skip_lists_the_bad_image_and_finishes(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    data = _tiny_imagenet(tmp_path / "data", bad=1)
+    argv = [
+        "extract",
+        "--teacher",
+        "oracle",
+        "--data",
+        str(data),
+        "--dataset",
+        "tinyimagenet",
+        "--split",
+        "val",
+    ]
+    with pytest.raises(ValueError, match=r"val/images/val_1\.JPEG: cannot decode.*--on-error skip"):
+        _cli(*argv, "--out", str(tmp_path / "strict"), "--workers", "0", "--grid", "4")
+    out = tmp_path / "store"
+    assert _cli(*argv, "--out", str(out), "--workers", "1", "--grid", "4", "--on-error", "skip") == 0
+    assert "2 written" in capsys.readouterr().out
+    (entry,) = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
+    assert entry["path"].endswith("val/images/val_1.JPEG") and entry["index"] == 1 and entry["key"] is None
+    assert _cli("store", "info", str(out)) == 0
+    assert "1 images failed at extraction" in capsys.readouterr().out
+    assert _cli("store", "verify", str(out)) == 0  # the stored records are sound; the failure is listed
+    assert "image that failed at extraction" in capsys.readouterr().out
+
+
+def test_cli_store_compact(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    extract(OracleTeacher(grid=(6, 6)), _samples(4), tmp_path, progress=False)
+    (tmp_path / "shards" / ".tmp-r000-dead.safetensors").write_bytes(b"x")
+    assert _cli("store", "compact", str(tmp_path)) == 0
+    assert "removed 0 duplicate records and 1 temporary files" in capsys.readouterr().out
+
+
+def test_cli_constants_match_the_library() -> None:
+    """lfi.cli.extract spells these out (it imports no library code); they must agree."""
+    from lfi.cli import extract as cli
+    from lfi.data.build import DATASETS
+    from lfi.extract import run, teacher
+
+    assert set(cli.TEACHERS) == set(teacher._BUILTIN_MODULES)
+    assert cli.EMPTY_POLICIES == teacher.EMPTY_POLICIES and cli.ON_ERROR == run.ON_ERROR
+    assert cli.DATASETS == DATASETS and set(run.ORACLE_SOURCES) == set(DATASETS)

@@ -1,4 +1,5 @@
-"""Interaction store: keys, round trip, metadata checks, concurrent writers, verify, DataLoader reads."""
+"""Interaction store: keys, round trip, metadata checks, concurrent writers, digests, verify, compact,
+DataLoader reads."""
 
 from __future__ import annotations
 
@@ -8,18 +9,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lfi.data.keys import image_key
+from lfi.extract.layout import SHARD_DIR, summarize
 from lfi.extract.store import (
-    SHARD_DIR,
     InteractionStore,
     Record,
     StoreCorruptError,
     StoreMetadataError,
     StoreWriter,
-    image_key,
+    _commit_shard,
+    compact,
     store_arrays,
 )
 
@@ -61,6 +65,7 @@ def test_round_trip(tmp_path: Path) -> None:
         assert rec.info == {"i": i}
     info = store.info()
     assert info["records"] == 10 and info["valid"] == 8 and info["empty"] == 2 and info["shards"] == 3
+    assert info["duplicates"] == 0 and info["failed"] == 0
     assert info["metadata"]["lfi_version"] and info["writers"] == {"r000": 10}
     with pytest.raises(KeyError, match="no record"):
         store["missing#000000000000"]
@@ -83,13 +88,19 @@ def test_map_shape_must_match_grid(tmp_path: Path) -> None:
         w.add(Record("a#0", torch.zeros(4, 4), (1, 1), False, True))
 
 
-def test_leftover_tmp_is_ignored_and_reported(tmp_path: Path) -> None:
+def test_leftover_tmp_is_ignored_reported_and_compacted(tmp_path: Path) -> None:
     _write(tmp_path, 3)
-    (tmp_path / SHARD_DIR / ".tmp-r000-dead.safetensors").write_bytes(b"partial")
+    tmp = tmp_path / SHARD_DIR / ".tmp-r000-dead.safetensors"
+    tmp.write_bytes(b"partial")
     store = InteractionStore(tmp_path)
     assert len(store) == 3
     report = store.verify()
-    assert report.ok and len(report.stale_tmp) == 1
+    assert report.ok and report.stale_tmp == [str(tmp)] and "lfi store compact" in report.summary()
+    assert compact(tmp_path).removed_tmp == [str(tmp)] and not tmp.exists()
+    assert len(InteractionStore(tmp_path)) == 3
+    tmp.write_bytes(b"partial")
+    StoreWriter(tmp_path, META)  # a writer that starts also removes what killed writers left
+    assert not tmp.exists()
 
 
 def _one_shard(root: Path) -> Path:
@@ -107,37 +118,136 @@ def test_verify_finds_truncated_shard(tmp_path: Path) -> None:
     assert report.records == 4
 
 
-def test_verify_finds_flipped_byte_and_missing_keys(tmp_path: Path) -> None:
+def test_flipped_byte_is_caught_by_reader_and_verify(tmp_path: Path) -> None:
     _write(tmp_path, 8)
     shard = _one_shard(tmp_path)
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF  # inside the tensor bytes: the header still parses
     shard.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError, match=rf"{shard.name}: digest mismatch.*delete this shard"):
+        InteractionStore(tmp_path)
     report = InteractionStore(tmp_path, strict=False).verify(expected_keys=[_record(i).key for i in range(9)])
-    assert any("checksum" in c for c in report.corrupt)
-    assert report.missing == [_record(8).key]
+    assert len(report.corrupt) == 1 and shard.name in report.corrupt[0] and "digest" in report.corrupt[0]
+    assert (
+        len(report.missing) == 5 and _record(8).key in report.missing
+    )  # 4 in the bad shard, 1 never written
     assert "PROBLEMS" in report.summary()
 
 
+def test_edited_key_is_caught_by_reader_and_verify(tmp_path: Path) -> None:
+    _write(tmp_path, 4)
+    shard = _one_shard(tmp_path)
+    old = _record(1).key.encode()
+    data = shard.read_bytes()
+    assert data.count(old) == 1
+    shard.write_bytes(data.replace(old, old.replace(b"img/1", b"img/7")))  # same length: still parses
+    with pytest.raises(StoreCorruptError, match=rf"{shard.name}: digest mismatch"):
+        InteractionStore(tmp_path)
+    report = InteractionStore(tmp_path, strict=False).verify()
+    assert not report.ok and shard.name in report.corrupt[0]
+
+
+def test_truncated_store_json_names_the_file_and_compact_restores_it(tmp_path: Path) -> None:
+    _write(tmp_path, 4)
+    meta = tmp_path / "store.json"
+    good = json.loads(meta.read_text())
+    meta.write_text(meta.read_text()[:25])
+    for read in (InteractionStore, summarize):
+        with pytest.raises(StoreCorruptError, match=rf"{meta}: damaged, not valid JSON.*lfi store compact"):
+            read(tmp_path)
+    assert compact(tmp_path).metadata_restored
+    assert json.loads(meta.read_text()) == good and len(InteractionStore(tmp_path)) == 4
+
+
+def test_nan_map_is_refused_at_write(tmp_path: Path) -> None:
+    w = StoreWriter(tmp_path, META)
+    bad = _record(0)
+    bad.map[1, 1] = float("nan")
+    with pytest.raises(ValueError, match=rf"{bad.key}: map has NaN or Inf"):
+        w.add(bad)
+    bad.map[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        w.add(bad)
+    w.close()
+    assert len(InteractionStore(tmp_path)) == 0
+
+
+def test_interleaved_writers_never_duplicate(tmp_path: Path) -> None:
+    """Two writers on one store with the same name (a job launched twice) and the same keys."""
+    a = StoreWriter(tmp_path, META, shard_size=3)
+    b = StoreWriter(tmp_path, META, shard_size=2)
+    for i in range(10):
+        a.add(_record(i))
+        b.add(_record(9 - i))
+    a.close()
+    b.close()
+    assert a.committed + b.committed == 10 and a.dropped + b.dropped == 10
+    store = InteractionStore(tmp_path)
+    assert len(store) == 10 and store.info()["duplicates"] == 0
+    assert store.verify([_record(i).key for i in range(10)]).ok
+
+
+def test_compact_removes_identical_duplicates(tmp_path: Path) -> None:
+    _write(tmp_path, 6)
+    meta = InteractionStore(tmp_path).metadata
+    again = [_record(i, valid=i % 5 != 4) for i in (1, 2, 7)]
+    _commit_shard(tmp_path, "r001-000000000000.safetensors", again, meta)  # as lfi before the lock did
+    store = InteractionStore(tmp_path)
+    assert len(store) == 7 and store.info()["duplicates"] == 2
+    assert len(store.verify().duplicates) == 2 and not store.verify().ok
+    before = store_arrays(store)
+    report = compact(tmp_path)
+    assert report.removed_duplicates == 2 and not report.differing
+    after = InteractionStore(tmp_path)
+    assert after.verify().ok and after.info()["duplicates"] == 0
+    for name, value in store_arrays(after).items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_compact_keeps_differing_duplicates_unless_asked(tmp_path: Path) -> None:
+    _write(tmp_path, 3)
+    meta = InteractionStore(tmp_path).metadata
+    other = _record(0)
+    other.map = torch.full((3, 4), 1 / 12)
+    # "m" holds key 5's first record and a copy of key 1; "n" a different record of key 5: rewriting "m"
+    # without key 1 must not let "n" become key 5's first record.
+    _commit_shard(tmp_path, "r001-m.safetensors", [_record(5), _record(1)], meta)
+    _commit_shard(
+        tmp_path, "r001-n.safetensors", [other, Record(_record(5).key, other.map, (1, 1), True, False)], meta
+    )
+    report = compact(tmp_path)
+    assert report.removed_duplicates == 1 and sorted(report.differing) == sorted([other.key, _record(5).key])
+    assert "--keep-first" in report.summary(tmp_path) and not InteractionStore(tmp_path).verify().ok
+    torch.testing.assert_close(InteractionStore(tmp_path).map(_record(5).key), _record(5).map)
+    assert compact(tmp_path, keep_first=True).removed_duplicates == 2
+    store = InteractionStore(tmp_path)
+    assert store.verify().ok and len(store) == 4
+    torch.testing.assert_close(store.map(other.key), _record(0).map)  # the first records, as readers used
+    torch.testing.assert_close(store.map(_record(5).key), _record(5).map)
+
+
+def test_compact_of_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such store folder"):
+        compact(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+
+
 @pytest.mark.slow
-def test_two_writer_processes_at_once(tmp_path: Path) -> None:
+def test_two_writer_processes_on_overlapping_keys(tmp_path: Path) -> None:
+    """Two processes, same writer name, keys 0..19 and 10..29 (a job launched twice): each key once."""
     script = textwrap.dedent(
         f"""
         import sys, torch
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_extract_store import _write
-        _write(__import__("pathlib").Path(sys.argv[1]), 20, writer=sys.argv[2], shard_size=3,
-               start=int(sys.argv[3]))
+        _write(__import__("pathlib").Path(sys.argv[1]), 20, writer="r000", shard_size=1, start=int(sys.argv[2]))
         """
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), f"r00{r}", str(20 * r)])
-        for r in range(2)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(10 * r)]) for r in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     store = InteractionStore(tmp_path)
-    assert len(store) == 40 and store.info()["writers"] == {"r000": 20, "r001": 20}
-    assert store.verify([_record(i).key for i in range(40)]).ok
+    assert len(store) == 30 and store.info()["duplicates"] == 0 and store.info()["writers"] == {"r000": 30}
+    assert store.verify([_record(i).key for i in range(30)]).ok
     assert json.loads((tmp_path / "store.json").read_text())["teacher"] == "test"
 
 
@@ -159,3 +269,26 @@ def test_dataloader_workers_read_the_store(tmp_path: Path) -> None:
     loaded = torch.cat(list(DataLoader(_Maps(store), batch_size=5, num_workers=2)))
     expected = torch.from_numpy(store_arrays(store)["maps"])
     torch.testing.assert_close(loaded, expected)
+
+
+def test_store_info_reads_no_tensors(tmp_path: Path) -> None:
+    """`lfi store info` answers from headers with the standard library: neither torch nor safetensors."""
+    _write(tmp_path, 5)
+    lfi_dir = Path(__import__("lfi").__file__).parent
+    script = textwrap.dedent(
+        f"""
+        import sys, types
+        pkg = types.ModuleType("lfi")  # the package itself, without its top-level (model) imports
+        pkg.__path__ = [{str(lfi_dir)!r}]
+        sys.modules["lfi"] = pkg
+        from lfi.cli.extract import register
+        from lfi.extract.layout import summarize
+        info = summarize(sys.argv[1])
+        heavy = sorted(m for m in ("torch", "numpy", "safetensors", "timm") if m in sys.modules)
+        print(info["records"], info["valid"], info["empty"], heavy)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["5", "4", "1", "[]"]

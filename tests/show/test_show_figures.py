@@ -1,4 +1,5 @@
-"""Figures of lfi.show build from small inputs and write non-empty PNG and PDF files."""
+"""Figures of lfi.show build from small inputs and write non-empty PNG and PDF files; convergence curves come
+from run folders (`lfi.train.runs`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfi.show.curves import convergence_figure, epochs_to_reach, read_curve, register, speedup
+from lfi.cli.show import register
+from lfi.show.curves import convergence_figure, epochs_to_reach, read_curves, run_curve, speedup
 from lfi.show.human import human_alignment_figure
 from lfi.show.maps import class_token_map, interaction_figure, interaction_grid, select_map
+from lfi.train.runs import load_run
+from tests.show.conftest import write_run
 
 
 def _written(path: Path) -> None:
@@ -83,42 +87,47 @@ def test_human_alignment_figure(tmp_path: Path) -> None:
     _written(tmp_path / "fig6")
     with pytest.raises(KeyError, match="'C_VFM' has no"):
         human_alignment_figure({"C_VFM": {"cosine": (0.2, 0.0)}})
+    summary["C_VFM"]["cosine"] = (0.0, 0.0)  # a ratio to 0 is undefined: no "x" in the title
+    assert "x)" not in human_alignment_figure(summary, title="t").get_suptitle()
 
 
-def _lightning_csv(path: Path, accs: list[float]) -> Path:
-    """A CSVLogger-style file: train rows without val/acc1 interleaved with one val row per epoch."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["epoch,step,train/loss,val/acc1"]
-    for epoch, acc in enumerate(accs):
-        lines += [f"{epoch},{10 * epoch + 4},0.9,", f"{epoch},{10 * epoch + 9},,{acc}"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _run(root: Path, name: str, accs: list[float]) -> Path:
+    config = {"experiment": name, "model": {"name": "vit_small_patch16_224", "variant": "vit"},
+              "data": {"dataset": "tinyimagenet"}}  # fmt: skip
+    return write_run(root, config, {"val": {"acc1": accs[-1], "n": 10}}, accs)
 
 
 def test_curves_read_reach_speedup_and_plot(tmp_path: Path) -> None:
-    vit = read_curve(
-        _lightning_csv(tmp_path / "vit" / "version_0" / "metrics.csv", [0.3, 0.5, 0.6, 0.7, 0.8])
+    vit, ivit = read_curves(
+        [_run(tmp_path, "t/vit", [30, 50, 60, 70, 80]), _run(tmp_path, "t/ivit", [50, 80, 85, 90, 90])]
     )
-    ivit = read_curve(_lightning_csv(tmp_path / "ivit" / "metrics.csv", [0.5, 0.8, 0.85, 0.9, 0.9]))
-    assert vit.label == "vit" and ivit.label == "ivit" and vit.epochs == (0, 1, 2, 3, 4)
-    assert epochs_to_reach(vit, 0.8) == 5 and epochs_to_reach(ivit, 0.8) == 2
-    assert epochs_to_reach(vit, 0.95) is None
-    assert speedup(vit, ivit, 0.8) == pytest.approx(2.5)
-    fig = convergence_figure([vit, ivit], threshold=0.8, path=tmp_path / "fig3")
+    assert vit.label == "t/vit" and ivit.label == "t/ivit" and vit.epochs == (0, 1, 2, 3, 4)
+    assert epochs_to_reach(vit, 80) == 5 and epochs_to_reach(ivit, 80) == 2
+    assert epochs_to_reach(vit, 95) is None
+    assert speedup(vit, ivit, 80) == pytest.approx(2.5)
+    fig = convergence_figure([vit, ivit], threshold=80, path=tmp_path / "fig3")
     assert "2.50x faster" in fig.axes[0].get_legend().get_texts()[1].get_text()
     _written(tmp_path / "fig3")
-    with pytest.raises(KeyError, match="no column 'val/acc5'"):
-        read_curve(tmp_path / "ivit" / "metrics.csv", column="val/acc5")
+    with pytest.raises(KeyError, match=r"metrics.csv: no values in column 'val/acc5'"):
+        run_curve(load_run(tmp_path / "t" / "ivit"), column="val/acc5")
+    moved = tmp_path / "copies" / "seed1"
+    moved.parent.mkdir()
+    (tmp_path / "t" / "vit").rename(moved)
+    assert run_curve(load_run(moved)).label == "seed1"  # the experiment name no longer names this folder
+
+
+def test_curves_of_a_trained_run(trained_run: Path) -> None:
+    curve = run_curve(load_run(trained_run))  # its validation metric, from the metrics.csv `train` wrote
+    assert curve.label == "tiny" and curve.epochs == (0, 1) and all(0 <= v <= 100 for v in curve.values)
 
 
 def test_curves_cli(tmp_path: Path, capsys) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    base = _lightning_csv(tmp_path / "vit" / "metrics.csv", [0.3, 0.6, 0.8])
-    fast = _lightning_csv(tmp_path / "ivit" / "metrics.csv", [0.8, 0.9, 0.9])
+    base, fast = _run(tmp_path, "vit", [30, 60, 80]), _run(tmp_path, "ivit", [80, 90, 90])
     args = parser.parse_args(
-        ["curves", str(base), str(fast), "--threshold", "0.8", "--out", str(tmp_path / "c")]
+        ["curves", str(base), str(fast), "--threshold", "80", "--out", str(tmp_path / "c")]
     )
-    args.func(args)
-    assert "ivit: 1 epochs to 0.8, 3.00x vs vit" in capsys.readouterr().out
+    assert args.func(args) == 0
+    assert "ivit: 1 epochs to 80, 3.00x vs vit" in capsys.readouterr().out
     _written(tmp_path / "c")

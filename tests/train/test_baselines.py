@@ -9,8 +9,14 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lfi.train.distill import imagenet_indices, kd_loss
-from lfi.train.module import LfiModule, cosine_with_warmup
+from torch import nn
+
+from lfi.train.build import build_criterion, build_model
+from lfi.train.data import ExperimentData
+from lfi.train.distill import imagenet_indices
+from lfi.train.engine import cosine_with_warmup
+from lfi.train.losses import kd_loss
+from lfi.train.tasks import ClassificationTask
 from tests.train.conftest import IMG, tiny_config
 
 
@@ -27,10 +33,28 @@ def batch(n: int = 4) -> dict[str, torch.Tensor]:
     }
 
 
+class LfiModule(nn.Module):
+    """What the engine runs per training step: the built model and criterion of a config."""
+
+    def __init__(self, cfg, num_classes: int, class_wnids: list[str] | None = None) -> None:
+        super().__init__()
+        data = ExperimentData(None, None, {}, [str(i) for i in range(num_classes)], class_wnids)
+        self.model = build_model(cfg, num_classes)
+        self.criterion = build_criterion(cfg, self.model, data)
+        self.task = ClassificationTask()
+
+    @property
+    def kd_teacher(self) -> nn.Module:
+        return self.criterion.terms["kd"].teacher
+
+    def losses(self, b: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outputs = self.task.forward(self.model, b)
+        return outputs["logits"], self.criterion(outputs, b)
+
+
 def terms(tmp_path: Path, variant: str, **sections) -> tuple[LfiModule, dict[str, torch.Tensor]]:
-    module = LfiModule(
-        tiny_config(tmp_path, variant, **sections), num_classes=4, class_wnids=sections.pop("wnids", None)
-    )
+    wnids = sections.pop("wnids", None)
+    module = LfiModule(tiny_config(tmp_path, variant, **sections), num_classes=4, class_wnids=wnids)
     _, out = module.losses(batch())
     return module, out
 
@@ -44,12 +68,12 @@ def grads(module: LfiModule, loss: torch.Tensor) -> set[str]:
 def test_plain_vit_has_task_loss_only(tmp_path: Path):
     module, out = terms(tmp_path, "vit")
     assert set(out) == {"task", "loss"} and torch.equal(out["loss"], out["task"])
-    assert not module.needs_maps
+    assert "align" not in module.criterion.weight_dict
 
 
 def test_extra_queries_without_constraint(tmp_path: Path):
     module, out = terms(tmp_path, "iq_gc")
-    assert set(out) == {"task", "loss"} and not module.needs_maps
+    assert set(out) == {"task", "loss"} and "align" not in module.criterion.weight_dict
     assert any(".iq." in n for n in grads(module, out["loss"]))  # the extra queries do learn from the task
 
 
@@ -95,12 +119,11 @@ def test_result_oriented_kd(tmp_path: Path):
     synsets.write_text("".join(f"n{i:08d} class {i}\n" for i in range(1000)))
     wnids = ["n00000007", "n00000002", "n00000500", "n00000999"]
     kd = {
-        "weight": 0.7,
         "temperature": 2.0,
         "checkpoint": str(tmp_path / "t.safetensors"),
         "synsets": str(synsets),
     }
-    cfg = tiny_config(tmp_path, "vit", loss={"kd": kd}, teacher={"name": "none", "store": None})
+    cfg = tiny_config(tmp_path, "vit", loss={"kd": kd, "kd_weight": 0.7}, teacher={"name": "none", "store": None})
     cfg.loss.kd.model = "deit_tiny_patch16_224"
     with pytest.raises(ValueError, match="class wnids"):
         LfiModule(cfg, num_classes=4)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lfi.train.config import ConfigError, load_config, parse_overrides, save_config
+from lfi.config import ConfigError, load_config, parse_overrides, save_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSIFICATION = ("table1", "table2", "table3", "table4", "table5", "baselines")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfi.train.losses import AlignmentLoss, LfiCriterion
+from lfi.train.losses import AlignmentLoss, classification_criterion
 
 
 def teacher_with_zeros(b: int = 3, size: int = 6) -> torch.Tensor:
@@ -106,16 +106,24 @@ def test_criterion_reports_each_term_and_weights_them():
     logits, labels = torch.randn(3, 5), torch.tensor([0, 3, 4])
     maps = {6: student().float(), 7: student().float()}
     q = teacher_with_zeros().float()
-    out = LfiCriterion(align_weight=0.5)(logits, labels, maps, q)
+    def criterion(a, w=1.0):
+        return classification_criterion(align_weight=w, aligned=a)
+
+    def batch(teacher):
+        return {"label": labels, "map": teacher, "map_valid": teacher.flatten(1).sum(1) > 0}
+
+    outputs = {"logits": logits, "maps": torch.stack(list(maps.values()))}
+    out = criterion(True, 0.5)(outputs, batch(q))
+    assert criterion(True, 0.5).weight_dict == {"task": 1.0, "align": 0.5}
     align = AlignmentLoss()
     expected_align = (align(maps[6], q) + align(maps[7], q)) / 2
     torch.testing.assert_close(out["align"], expected_align)
     q_bad = q.clone()
     q_bad[1] = 0  # a sample without a teacher map is left out of every layer's term alike
     expected_bad = (align(maps[6], q_bad) + align(maps[7], q_bad)) / 2
-    torch.testing.assert_close(LfiCriterion()(logits, labels, maps, q_bad)["align"], expected_bad)
+    torch.testing.assert_close(criterion(True)(outputs, batch(q_bad))["align"], expected_bad)
     torch.testing.assert_close(out["task"], torch.nn.functional.cross_entropy(logits, labels))
     torch.testing.assert_close(out["loss"], out["task"] + 0.5 * out["align"])
-    assert set(LfiCriterion()(logits, labels)) == {"task", "loss"}
-    with pytest.raises(ValueError, match="no teacher maps"):
-        LfiCriterion()(logits, labels, maps)
+    assert set(criterion(False)({"logits": logits}, {"label": labels})) == {"task", "loss"}
+    with pytest.raises(KeyError, match="no 'map'"):
+        criterion(True)(outputs, {"label": labels})

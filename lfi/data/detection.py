@@ -1,4 +1,5 @@
-"""Detection data for I-DETR: datasets as detection samples, DETR targets, teacher maps, COCO ground truth.
+"""Detection samples: original sizes for scoring, classification sets as one-box detection sets, seeded
+fractions of the training images (Table 7) and a COCO ground truth for datasets without a COCO json.
 
 Samples follow `lfi.data.coco` (image, boxes XYXY, labels (K,), optional masks, image_id); batches come
 from `lfi.data.collate.collate_detection` (bottom/right padding, pixel_mask, per-image `targets`).
@@ -10,11 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
-
-from lfi.extract.oracle import OracleTeacher
-from lfi.maps import normalize_map
 
 
 class WithOriginalSize(Dataset):
@@ -54,59 +51,6 @@ def fraction_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(dataset, sorted(order[: max(1, round(fraction * len(dataset)))]))
-
-
-def detr_labels(targets: Sequence[dict], padded: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
-    """collate_detection targets -> HF DETR `labels`.
-
-    class_labels (K,) int64; boxes (K, 4) cxcywh normalised by the image's unpadded size (as DETR does; the
-    sine position embedding is normalised over the unpadded region too); masks (K, Hpad, Wpad) float,
-    zero-padded to the batch's padded size, where the predicted masks live (only when targets carry masks).
-    """
-    out = []
-    for t in targets:
-        h, w = t["size"]
-        xyxy = t["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
-        cxcywh = torch.stack(
-            [(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2, xyxy[:, 2] - xyxy[:, 0],
-             xyxy[:, 3] - xyxy[:, 1]], dim=1,
-        ) / torch.tensor([w, h, w, h], dtype=torch.float32)  # fmt: skip
-        label = {"class_labels": torch.as_tensor(t["labels"], dtype=torch.int64), "boxes": cxcywh}
-        if "masks" in t:
-            m = t["masks"].as_subclass(torch.Tensor).float()
-            label["masks"] = F.pad(m, (0, padded[1] - m.shape[-1], 0, padded[0] - m.shape[-2]))
-        out.append(label)
-    return out
-
-
-def oracle_maps(targets: Sequence[dict], source: str = "boxes", stride: int = 8) -> list[torch.Tensor]:
-    """The oracle teacher's dense C_VLM (Eq. 12 with the ground truth as the objects, back = 0) of each
-    transformed image, on a (H // stride, W // stride) grid over its unpadded region: (h_i, w_i) each."""
-    maps = []
-    for t in targets:
-        h, w = t["size"]
-        teacher = OracleTeacher(grid=(max(1, h // stride), max(1, w // stride)), source=source)
-        sample = {
-            "image": torch.empty(3, h, w, dtype=torch.uint8),
-            "boxes": t["boxes"].as_subclass(torch.Tensor),
-        }
-        if source == "masks":
-            sample["masks"] = t["masks"].as_subclass(torch.Tensor)
-        maps.append(normalize_map(teacher.fore_map(sample)))
-    return maps
-
-
-def stored_maps(batch: dict, stride: int) -> list[torch.Tensor]:
-    """Per-image maps from a batch of `WithInteractionMaps(..., grid=stride)` samples: (H//s, W//s) each,
-    cut out of collate_detection's padded (B, gh, gw) maps (zeroed where the teacher's map was invalid)."""
-    if "map" not in batch:
-        raise KeyError("the batch has no 'map': wrap the dataset in WithInteractionMaps to read a store")
-    out = []
-    for m, valid, t in zip(batch["map"], batch["map_valid"], batch["targets"], strict=True):
-        h, w = t["size"]
-        cut = m[: max(1, h // stride), : max(1, w // stride)]
-        out.append(cut if bool(valid) else torch.zeros_like(cut))
-    return out
 
 
 def coco_ground_truth(dataset: Dataset, classes: Sequence[str]) -> dict[str, Any]:

@@ -1,0 +1,34 @@
+"""`lfi eval-human`: human alignment of C_VFM / C_VLM / C_AGT on OSIE (paper Fig. 6)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_eval_human(args: argparse.Namespace) -> int:
+    from lfi.show.human_eval import run_eval_human
+
+    text, written = run_eval_human(
+        args.data, args.out, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size
+    )
+    print(text)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """``lfi eval-human --run RUN_DIR | --model NAME --checkpoint PATH [--data ROOT] [--limit N] --out DIR``."""
+    p = subparsers.add_parser("eval-human", help="human alignment of C_VFM / C_VLM / C_AGT on OSIE (Fig. 6)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="run folder of `lfi train` (classification)")
+    source.add_argument("--model", help="timm model name (or deit_tiny, deit_small), converted to I-ViT")
+    p.add_argument("--checkpoint", type=Path, help="safetensors weights for --model")
+    p.add_argument(
+        "--data", type=Path, default=Path("../shared/data"), help="folder holding osie/osie-dev.zip"
+    )
+    p.add_argument("--limit", type=int, default=100, help="first N OSIE stimuli (default 100)")
+    p.add_argument("--teacher", choices=("vit", "none"), default="vit", help="C_VLM source (default vit)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=cmd_eval_human)

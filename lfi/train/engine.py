@@ -1,0 +1,347 @@
+"""One training engine for every task, on Lightning: devices, bf16, DDP, checkpoints, exact resume.
+
+    result = train(load_config("configs/table1/ivit_s.yaml"))          # or: lfi train configs/table1/ivit_s.yaml
+
+`LfiModule` runs `task.forward` -> `criterion` (one weight_dict) in training and `task.evaluate` in
+validation; `train` builds everything from the config (`lfi.train.build`), fits, evaluates every test set
+and fills the run folder (`lfi.train.runs`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from safetensors.torch import save_file
+from torch import nn
+from torchmetrics import MeanMetric
+
+from lfi.config import Config, save_config
+from lfi.evaluate.classification import cross_domain_summary, write_metrics
+from lfi.train.build import Built, build
+from lfi.train.data import ExperimentData, Transform
+from lfi.train.runs import RunFiles, finished
+
+
+class LfiModule(L.LightningModule):
+    """The student of any task and its losses. Logs train/{term} per step (this process's value) and per
+    epoch (the mean over every process, reduced once per epoch), and val/{metric} per validation."""
+
+    def __init__(self, cfg: Config, built: Built) -> None:
+        super().__init__()
+        self.cfg, self.task = cfg, built.task
+        self.model, self.criterion = built.model, built.criterion
+        self.datamodule = built.datamodule
+        names = [*self.criterion.weight_dict, "loss"]
+        self.epoch_means = nn.ModuleDict({name: MeanMetric() for name in names})
+        self.evaluator = None
+        self.consumed_batches = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.criterion(self.task.forward(self.model, batch), batch)
+        # counted here, not in on_train_batch_end: a step checkpoint is written by the callbacks' hook first
+        self.consumed_batches = batch_idx + 1
+        size = _batch_size(batch)
+        for name, value in losses.items():
+            value = value.detach()
+            self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=size)
+            self.epoch_means[name].update(value)
+            self.log(f"train/{name}", self.epoch_means[name], on_step=False, on_epoch=True, batch_size=size)
+        return losses["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        self.consumed_batches = 0
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator = self.task.evaluator()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.task.evaluate(self.model, batch, self.evaluator)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluator.compute()  # already reduced over every process
+        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items() if k != "n"}, sync_dist=False)
+        self.evaluator = None
+
+    # exact resume: where in the epoch the checkpoint was taken, and the global random state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lfi_resume"] = {
+            "epoch": self.current_epoch,
+            "consumed_batches": self.consumed_batches,
+            "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lfi_resume")
+        if state is None:
+            return
+        self.datamodule.resume_at(state["epoch"], state["consumed_batches"])
+        torch.set_rng_state(state["cpu_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over parameter groups (`parameter_groups`), with the schedule of cfg.optim."""
+        o = self.cfg.optim
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, self.cfg), lr=o.lr, betas=tuple(o.betas))
+        if o.schedule == "step":
+            drop = o.lr_drop or self.trainer.max_epochs + 1
+            schedule = torch.optim.lr_scheduler.StepLR(optimizer, drop, gamma=0.1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = round(o.warmup_epochs * total / self.trainer.max_epochs) if self.trainer.max_epochs > 0 else 0
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup, o.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Any, loader: Any, device: torch.device | str) -> dict[str, float]:
+    """The task's metrics (top-1 / top-5, or COCO AP) of `model` over one loader, on this process."""
+    was_training = model.training
+    model.eval()
+    evaluator = task.evaluator()
+    for batch in loader:
+        task.evaluate(model, move_data_to_device(batch, device), evaluator)
+    model.train(was_training)
+    return evaluator.compute()
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    return int(batch["image"].shape[0])
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup  # never 0, so the first step already moves the weights
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """Trainable parameters in groups: the parameters the conversion added (P'_q, gates), the pretrained
+    backbone (at optim.lr_backbone when set, e.g. DETR's CNN) and the rest (heads); weight decay on matrices
+    only, never on biases, norms, position embeddings or tokens."""
+    o = cfg.optim
+    added = {id(p) for p in model.interaction_parameters()}
+    backbone = {id(p) for p in _backbone(model).parameters()} - added
+    skip = {f"vit.{n}" for n in getattr(getattr(model, "vit", None), "no_weight_decay", lambda: set())()}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        role = "interaction" if id(p) in added else "backbone" if id(p) in backbone else "head"
+        decay = p.ndim >= 2 and name not in skip
+        groups.setdefault((role, decay), []).append(p)
+    lrs = {"interaction": o.lr, "head": o.lr, "backbone": o.lr_backbone if o.lr_backbone is not None else o.lr}
+    return [
+        {"params": params, "lr": lrs[role], "weight_decay": o.weight_decay if decay else 0.0, "name": f"{role}" if decay else f"{role}_no_decay"}
+        for (role, decay), params in sorted(groups.items())
+    ]
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """I-ViT: the ViT without its head; I-DETR: the CNN backbone."""
+    if hasattr(model, "vit"):
+        return nn.ModuleList([m for name, m in model.vit.named_children() if m is not model.vit.get_classifier()])
+    return model.core.backbone
+
+
+class EpochCSV(L.Callback):
+    """metrics.csv in the run folder: one row per epoch (epoch, step, every epoch-level train/ and val/
+    metric, lr, wall seconds). A resumed run drops the rows of epochs it redoes, then appends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.start = path, time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.path.is_file():
+            with self.path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+            self._write(rows)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if not key.endswith(("_step", "_no_decay")):
+                row[key] = round(float(value), 6)
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        row["wall_s"] = round(time.perf_counter() - self.start, 2)
+        rows = []
+        if self.path.is_file():
+            with self.path.open() as f:
+                rows = list(csv.DictReader(f))
+        self._write([*rows, row])
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        columns: list[str] = []
+        for r in rows:
+            columns += [k for k in r if k not in columns]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | None = None) -> L.Trainer:
+    """A Trainer writing the run folder: checkpoints/last.ckpt every epoch (and every
+    trainer.checkpoint_every_n_steps), checkpoints/best.ckpt by val/{monitor}, metrics.csv, tb/."""
+    t = cfg.trainer
+    last = ModelCheckpoint(dirpath=files.checkpoints, filename="last", save_top_k=1, every_n_epochs=1,
+                           enable_version_counter=False)  # fmt: skip
+    best = ModelCheckpoint(dirpath=files.checkpoints, filename="best-{epoch:03d}", monitor=f"val/{monitor}", mode="max",
+                           save_top_k=1, enable_version_counter=False)  # fmt: skip
+    extra = []
+    if t.checkpoint_every_n_steps:
+        extra.append(ModelCheckpoint(dirpath=files.checkpoints, filename="last", every_n_train_steps=t.checkpoint_every_n_steps,
+                                     save_top_k=1, enable_version_counter=False))  # fmt: skip
+    return L.Trainer(
+        default_root_dir=files.root,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision="32-true" if t.precision == "32" else t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # LfiDataModule shards by rank itself (exact resume needs its sampler)
+        logger=TensorBoardLogger(files.root, name="tb", version="", default_hp_metric=False),
+        callbacks=[last, best, *extra, LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *(callbacks or [])],
+    )
+
+
+@dataclass
+class RunResult:
+    """What `train` hands back: the trained module (rank 0 holds the final weights), metrics, run folder."""
+
+    module: LfiModule
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def resolve_resume(files: RunFiles, resume: str | bool | None) -> str | None:
+    """--resume: True -> the run folder's checkpoints/last.ckpt (must exist); a path -> that file."""
+    if not resume:
+        return None
+    path = files.last_checkpoint if resume is True else Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} (a run writes checkpoints/last.ckpt every epoch)")
+    return str(path)
+
+
+def quiet_lightning() -> None:
+    """Lightning's tips and adverts off; its real warnings stay."""
+    os.environ.setdefault("LITLOGGER_DISABLE", "1")
+    for pattern in (".*litlogger.*", ".*LitLogger.*", ".*does not have many workers.*", ".*tensorboardX.*",
+                    ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*"):  # fmt: skip
+        warnings.filterwarnings("ignore", message=pattern)
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def train(
+    cfg: Config,
+    data: ExperimentData | None = None,
+    store: Any | None = None,
+    resume: str | bool | None = None,
+    train_transforms: Transform | None = None,
+    eval_transforms: Transform | None = None,
+    callbacks: list | None = None,
+) -> RunResult:
+    """Train cfg's student, evaluate it on every test set and fill the run folder (`lfi.train.runs`).
+
+    A finished run (metrics.json written) is not trained again by --resume: its metrics are returned.
+    """
+    quiet_lightning()
+    files = RunFiles(cfg.run_dir)
+    if resume and finished(files.root):
+        raise FileExistsError(
+            f"{files.root} is finished (metrics.json exists): --resume has nothing to continue; "
+            "train into a new experiment name to run it again"
+        )
+    ckpt_path = resolve_resume(files, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    built = build(cfg, data, store, train_transforms, eval_transforms)
+    module = LfiModule(cfg, built)
+    trainer = build_trainer(cfg, files, built.task.monitor, callbacks)
+    if trainer.is_global_zero:
+        files.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, files.config)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    train_s = time.perf_counter() - start
+    metrics: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        metrics = _finish(cfg, module, trainer, built, files, train_s)
+    return RunResult(module, metrics, files.root)
+
+
+def _finish(cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, files: RunFiles, train_s: float) -> dict:
+    """Evaluate on every test set (rank 0) and write model.safetensors and metrics.json."""
+    start = time.perf_counter()
+    device = trainer.strategy.root_device  # Lightning hands the module back on the CPU after fit
+    model = module.model.to(device)
+    tests = {name: evaluate(model, built.task, loader, device) for name, loader in built.datamodule.test_loaders().items()}
+    if cfg.task == "classification":
+        tests |= cross_domain_summary(tests)
+    best = trainer.checkpoint_callbacks[1].best_model_score
+    metrics = {
+        "task": cfg.task,
+        "experiment": cfg.experiment,
+        "paper_row": cfg.paper_row,
+        "teacher": cfg.teacher.name,
+        "variant": cfg.model.variant,
+        "seed": cfg.seed,
+        "classes": built.data.classes,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "monitor": f"val/{built.task.monitor}",
+        "best_val": None if best is None else round(float(best), 4),
+        "best_epoch": _best_epoch(trainer),
+        "test": tests,
+        "train_seconds": round(train_s, 2),
+        "eval_seconds": round(time.perf_counter() - start, 2),
+    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
+    save_file(weights, str(files.weights))
+    write_metrics(metrics, files.metrics)
+    return metrics
+
+
+def _best_epoch(trainer: L.Trainer) -> int | None:
+    """The epoch of the best validation score, from the best checkpoint's name (best-epoch=NNN.ckpt)."""
+    found = re.search(r"epoch=(\d+)", Path(trainer.checkpoint_callbacks[1].best_model_path).name)
+    return int(found.group(1)) if found else None

@@ -1,0 +1,125 @@
+"""The run folder: one format for every task, written by `lfi train` and read by `lfi eval`, `lfi viz`,
+`lfi curves` and `lfi report` through `load_run`.
+
+    runs/<experiment>/
+        config.yaml          the resolved config (`lfi train config.yaml` runs it again)
+        metrics.csv          one row per epoch: epoch, step, train/{task,align,kd,aux,loss}, val/{...}, lr, wall_s
+        metrics.json         final metrics: task, teacher, variant, seed, classes, epochs, best_val and
+                             best_epoch (on the validation split), test (each test set's metrics), timings
+        model.safetensors    the final student weights (no pickle)
+        checkpoints/         last.ckpt (every epoch; full state for --resume), best-epoch=NNN.ckpt
+        tb/                  TensorBoard events (per-step losses, learning rates, map figures)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lfi.config import Config, ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The paths of a run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+
+def finished(root: str | Path) -> bool:
+    """A run is finished once it wrote metrics.json (after its test evaluation)."""
+    return RunFiles(root).metrics.is_file()
+
+
+@dataclass
+class Run:
+    """A run folder, read: its config, final metrics (empty while it trains) and per-epoch rows."""
+
+    path: Path
+    cfg: Config
+    metrics: dict[str, Any]
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.path)
+
+    def curve(self, key: str) -> list[tuple[int, float]]:
+        """(epoch, value) of a metrics.csv column, e.g. 'val/acc1', over the epochs that logged it."""
+        return [(int(r["epoch"]), r[key]) for r in self.epochs if key in r]
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder; errors name the missing or damaged file."""
+    files = RunFiles(path)
+    if not files.config.is_file():
+        raise FileNotFoundError(f"{files.root}: no config.yaml: not a run folder of `lfi train`")
+    try:
+        cfg = load_config(files.config)
+    except ConfigError as error:
+        raise ConfigError(f"{files.config}: {error}") from None
+    metrics: dict[str, Any] = {}
+    if files.metrics.is_file():
+        try:
+            metrics = json.loads(files.metrics.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{files.metrics}: damaged JSON ({error}); re-run `lfi eval {files.root}`") from None
+    return Run(files.root, cfg, metrics, read_epochs(files.metrics_csv))
+
+
+def read_epochs(path: Path) -> list[dict[str, float]]:
+    """metrics.csv rows with numbers as floats (empty cells dropped); [] when the file does not exist."""
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def load_model(run: Run, weights: str | Path | None = None, device: Any = "cpu") -> Any:
+    """The run's student with its trained weights (model.safetensors, or `weights`), in eval mode."""
+    from safetensors.torch import load_file
+
+    from lfi.train.build import build_model
+
+    path = Path(weights) if weights else run.files.weights
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path} (a finished `lfi train` run writes model.safetensors)")
+    classes = run.metrics.get("classes")
+    if not classes:
+        raise ValueError(f"{run.files.metrics}: no 'classes' recorded; is the run finished?")
+    cfg = run.cfg
+    cfg.model.checkpoint = None  # the run's own weights replace any initial checkpoint
+    cfg.model.freeze_backbone = False
+    model = build_model(cfg, len(classes))
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
