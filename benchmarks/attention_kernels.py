@@ -1,24 +1,25 @@
 """Kernel-level timing of fused interaction attention: where the GPU time of one attention call goes.
 
-For every shape (BxHxNxd) and gate kind ("none", "mix": w1 (E, 2H), "per_head": w1 (E, 2)) on random normal
-inputs (gate weights std 0.5, as tests/kernels/fused_cases.py; same dtype as q), one CUDA GPU:
+For every shape (BxHxNxd) and gate kind ("none": an ungated layer, "mix": the gate of Eq. 5, w1 (E, 2H)) on
+random normal inputs (gate weights std 0.5, as tests/kernels/fused_cases.py; same dtype as q), one CUDA GPU:
   sdpa       F.scaled_dot_product_attention: forward (no grad) and forward+backward (grads of q, k, v)
-  fused      fused_interaction_attention (request=None): forward (no grad), forward+backward (grads of q, k, v,
-             q_int and the gate weights, random cotangent), and a per-kernel breakdown of forward+backward
-             (torch.profiler, CUDA device time by kernel name, summed over calls, averaged over --prof-iters)
-  reference  interaction_attention under use_backend("reference") (none: its two SDPA calls; per_head: the
-             same math with per_head_gate_values, which the reference dispatch does not read), fwd and fwd+bwd;
-             OOM recorded
+  fused      gate "mix" only: fused_interaction_attention (request=None): forward (no grad), forward+backward
+             (grads of q, k, v, q_int and the gate weights, random cotangent), and a per-kernel breakdown of
+             forward+backward (torch.profiler, CUDA device time by kernel name, summed over calls, averaged over
+             --prof-iters)
+  reference  interaction_attention, the reference (none: its two SDPA calls), fwd and fwd+bwd; OOM recorded
   one_sdpa   gate "none" only: both query sets in one SDPA call, (B, H, 2N, d), the two halves averaged
-Times: triton.testing.do_bench(return_mode="median"), ms. Every case is isolated (errors recorded, the run
+The kernels of the ungated ("none") and the per-head gate modes measured in results/attention_kernels_h200.json
+are no longer in the library (ungated layers run as two SDPA calls, faster; the per-head gate was slower than
+the mixing gate). Times: triton.testing.do_bench(return_mode="median"), ms. Every case is isolated (errors recorded, the run
 goes on); the JSON is rewritten after every case; a compact table is printed at the end.
 
     python benchmarks/attention_kernels.py                                   # defaults, one GPU
     python benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --out $OUT/ak.json
     python benchmarks/attention_kernels.py --quick --out /tmp/ak.json        # smoke run, CPU or GPU
-    python benchmarks/attention_kernels.py --gates mix --blocks gate_bwd:mix=16,16,16,1   # try other tiles
+    python benchmarks/attention_kernels.py --gates mix --blocks gate_bwd=16,16,16,1   # try other tiles
 
---blocks overrides entries of lfi.models.kernels.fused.BLOCKS (kernel:mode=BM,BN,num_warps,num_stages, space-
+--blocks overrides entries of lfi.models.kernels.fused.BLOCKS (kernel=BM,BN,num_warps,num_stages, space-
 separated) for the whole run; the tiles in force are recorded in the JSON ("blocks").
 
 --quick: shape 2x2x20x32, short timings. On a CPU (dtype fp32 unless --dtype), timings use time.perf_counter and
@@ -50,10 +51,10 @@ sys.path.insert(0, str(ROOT))
 from isolated import run_isolated  # noqa: E402  (benchmarks/, this script's folder)
 from profiling import kernel_breakdown  # noqa: E402
 
-from lfi.models.interaction_attention import GateWeights, attention_logits, interaction_attention  # noqa: E402
-from lfi.models.kernels import fused, fused_interaction_attention, use_backend  # noqa: E402
+from lfi.models.interaction_attention import GateWeights, interaction_attention  # noqa: E402
+from lfi.models.kernels import fused, fused_interaction_attention  # noqa: E402
 
-GATES = ("none", "mix", "per_head")
+GATES = ("none", "mix")
 DERIVED = ("shape_list", "gate_list", "impl_list", "block_overrides")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -66,20 +67,10 @@ def make_inputs(shape: tuple[int, ...], gate: str, hidden: int, dtype: torch.dty
         return (torch.randn(*s, generator=g, device=dev) * std).to(dtype).requires_grad_()
 
     q, k, v, qi = (rnd(*shape) for _ in range(4))
-    width = {"mix": 2 * shape[1], "per_head": 2}.get(gate)
+    width = 2 * shape[1]
     sizes = ((hidden, width), (hidden,), (width, hidden), (width,))
-    w = None if width is None else GateWeights(*(rnd(*s, std=0.5) for s in sizes))
+    w = GateWeights(*(rnd(*s, std=0.5) for s in sizes)) if gate == "mix" else None
     return q, k, v, qi, w, torch.randn(*shape, generator=g, device=dev).to(dtype)
-
-
-def per_head_reference(q, k, v, scale, q_int, gate):
-    """The reference math with the per-head gate (as tests/kernels/fused_cases.reference)."""
-    from lfi.models.kernels import per_head_gate_values
-
-    c_vfm = torch.softmax(attention_logits(q, k, scale, None), dim=-1)
-    c_agt = torch.softmax(attention_logits(q_int, k, scale, None), dim=-1)
-    g1, g2 = per_head_gate_values(c_agt, c_vfm, gate)
-    return (g1 * c_agt + g2 * c_vfm) @ v, {}
 
 
 def one_sdpa(q, k, v, scale: float, q_int, attn_mask=None) -> torch.Tensor:
@@ -93,7 +84,7 @@ def one_sdpa(q, k, v, scale: float, q_int, attn_mask=None) -> torch.Tensor:
     return both.unflatten(2, (2, q.shape[2])).mean(2)
 
 
-def callables(impl: str, gate_kind: str, inputs) -> tuple[Callable[[], None], Callable[[], None]]:
+def callables(impl: str, inputs) -> tuple[Callable[[], None], Callable[[], None]]:
     """-> (forward without grad, forward + backward) of one implementation on the inputs."""
     q, k, v, qi, gate, gout = inputs
     scale = q.shape[-1] ** -0.5
@@ -109,12 +100,10 @@ def callables(impl: str, gate_kind: str, inputs) -> tuple[Callable[[], None], Ca
             return one_sdpa(q, k, v, scale, qi)
     else:
         leaves = [q, k, v, qi, *(gate or ())]
-        ref = per_head_reference if gate_kind == "per_head" else interaction_attention
-        fn = fused_interaction_attention if impl == "fused" else ref
+        fn = fused_interaction_attention if impl == "fused" else interaction_attention
 
         def call():
-            with use_backend("fused" if impl == "fused" else "reference"):
-                return fn(q, k, v, scale, q_int=qi, gate=gate)[0]
+            return fn(q, k, v, scale, q_int=qi, gate=gate)[0]
 
     def fwd() -> None:
         with torch.no_grad():
@@ -145,9 +134,11 @@ def run_case(args, shape, gate: str, impl: str, dev: torch.device) -> dict:
     cuda = dev.type == "cuda"
     if impl == "one_sdpa" and gate != "none":
         return {"status": "skipped", "error": "one_sdpa is the ungated path: gate 'none' only"}
+    if impl == "fused" and gate != "mix":
+        return {"status": "skipped", "error": "the kernels take gated layers only: gate 'mix'"}
     if impl == "fused" and not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return {"status": "skipped", "error": "no CUDA and TRITON_INTERPRET!=1: the kernels need CUDA"}
-    fwd, fwd_bwd = callables(impl, gate, make_inputs(shape, gate, args.hidden, DTYPES[args.dtype], dev))
+    fwd, fwd_bwd = callables(impl, make_inputs(shape, gate, args.hidden, DTYPES[args.dtype], dev))
     rec = {"status": "ok", "ms_fwd": bench(fwd, args, cuda), "ms_fwd_bwd": bench(fwd_bwd, args, cuda)}
     if cuda:  # memory one fwd+bwd needs above its inputs (apart from do_bench's L2-flush buffer)
         torch.cuda.synchronize()
@@ -197,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--shapes", default="256x6x197x64,256x12x197x64,8x8x1000x32", help="BxHxNxd, comma-separated"
     )
-    p.add_argument("--gates", default=",".join(GATES), help="comma-separated subset of none,mix,per_head")
+    p.add_argument("--gates", default=",".join(GATES), help="comma-separated subset of none,mix")
     p.add_argument("--hidden", type=int, default=8, help="gate hidden width E")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="bf16 (default; fp32 for --quick on a CPU)")
     p.add_argument("--impls", default="sdpa,fused,reference", help="comma-separated subset of these")
@@ -207,7 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, default=480.0, help="seconds; later cases are skipped")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_kernels.json")
     p.add_argument("--quick", action="store_true", help="smoke run: shape 2x2x20x32, short timings, CPU ok")
-    p.add_argument("--blocks", default="", help="tile overrides: kernel:mode=BM,BN,num_warps,num_stages ...")
+    p.add_argument("--blocks", default="", help="tile overrides: kernel=BM,BN,num_warps,num_stages ...")
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(shapes="2x2x20x32", warmup_ms=5.0, rep_ms=20.0, prof_iters=2)
@@ -229,19 +220,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_blocks(spec: str) -> dict[tuple[str, str], tuple[int, int, int, int]]:
-    """'gate_bwd:mix=16,16,16,1 fwd:mix=16,32,8,1' -> {(kernel, mode): (BM, BN, num_warps, num_stages)}."""
+def parse_blocks(spec: str) -> dict[str, tuple[int, int, int, int]]:
+    """'gate_bwd=16,16,16,1 fwd=16,32,8,1' -> {kernel: (BM, BN, num_warps, num_stages)}."""
     overrides = {}
     for item in spec.split():
-        key, _, value = item.partition("=")
-        kernel, _, mode = key.partition(":")
+        kernel, _, value = item.partition("=")
         parts = value.split(",")
-        if (kernel, mode) not in fused.BLOCKS or len(parts) != 4 or not all(x.isdigit() for x in parts):
+        if kernel not in fused.BLOCKS or len(parts) != 4 or not all(x.isdigit() for x in parts):
             raise ValueError(
-                f"--blocks {item!r}: expected kernel:mode=BM,BN,num_warps,num_stages with kernel:mode one of "
-                f"{sorted(f'{k}:{m}' for k, m in fused.BLOCKS)}"
+                f"--blocks {item!r}: expected kernel=BM,BN,num_warps,num_stages with kernel one of "
+                f"{sorted(fused.BLOCKS)}"
             )
-        overrides[(kernel, mode)] = tuple(int(x) for x in parts)
+        overrides[kernel] = tuple(int(x) for x in parts)
     return overrides
 
 
@@ -250,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     fused.BLOCKS.update(args.block_overrides)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kept = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in DERIVED}
-    blocks = {f"{k}:{m}": list(v) for (k, m), v in fused.BLOCKS.items()}
+    blocks = {k: list(v) for k, v in fused.BLOCKS.items()}
     report = {**environment(dev), "args": kept, "blocks": blocks, "results": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

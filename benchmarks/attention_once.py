@@ -2,11 +2,11 @@
 
 Nsight Compute replays every kernel it profiles, so it wants a program that launches each kernel a known number
 of times, not a timing loop. One call launches, in order: the row statistics (`_lse_kernel`), the forward, then the
-backward's kernels (mixing gate: `_mix_gate_bwd_kernel`, `_mix_dkdv_kernel`, `_mix_dq_kernel`). The first call
+backward's kernels (`_mix_gate_bwd_kernel`, `_mix_dkdv_kernel`, `_mix_dq_kernel`). The first call
 compiles; profile from the second on:
 
     ncu --clock-control none -k regex:_mix_ --launch-skip 4 --launch-count 4 --set full -o $OUT/mix \\
-        python3 benchmarks/attention_once.py --shape 256x6x197x64 --gate mix --calls 2
+        python3 benchmarks/attention_once.py --shape 256x6x197x64 --calls 2
 
 Inputs as `attention_kernels.py` (random normal, gate weights std 0.5, bf16 by default).
 """
@@ -22,13 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attention_kernels import DTYPES, GATES, callables, make_inputs  # noqa: E402
+from attention_kernels import DTYPES, callables, make_inputs  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="256x6x197x64", help="BxHxNxd")
-    p.add_argument("--gate", choices=GATES, default="mix")
     p.add_argument("--hidden", type=int, default=8, help="gate hidden width E")
     p.add_argument("--dtype", choices=DTYPES, default="bf16")
     p.add_argument("--calls", type=int, default=2, help="forward+backward calls (the first one compiles)")
@@ -36,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("attention_once.py profiles the CUDA kernels: no CUDA device found")
     shape = tuple(int(s) for s in args.shape.split("x"))
-    inputs = make_inputs(shape, args.gate, args.hidden, DTYPES[args.dtype], torch.device("cuda"))
-    _, fwd_bwd = callables("fused", args.gate, inputs)
+    inputs = make_inputs(shape, "mix", args.hidden, DTYPES[args.dtype], torch.device("cuda"))
+    _, fwd_bwd = callables("fused", inputs)
     for _ in range(args.calls):
         fwd_bwd()
     torch.cuda.synchronize()

@@ -92,7 +92,8 @@ def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: in
         torch.randn(*s, generator=g, device="cuda") * 0.5
         for s in ((hidden, 2 * heads), (hidden,), (2 * heads, hidden), (2 * heads,))
     )
-    weights = _mix_weights(w1, b1, w2, b2, heads, keys=1)
+    # key count 1: the floor kernel makes the gate's input N P itself; W1T (1, 2HP, EP) is one (2HP, EP) matrix
+    weights = _mix_weights(w1, b1, w2, b2, heads, keys=torch.ones(1, device="cuda"))
     hp, ep, es = _mix_meta(heads, hidden)
     programs = triton.cdiv(pairs, bp * ITERS)
     out = torch.empty(programs, device="cuda")

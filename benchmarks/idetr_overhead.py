@@ -23,8 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lfi.models.detr import build_detr  # noqa: E402
 from lfi.models.idetr import interactionize_detr  # noqa: E402
-from lfi.train.detection import build_detr  # noqa: E402
 
 
 def count(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[int, int]:

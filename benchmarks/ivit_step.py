@@ -1,6 +1,6 @@
 """Time one I-ViT train step against a plain timm ViT: naive, compiled naive and fused interaction attention.
 
-A step = forward (alignment maps requested through `InteractionViT.forward_aligned`) + LfiCriterion loss +
+A step = forward (alignment maps requested through `InteractionViT.forward_aligned`) + classification_criterion +
 backward + AdamW step, under bf16 autocast on CUDA. For every (model, mode, variant) the script records the
 median step time over --steps steps after --warmup steps (CUDA events), img/s, peak memory
 (torch.cuda.max_memory_allocated, reset per case) and the ratios to the plain ViT of the same model and mode.
@@ -9,15 +9,15 @@ Variants:
   plain           timm ViT (fused SDPA attention). mode "frozen": trains the head and every block's qkv (the
                   plain counterpart of P'_q), so that backward runs through every block as in I-ViT.
   fused           I-ViT, interaction attention through the Triton kernels (backend "fused").
-  fused_per_head  the same with the per-head gate (Eq. 5's FFN over the two maps of one head; measured slower
-                  than the mixing gate).
   no_gate         I-ViT without the gated control network (Table 3's "iq_ic": g1 = g2 = 1/2), whose C_F V runs
-                  as two SDPA calls (any backend): the cost of interaction queries alone, and so a floor for any
+                  as two SDPA calls (backend "reference"; every backend does that): the cost of interaction queries alone, and so a floor for any
                   gated implementation (a gated layer computes all of this layer's work and more).
   no_gate_one_sdpa  the same with both query sets in one SDPA call, (B, H, 2N, d), halves averaged.
   naive           I-ViT through the reference path (backend "reference").
   compiled        naive I-ViT under torch.compile.
-Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything).
+Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything). The backend is set when
+the model is built (IViTConfig.attention, see lfi.models.backends). The per-head gate (fused_per_head in
+results/ivit_step_h200.json) was measured slower than the mixing gate and is no longer in the library.
 
 Every case is isolated: an OOM or any other error is recorded and the run goes on; the JSON is rewritten
 after every case. Cases stop starting once --time-budget seconds have passed (recorded as skipped).
@@ -55,32 +55,12 @@ from attention_kernels import one_sdpa  # noqa: E402  (benchmarks/, this script'
 from isolated import run_isolated  # noqa: E402
 from profiling import attention_us, by_op, kernel_breakdown  # noqa: E402
 
-from lfi.models.interaction_attention import GateWeights  # noqa: E402
 from lfi.models.ivit import interactionize  # noqa: E402
-from lfi.models.kernels import use_backend  # noqa: E402
-from lfi.train.losses import LfiCriterion  # noqa: E402
+from lfi.train.losses import classification_criterion  # noqa: E402
 
-VARIANTS = ("plain", "fused", "fused_per_head", "no_gate", "no_gate_one_sdpa", "naive", "compiled")
+VARIANTS = ("plain", "fused", "no_gate", "no_gate_one_sdpa", "naive", "compiled")
 MODES = ("frozen", "full")
 COMPILE_RESERVE_S = 150  # do not start a torch.compile case with less time than this left
-
-
-class PerHeadGatedControl(nn.Module):
-    """The per-head gate: one FFN 2 -> E -> 2 over [C_AGT[h]; C_VFM[h]] at each pair, shared by the heads.
-
-    Same initialisation as `GatedControl` (zero output layer: g1 = g2 = 1/2). `weights()` has w1 (E, 2), which
-    `fused_interaction_attention` recognises as the per-head gate.
-    """
-
-    def __init__(self, hidden: int = 8) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(2, hidden)
-        self.fc2 = nn.Linear(hidden, 2)
-        nn.init.zeros_(self.fc2.weight)
-        nn.init.zeros_(self.fc2.bias)
-
-    def weights(self) -> GateWeights:
-        return GateWeights(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 def build(variant: str, model_name: str, mode: str, device: torch.device) -> tuple[nn.Module, bool]:
@@ -94,15 +74,11 @@ def build(variant: str, model_name: str, mode: str, device: torch.device) -> tup
                 p.requires_grad_(name.startswith("head.") or ".attn.qkv." in name)
         return vit.to(device), False
     gated = not variant.startswith("no_gate")
-    model = interactionize(vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated)
-    if variant == "fused_per_head":
-        for layer in model.interaction_layers().values():  # new parameters: trainable in both modes
-            layer.control = PerHeadGatedControl(model.config.gate_hidden)
+    backend = "fused" if variant == "fused" else "reference"
+    model = interactionize(
+        vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated, attention=backend
+    )
     return model.to(device), True
-
-
-def backend_for(variant: str) -> str:
-    return {"fused": "fused", "fused_per_head": "fused"}.get(variant, "reference")
 
 
 @contextlib.contextmanager
@@ -127,12 +103,9 @@ def one_sdpa_ungated():
 
 
 def variant_context(variant: str) -> contextlib.AbstractContextManager:
-    """The attention path a variant runs under: its backend, and for no_gate_one_sdpa the one-call path."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(use_backend(backend_for(variant)))
-    if variant == "no_gate_one_sdpa":
-        stack.enter_context(one_sdpa_ungated())
-    return stack
+    """The attention path a variant runs under, beyond its model's backend: for no_gate_one_sdpa, the one-call
+    ungated path."""
+    return one_sdpa_ungated() if variant == "no_gate_one_sdpa" else contextlib.nullcontext()
 
 
 def run_case(args, model_name: str, mode: str, variant: str, device: torch.device) -> dict:
@@ -140,7 +113,7 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
     model, is_ivit = build(variant, model_name, mode, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
-    criterion = LfiCriterion()
+    criterion = classification_criterion(aligned=is_ivit)  # task (+ align for I-ViT)
     step_model = torch.compile(model) if variant == "compiled" else model
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, generator=g).to(device)
@@ -148,6 +121,11 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
     grid = args.img_size // 16
     teacher = torch.rand(args.batch, grid, grid, generator=g).to(device)
     teacher = teacher / teacher.sum(dim=(-2, -1), keepdim=True)
+    batch = {
+        "label": labels,
+        "map": teacher,
+        "map_valid": torch.ones(args.batch, dtype=torch.bool, device=device),
+    }
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
@@ -160,9 +138,9 @@ def run_case(args, model_name: str, mode: str, variant: str, device: torch.devic
                     if variant != "compiled"
                     else _compiled_aligned(step_model, x)
                 )
-                losses = criterion(logits, labels, maps, teacher)
+                losses = criterion({"logits": logits, "maps": torch.stack(list(maps.values()))}, batch)
             else:
-                losses = criterion(step_model(x), labels)
+                losses = criterion({"logits": step_model(x)}, batch)
         losses["loss"].backward()
         opt.step()
 
@@ -274,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
         # no torch.compile in a smoke run; no kernels on the CPU
         keep = (
-            ("plain", "naive", "no_gate", "no_gate_one_sdpa", "fused", "fused_per_head")
+            ("plain", "naive", "no_gate", "no_gate_one_sdpa", "fused")
             if torch.cuda.is_available()
             else ("plain", "naive", "no_gate", "no_gate_one_sdpa")
         )
@@ -290,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         **environment(device),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "step": "forward_aligned + LfiCriterion (task + align) + backward + AdamW; bf16 autocast on CUDA",
+        "step": "forward_aligned + classification_criterion (task + align) + backward + AdamW; bf16 autocast on CUDA",
         "plain_frozen_trains": "head + qkv of every block (backward through every block, as I-ViT frozen)",
         "results": [],
     }

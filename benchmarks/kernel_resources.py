@@ -1,15 +1,15 @@
 """Registers, spills, shared memory and SASS instruction mix of the fused attention kernels, compiled offline.
 
-Compiles each kernel of one gate mode for an NVIDIA target (default sm_90: H100, H200) as the launchers of
-`lfi.models.kernels.fused` configure it (tiles and warps from `fused.BLOCKS`, padded widths from `_mix_meta` /
-`_gate_meta`), on a machine without a GPU: Triton's bundled ptxas reports registers, spills and stack frame,
+Compiles each kernel for an NVIDIA target (default sm_90: H100, H200) as the launchers of
+`lfi.models.kernels.fused` configure it (tiles and warps from `fused.BLOCKS`, padded widths from `_mix_meta`), on
+a machine without a GPU: Triton's bundled ptxas reports registers, spills and stack frame,
 cuobjdump disassembles the SASS, whose opcodes are counted. The counts are static (what the kernel contains, not
 what it executes), enough to see spills, layout shuffles through shared memory (LDS/STS) or unvectorised loads
 before spending GPU time. Pointers and integer arguments are marked 16-divisible, as Triton's JIT marks the
 buffers and strides of real launches.
 
-    python benchmarks/kernel_resources.py --gate mix --heads 6 --out /tmp/kernel_resources.json
-    python benchmarks/kernel_resources.py --gate mix --heads 12 --kernels gate_bwd --blocks gate_bwd:mix=16,16,4,1
+    python benchmarks/kernel_resources.py --heads 6 --out /tmp/kernel_resources.json
+    python benchmarks/kernel_resources.py --heads 12 --kernels gate_bwd --blocks gate_bwd=16,16,4,1
 
 Pairs with `attention_once.py`, which runs the same kernels on a GPU under Nsight Compute.
 """
@@ -35,37 +35,27 @@ from attention_kernels import parse_blocks  # noqa: E402  (benchmarks/, this scr
 
 from lfi.models.kernels import fused  # noqa: E402
 
-KERNELS = {
-    "mix": ("lse", "fwd", "gate_bwd", "dkdv", "dq"),
-    "per_head": ("lse", "fwd", "rowstats", "bwd", "dq"),
-    "none": ("lse", "fwd", "rowstats", "bwd", "dq"),
-}
 KERNEL_FUNCTIONS = {
-    ("lse", None): "_triton._lse_kernel",
-    ("fwd", "mix"): "_mix._mix_fwd_kernel",
-    ("gate_bwd", "mix"): "_mix._mix_gate_bwd_kernel",
-    ("dkdv", "mix"): "_mix._mix_dkdv_kernel",
-    ("dq", "mix"): "_mix._mix_dq_kernel",
-    ("fwd", "ph"): "_triton._ph_fwd_kernel",
-    ("rowstats", "ph"): "_triton._ph_bwd_rowstats_kernel",
-    ("bwd", "ph"): "_triton._ph_bwd_kernel",
-    ("dq", "ph"): "_triton._ph_dq_kernel",
+    "lse": "_triton._lse_kernel",
+    "fwd": "_mix._mix_fwd_kernel",
+    "gate_bwd": "_mix._mix_gate_bwd_kernel",
+    "dkdv": "_mix._mix_dkdv_kernel",
+    "dq": "_mix._mix_dq_kernel",
 }
 INPUT_POINTERS = {"Q", "QI", "K", "V", "DO", "OUT", "DK", "DV", "DQ", "DQI"}
 ACTIVATION_POINTERS = {"Z", "DU"}  # the mixing gate's saved per-pair activations
-FLOAT_SCALARS = {"scale_log2", "scale", "n_keys"}
+FLOAT_SCALARS = {"scale_log2", "scale"}
 INT_SCALARS = {"N", "H"}  # upper-case names are buffers, except these two
 TRITON_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SASS_OPCODE = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
 
 
-def kernel_function(kernel: str, mode: str):
-    """The @triton.jit function that runs `kernel` ("lse", "fwd", ...) for the gate mode."""
+def kernel_function(kernel: str):
+    """The @triton.jit function that runs `kernel` ("lse", "fwd", ...)."""
     from lfi.models.kernels import _mix, _triton
 
-    family = None if kernel == "lse" else ("mix" if mode == "mix" else "ph")
-    module_name, name = KERNEL_FUNCTIONS[(kernel, family)].split(".")
+    module_name, name = KERNEL_FUNCTIONS[kernel].split(".")
     return getattr({"_mix": _mix, "_triton": _triton}[module_name], name)
 
 
@@ -74,16 +64,11 @@ def constexpr_values(kernel: str, args: argparse.Namespace, blocks: dict) -> tup
 
     blocks: `fused.BLOCKS` with the --blocks overrides."""
     dtype = DTYPES[args.dtype]
-    bm, bn, warps, stages = blocks[(kernel, "none" if kernel == "lse" else args.gate)]
+    bm, bn, warps, stages = blocks[kernel]
     prec = "ieee" if dtype == torch.float32 else "tf32"
+    hp, ep, es = fused._mix_meta(args.heads, args.hidden)
     values = dict(HAS_KB=args.key_mask, BM=bm, BN=bn, D=args.head_dim, PREC=prec, PREC_G=prec)
-    if args.gate == "mix":
-        hp, ep, es = fused._mix_meta(args.heads, args.hidden)
-        values.update(HP=hp, EP=ep, ES=es, E=args.hidden)
-    else:
-        gated = args.gate == "per_head"
-        hidden, padded = fused._gate_meta(args.gate, torch.empty(args.hidden, 2) if gated else None)
-        values.update(GATED=gated, E=hidden, EP=padded)
+    values.update(HP=hp, EP=ep, ES=es, E=args.hidden)
     return values, {"num_warps": warps, "num_stages": stages}
 
 
@@ -167,16 +152,15 @@ def resources(fn, values: dict, options: dict, dtype: torch.dtype, arch: int) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gate", choices=tuple(KERNELS), default="mix")
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--hidden", type=int, default=8, help="gate hidden width E")
     p.add_argument("--head-dim", type=int, default=64, choices=fused.HEAD_DIMS)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--key-mask", action="store_true", help="compile the key-mask (DETR padding) variant")
-    p.add_argument("--kernels", nargs="+", default=None, help="subset of the mode's kernels (default: all)")
     p.add_argument(
-        "--blocks", default="", help="tile overrides as in attention_kernels.py: kernel:mode=BM,BN,w,s"
+        "--kernels", nargs="+", default=None, help=f"subset of {tuple(KERNEL_FUNCTIONS)} (default: all)"
     )
+    p.add_argument("--blocks", default="", help="tile overrides as in attention_kernels.py: kernel=BM,BN,w,s")
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: sm_90 H100/H200)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: print only)")
     return p.parse_args(argv)
@@ -187,10 +171,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     blocks = {**fused.BLOCKS, **parse_blocks(args.blocks)}
-    kernels = args.kernels or KERNELS[args.gate]
-    unknown = set(kernels) - set(KERNELS[args.gate])
+    kernels = args.kernels or tuple(KERNEL_FUNCTIONS)
+    unknown = set(kernels) - set(KERNEL_FUNCTIONS)
     if unknown:
-        raise SystemExit(f"--kernels {sorted(unknown)}: gate {args.gate} has {KERNELS[args.gate]}")
+        raise SystemExit(f"--kernels {sorted(unknown)}: expected some of {tuple(KERNEL_FUNCTIONS)}")
     report = {
         "target": f"sm_{args.arch}",
         "triton": triton.__version__,
@@ -202,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for kernel in kernels:
         values, options = constexpr_values(kernel, args, blocks)
-        fn = kernel_function(kernel, args.gate)
+        fn = kernel_function(kernel)
         report["kernels"][kernel] = info = resources(fn, values, options, DTYPES[args.dtype], args.arch)
         top = ", ".join(f"{op} {n}" for op, n in list(info["sass_opcodes"].items())[:8])
         print(

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from lfi.models.backends import ATTENTION, Backend, resolve_backend
 from lfi.models.gate import GatedControl
-from lfi.models.interaction_attention import MapRequest, interaction_attention
+from lfi.models.interaction_attention import MapRequest
 from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
 
 #: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_original).
@@ -52,9 +53,18 @@ class DetrInteractionAttention(nn.Module):
     As in HF, position embeddings are added to the input of the queries and keys, not of the values; the
     interaction queries read the same position-augmented input as the original queries (P'_q starts as a
     copy of q_proj). Same parameter names as HF for the original projections, so state dicts still load.
+    P'_q and the gate are made on the device and in the dtype of q_proj. `backend`: the implementation its
+    forward calls (lfi.models.backends), fixed here from `backend` or $LFI_ATTENTION.
     """
 
-    def __init__(self, attn: nn.Module, interaction_queries: bool, gated_control: bool, gate_hidden: int):
+    def __init__(
+        self,
+        attn: nn.Module,
+        interaction_queries: bool,
+        gated_control: bool,
+        gate_hidden: int,
+        backend: Backend | None = None,
+    ):
         super().__init__()
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"):
             if not hasattr(attn, name):
@@ -72,7 +82,9 @@ class DetrInteractionAttention(nn.Module):
         self.num_heads = attn.q_proj.out_features // attn.head_dim
         self.attention_dropout = float(getattr(attn, "attention_dropout", 0.0))
         self.iq = copy.deepcopy(attn.q_proj) if interaction_queries else None
-        self.control = GatedControl(self.num_heads, gate_hidden) if gated_control else None
+        like = dict(device=attn.q_proj.weight.device, dtype=attn.q_proj.weight.dtype)
+        self.control = GatedControl(self.num_heads, gate_hidden, **like) if gated_control else None
+        self.backend: Backend = resolve_backend(backend)
         self.request: MapRequest | None = None
         self.maps: dict[str, torch.Tensor] = {}
 
@@ -82,10 +94,12 @@ class DetrInteractionAttention(nn.Module):
 
     @staticmethod
     def _key_mask(attention_mask: Any) -> torch.Tensor | None:
-        """HF's encoder mask -> something `interaction_attention` broadcasts to (B, H, N, N).
+        """HF's encoder mask -> a bool key mask (B, 1, 1, N), True on the image's real tokens.
 
-        4-D (B, 1, N, N) masks (eager: additive, sdpa: bool) pass as they are; a 2-D (B, N) padding mask
-        (1 = real token, as flash-attention implementations receive it) becomes a bool key mask (B, 1, 1, N).
+        The encoder's mask is a padding mask: HF builds it from pixel_mask, masking the same keys for every
+        query, as (B, 1, N, N) (eager: additive, the dtype's lowest value on padding; sdpa: bool) or as a 2-D
+        (B, N) (1 = real token, as flash-attention implementations receive it). One row of it is the key mask,
+        which the kernels take and from which the gate counts each image's real keys (`gate_values`).
         """
         if attention_mask is None:
             return None
@@ -97,7 +111,8 @@ class DetrInteractionAttention(nn.Module):
         if attention_mask.dim() == 2:
             return attention_mask.bool()[:, None, None, :]
         if attention_mask.dim() == 4:
-            return attention_mask
+            row = attention_mask[:, :, :1]
+            return row if row.dtype == torch.bool else row != torch.finfo(row.dtype).min
         raise ValueError(
             f"encoder attention mask: expected (B, N) or (B, 1, N, N), got {tuple(attention_mask.shape)}"
         )
@@ -115,7 +130,7 @@ class DetrInteractionAttention(nn.Module):
         k = self._heads(self.k_proj(qk_input))
         v = self._heads(self.v_proj(hidden_states))
         q_int = self._heads(self.iq(qk_input)) if self.iq is not None else None
-        out, self.maps = interaction_attention(
+        out, self.maps = ATTENTION[self.backend](
             q, k, v, self.scaling,
             q_int=q_int,
             gate=self.control.weights() if self.control is not None else None,
@@ -172,6 +187,7 @@ class InteractionDETR(nn.Module):
                 config.interaction_queries,
                 config.gated_control,
                 config.gate_hidden,
+                config.attention,
             )
         self.align_layers = self._resolve_align_layers(config.align_layers)
         self._grid_mask: torch.Tensor | None = None

@@ -1,7 +1,9 @@
-"""The math of interaction attention (paper Eq. 3-9) in one function.
+"""The math of interaction attention (paper Eq. 3-9) in one function, the reference implementation.
 
-Every model in lfi (I-ViT blocks, the I-DETR encoder) calls `interaction_attention`; nothing else computes
-C_VFM, C_AGT or C_F. A fused GPU kernel replaces this one function without touching model code.
+Every model in lfi (I-ViT blocks, the I-DETR encoder) computes C_VFM, C_AGT and C_F through
+`interaction_attention` or through the fused GPU kernels of lfi.models.kernels, which have its exact signature
+and are checked against it. This module does not know the kernels: the layers pick one or the other when they
+are built (lfi.models.backends).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-from lfi.models.kernels import any_gate_values, fused_interaction_attention, should_use_fused
 
 MAP_NAMES = ("vfm", "agt", "fused")
 
@@ -88,8 +88,21 @@ def attention_rows(
     return dict(zip(queries, probs.split(heads[0].shape[2], dim=2), strict=True))
 
 
+def key_counts(attn_mask: torch.Tensor | None, keys: int) -> int | torch.Tensor:
+    """How many keys each query row attends: `keys` without a mask, else the row's unmasked keys.
+
+    attn_mask: broadcastable to (B, H, M, N), bool (True = attend) or additive (-inf = masked). Returns an int,
+    or a float32 tensor of shape (b, h, m, 1) (b, h, m: the mask's sizes, each 1 or B, H, M), at least 1.
+    """
+    if attn_mask is None:
+        return keys
+    mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    attended = mask if mask.dtype == torch.bool else mask > float("-inf")
+    return attended.expand(*mask.shape[:-1], keys).sum(-1, keepdim=True, dtype=torch.float32).clamp_min(1)
+
+
 def gate_values(
-    c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights
+    c_agt: torch.Tensor, c_vfm: torch.Tensor, gate: GateWeights, keys: int | torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 5: [g1, g2] = sigmoid(FFN([C_AGT; C_VFM])), one FFN evaluation per query-key pair.
 
@@ -99,14 +112,20 @@ def gate_values(
     the gate must give one value per head and pair; an FFN across the key axis would tie the network to one
     token count (DETR's varies with the image), while mixing heads lets one head's evidence gate another.
 
-    The maps are multiplied by the key count N before the FFN, so that a uniform row reads 1 whatever N is
-    (probabilities ~1/N would otherwise leave the FFN's input near zero and the gate near-constant). This is a
-    fixed rescaling of the first layer's weights and does not change the function class.
+    The maps are multiplied by the number of keys their row attends before the FFN, so that a uniform row
+    reads 1 whatever that number is (probabilities ~1/N would otherwise leave the FFN's input near zero and
+    the gate near-constant). This is a fixed rescaling of the first layer's weights and does not change the
+    function class. Under a padding mask the count is the image's real keys, not the padded batch's: an
+    image's gate, and so its output, does not depend on the other images of its batch.
 
-    c_agt, c_vfm: (B, H, M, N) -> g1, g2: (B, H, M, N), each in (0, 1).
+    c_agt, c_vfm: (B, H, M, N); keys: the key count of each row, an int or broadcastable to (B, H, M, 1)
+    (`key_counts`), default N. -> g1, g2: (B, H, M, N), each in (0, 1).
     """
-    heads, keys = c_agt.shape[1], c_agt.shape[-1]
-    x = torch.cat([c_agt, c_vfm], dim=1).mul(keys).movedim(1, -1)  # (B, M, N, 2H)
+    heads = c_agt.shape[1]
+    keys = c_agt.shape[-1] if keys is None else keys
+    if isinstance(keys, torch.Tensor):
+        keys = keys.to(c_agt.dtype)
+    x = torch.cat([c_agt * keys, c_vfm * keys], dim=1).movedim(1, -1)  # (B, M, N, 2H)
     g = torch.sigmoid(F.linear(F.gelu(F.linear(x, gate.w1, gate.b1)), gate.w2, gate.b2)).movedim(-1, 1)
     return g[:, :heads], g[:, heads:]
 
@@ -124,20 +143,20 @@ def interaction_attention(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Interaction attention, paper Eq. 3-9.
 
-    This is the reference implementation. On a GPU with Triton, gated calls go to the fused kernels of
-    lfi.models.kernels by default (LFI_ATTENTION=auto): same math (tests/kernels), ~0.3x the memory and ~0.6x
-    the time of this path per I-ViT train step (benchmarks/README.md). LFI_ATTENTION=reference (or
-    `lfi.models.kernels.use_backend("reference")`) keeps this path everywhere.
+    This is the reference implementation. `lfi.models.kernels.fused_interaction_attention` computes the same
+    (tests/kernels) in ~0.3x the memory and ~0.6x the time per I-ViT train step on a GPU (benchmarks/README.md);
+    which of the two a layer runs is decided when it is built (lfi.models.backends, LFI_ATTENTION).
 
     C_VFM = softmax(q k^T * scale)                    (Eq. 3, original queries)
     C_AGT = softmax(q_int k^T * scale)                (Eq. 4, interaction queries)
-    C_F   = g1 * C_AGT + g2 * C_VFM                   (Eq. 5-6, gates from `gate`; g1 = g2 = 1/2 when None)
+    C_F   = g1 * C_AGT + g2 * C_VFM                   (Eq. 5-6, gates from `gate`, see `gate_values`;
+                                                       g1 = g2 = 1/2 when None)
     out   = C_F v                                     (Eq. 8-9; the block's projection + MLP follow outside)
 
     q, k, v, q_int: (B, H, N, d). Without q_int the layer is plain attention (C_F = C_VFM) and runs through
     PyTorch's fused SDPA; without a gate (and without dropout) C_F V = (C_AGT V + C_VFM V) / 2 runs as two SDPA
-    calls. attn_mask: broadcastable to (B, H, N, N), bool (True = attend) or additive.
-    dropout_p: dropout on C_F (timm's attn_drop), only pass it while training.
+    calls. attn_mask: broadcastable to (B, H, N, N), bool (True = attend) or additive (-inf = masked, which is
+    what the gate's key count reads, see `key_counts`). dropout_p: dropout on C_F (timm's attn_drop), only pass it while training.
 
     Returns out (B, H, N, d) and the requested maps {name: (B, H, R, N)} (R = N or request.rows), nothing else.
     """
@@ -152,15 +171,12 @@ def interaction_attention(
         return _plain_attention(q, k, v, scale, names, rows, attn_mask, dropout_p)
     if gate is None and dropout_p == 0:
         return _ungated_attention(q, k, v, scale, q_int, names, rows, attn_mask)
-    if should_use_fused(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p):
-        return fused_interaction_attention(q, k, v, scale, q_int, gate, request, attn_mask, dropout_p)
-
     c_vfm = torch.softmax(attention_logits(q, k, scale, attn_mask), dim=-1)
     c_agt = torch.softmax(attention_logits(q_int, k, scale, attn_mask), dim=-1)
     if gate is None:
         c_f = 0.5 * (c_agt + c_vfm)
     else:
-        g1, g2 = gate_values(c_agt, c_vfm, gate)
+        g1, g2 = gate_values(c_agt, c_vfm, gate, key_counts(attn_mask, k.shape[2]))
         c_f = g1 * c_agt + g2 * c_vfm
     out = F.dropout(c_f, dropout_p) @ v if dropout_p > 0 else c_f @ v
     full = {"vfm": c_vfm, "agt": c_agt, "fused": c_f}
@@ -209,7 +225,12 @@ def interaction_maps(
     needed = {name: t for name, t in (("vfm", q), ("agt", q_int)) if name in names or "fused" in names}
     maps = attention_rows(needed, k, scale, rows, attn_mask)
     if "fused" in names:
-        g1, g2 = (0.5, 0.5) if gate is None else any_gate_values(maps["agt"], maps["vfm"], gate)
+        g1, g2 = 0.5, 0.5
+        if gate is not None:
+            keys = key_counts(attn_mask, k.shape[2])
+            if isinstance(keys, torch.Tensor) and keys.shape[2] != 1:  # a mask that varies over queries
+                keys = keys[:, :, :rows]
+            g1, g2 = gate_values(maps["agt"], maps["vfm"], gate, keys)
         maps["fused"] = g1 * maps["agt"] + g2 * maps["vfm"]
     return {name: maps[name] for name in names}
 

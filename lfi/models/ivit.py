@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from lfi.maps import attention_to_grid
+from lfi.models.backends import ATTENTION, Backend, resolve_backend
 from lfi.models.gate import GatedControl
-from lfi.models.interaction_attention import MapRequest, interaction_attention
+from lfi.models.interaction_attention import MapRequest
 from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
 
 
@@ -53,10 +54,19 @@ class InteractionAttention(nn.Module):
     """Drop-in replacement for a timm `Attention` that computes interaction attention (Eq. 3-9).
 
     Takes over the original module's projections and norms (same parameters, same state-dict names), and adds
-    `iq` (P'_q, dim -> heads*head_dim) and `control` (the gated control network).
+    `iq` (P'_q, dim -> heads*head_dim) and `control` (the gated control network), both on the device and in
+    the dtype of the original weights. `backend`: the implementation its forward calls (lfi.models.backends),
+    fixed here from `backend` or $LFI_ATTENTION.
     """
 
-    def __init__(self, attn: nn.Module, interaction_queries: bool, gated_control: bool, gate_hidden: int):
+    def __init__(
+        self,
+        attn: nn.Module,
+        interaction_queries: bool,
+        gated_control: bool,
+        gate_hidden: int,
+        backend: Backend | None = None,
+    ):
         super().__init__()
         for name in ("qkv", "num_heads", "head_dim", "scale", "proj"):
             if not hasattr(attn, name):
@@ -70,7 +80,9 @@ class InteractionAttention(nn.Module):
         self.norm = getattr(attn, "norm", nn.Identity())
         self.out_gate = getattr(attn, "gate", None)  # timm's optional output gate (newer timm), kept as is
         self.iq = self._copy_query_projection(attn.qkv) if interaction_queries else None
-        self.control = GatedControl(self.num_heads, gate_hidden) if gated_control else None
+        like = dict(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+        self.control = GatedControl(self.num_heads, gate_hidden, **like) if gated_control else None
+        self.backend: Backend = resolve_backend(backend)
         self.request: MapRequest | None = None
         self.maps: dict[str, torch.Tensor] = {}
 
@@ -103,7 +115,7 @@ class InteractionAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         q_int = self.q_norm(self._heads(self.iq(x))) if self.iq is not None else None
-        out, self.maps = interaction_attention(
+        out, self.maps = ATTENTION[self.backend](
             q, k, v, self.scale,
             q_int=q_int,
             gate=self.control.weights() if self.control is not None else None,
@@ -138,7 +150,7 @@ class InteractionViT(nn.Module):
         for i in self.converted:
             attn = vit.blocks[i].attn
             vit.blocks[i].attn = InteractionAttention(
-                attn, config.interaction_queries, config.gated_control, config.gate_hidden
+                attn, config.interaction_queries, config.gated_control, config.gate_hidden, config.attention
             )
         self.align_layers = self._resolve_align_layers(config.align_layers)
         if config.freeze_backbone:

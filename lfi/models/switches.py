@@ -8,6 +8,8 @@ from typing import Literal
 
 from torch import nn
 
+from lfi.models.backends import BACKENDS, Backend
+
 Constraint = Literal["interaction", "original", "none"]
 
 
@@ -19,12 +21,16 @@ class InteractionSwitches:
     constraint (IC): which map the alignment loss supervises: "interaction" (C_AGT, the paper's method),
         "original" (C_VFM, Table 3 row 3, i.e. attention transfer) or "none".
     gate_hidden: hidden width of the gate's FFN.
+    attention: which implementation the converted layers run ("auto", "fused", "reference"; see
+        lfi.models.backends); None reads $LFI_ATTENTION when the model is built (default "auto"). Not a
+        switch of the method: every choice computes the same function.
     """
 
     interaction_queries: bool = True
     gated_control: bool = True
     constraint: Constraint = "interaction"
     gate_hidden: int = 8
+    attention: Backend | None = None
 
     def __post_init__(self) -> None:
         if self.constraint not in ("interaction", "original", "none"):
@@ -39,6 +45,8 @@ class InteractionSwitches:
             raise ValueError(
                 "constraint='interaction' needs interaction_queries=True; use 'original' or 'none'"
             )
+        if self.attention is not None and self.attention not in BACKENDS:
+            raise ValueError(f"attention must be None or one of {BACKENDS}, got {self.attention!r}")
 
     @property
     def supervised_map(self) -> str | None:

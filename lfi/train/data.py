@@ -120,7 +120,9 @@ class ResumableSampler(Sampler):
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.skip = epoch, 0
+        if epoch != self.epoch:  # a resume's skip holds until its epoch ends (set_epoch may repeat it)
+            self.skip = 0
+        self.epoch = epoch
         if self._resume is not None and self._resume[0] <= epoch:
             if self._resume[0] == epoch:
                 self.skip = self._resume[1] * self.batch_size
@@ -210,7 +212,7 @@ class LfiDataModule(L.LightningDataModule):
     def _has_trainer(self) -> bool:
         return getattr(self, "trainer", None) is not None
 
-    def _loader(self, dataset: Dataset, sampler: Sampler, persistent: bool = True) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
         d = self.cfg.data
         return DataLoader(
             dataset,
@@ -218,7 +220,7 @@ class LfiDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=d.num_workers,
             collate_fn=self.collate,
-            persistent_workers=persistent and d.num_workers > 0,
+            persistent_workers=d.num_workers > 0,
             # its own generator: creating an iterator must not draw from the global random state (resume)
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )
@@ -241,15 +243,17 @@ class LfiDataModule(L.LightningDataModule):
         size, batch = len(samples), self.cfg.data.batch_size
         usable = size if size <= batch else size - size % batch  # drop the last partial batch
         self.sampler = ResumableSampler(usable, self.cfg.seed, batch, rank, world)
+        # The sampler must stand where the run (re)starts before the loader makes its iterator: after a
+        # resume Lightning makes it before it calls set_epoch, and workers draw their indices at once.
+        epoch = self.trainer.current_epoch if self._has_trainer() else 0
         if self._pending_resume is not None:
-            self.sampler.resume(*self._pending_resume)
+            epoch, batches = self._pending_resume
+            if batches >= -(-len(self.sampler) // batch):  # taken at the end of an epoch: the next one
+                epoch, batches = epoch + 1, 0
+            self.sampler.resume(epoch, batches)
             self._pending_resume = None
-        # with persistent workers the loader's iterator may be made before Lightning calls set_epoch: the
-        # sampler must already stand at the epoch the run (re)starts in
-        self.sampler.set_epoch(self.trainer.current_epoch if self._has_trainer() else 0)
-        # fresh workers every epoch: Lightning makes a resumed epoch's iterator before it sets the sampler's
-        # epoch, and persistent workers would keep that iterator (epoch 0's order) for the next epoch
-        return self._loader(samples, self.sampler, persistent=False)
+        self.sampler.set_epoch(epoch)
+        return self._loader(samples, self.sampler)
 
     _pending_resume: tuple[int, int] | None = None
 

@@ -1,13 +1,14 @@
-"""I-DETR conversion: equality with the plain model, maps, padding, options, overhead."""
+"""I-DETR conversion: equality with the plain model, maps, padding, batch independence, dtype and device,
+options, overhead."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from lfi.models.detr import build_detr
 from lfi.models.idetr import DetrInteractionAttention, IDETRConfig, interactionize_detr
 from lfi.models.interaction_attention import MapRequest
-from lfi.train.detection import build_detr
 
 CASES = [("detection", "detr"), ("segmentation", "detr"), ("detection", "conditional_detr")]
 
@@ -114,3 +115,81 @@ def test_state_dict_holds_each_weight_once_and_saves_as_safetensors(tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "m.safetensors")
     fresh = interactionize_detr(build_detr("detection", "conditional_detr", 5, "tiny", 7))
     fresh.load_state_dict(load_file(tmp_path / "m.safetensors"), strict=True)
+
+
+def _with_active_gates(idetr):
+    """Random gate output layers and interaction queries: the gate, and C_AGT != C_VFM, matter."""
+    with torch.no_grad():
+        for layer in idetr.interaction_layers().values():
+            torch.nn.init.normal_(layer.control.fc2.weight, std=1.0)
+            torch.nn.init.normal_(layer.control.fc2.bias, std=1.0)
+            layer.iq.weight.add_(0.1 * torch.randn_like(layer.iq.weight))
+    return idetr
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_an_image_gets_the_same_detections_alone_and_padded_in_a_batch(attn):
+    """The gate counts each image's real keys, not the padded batch's: a 64x64 image batched with a larger one
+    (so padded to its size) gets the detections it gets alone. HF masks padding as bool (sdpa) or additively
+    (eager); the converted layer reads both. The CNN's features near an image's border see a batch's padding
+    (in any padded CNN batch), so the batched pass is handed the image's own backbone features: what is
+    compared is the transformer, where padding is masked."""
+    detr = build_detr("detection", "detr", 5, "tiny", 7).eval()
+    if attn == "eager":  # sdpa is the default (the backbone refuses to be set to it)
+        detr.set_attn_implementation(attn)
+    assert detr.config._attn_implementation == attn
+    idetr = _with_active_gates(interactionize_detr(detr)).eval()
+    small, large = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 96, 128)
+    batch = torch.zeros(2, 3, 96, 128)
+    batch[0, :, :64, :64], batch[1] = small[0], large[0]
+    mask = torch.zeros(2, 96, 128, dtype=torch.long)
+    mask[0, :64, :64], mask[1] = 1, 1
+    whole = torch.ones(1, 64, 64, dtype=torch.long)
+    with torch.no_grad():
+        alone = idetr(pixel_values=small, pixel_mask=whole)
+        own = idetr.core.backbone(small, whole)[-1][0]  # (1, C, 2, 2): the encoder's input grid
+
+        def own_features(module, inputs, features):
+            feature_map, grid_mask = features[-1]
+            feature_map = feature_map.clone()
+            feature_map[:1, :, :2, :2] = own
+            return [*features[:-1], (feature_map, grid_mask)]
+
+        handle = idetr.core.backbone.register_forward_hook(own_features)
+        try:
+            batched = idetr(pixel_values=batch, pixel_mask=mask)
+        finally:
+            handle.remove()
+        fresh = interactionize_detr(detr).eval()(pixel_values=small, pixel_mask=whole)
+    assert (alone.logits - fresh.logits).abs().max() > 1e-3  # the gates do matter
+    torch.testing.assert_close(batched.logits[:1], alone.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.pred_boxes[:1], alone.pred_boxes, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_detr_converts_and_trains_in_bf16(pixels):
+    """P'_q and the gate take q_proj's dtype, so a converted bf16 DETR runs forward and backward as is."""
+    idetr = interactionize_detr(build_detr("detection", "detr", 5, "tiny", 7).to(torch.bfloat16))
+    x, mask = pixels
+    out = idetr(pixel_values=x.bfloat16(), pixel_mask=mask, request=MapRequest.of("agt"))
+    loss = out.outputs.logits.float().square().mean() + out.maps[1]["agt"].float().square().sum()
+    loss.backward()
+    control = idetr.interaction_layers()[1].control
+    assert control.fc2.weight.dtype == torch.bfloat16 and control.fc2.weight.grad is not None
+
+
+@pytest.mark.gpu
+def test_cuda_detr_converts_and_trains_on_the_gpu(pixels):
+    """Converted on the GPU, P'_q and the gates are made there; a padded batch runs forward and backward
+    (backend auto: the kernels, with the padding as their key mask), with the detections of the reference."""
+    detr = build_detr("detection", "detr", 5, "tiny", 7).cuda().eval()
+    idetr = _with_active_gates(interactionize_detr(detr, attention="auto")).eval()
+    assert all(p.is_cuda for p in idetr.interaction_parameters())
+    x, mask = (t.cuda() for t in pixels)
+    out = idetr(pixel_values=x, pixel_mask=mask, request=MapRequest.of("agt", rows=1))
+    (out.outputs.logits.square().mean() + out.maps[1]["agt"].square().sum()).backward()
+    assert all(p.grad is not None for p in idetr.interaction_parameters())
+    for layer in idetr.interaction_layers().values():
+        layer.backend = "reference"
+    with torch.no_grad():
+        ref = idetr(pixel_values=x, pixel_mask=mask)
+    torch.testing.assert_close(out.outputs.logits.detach(), ref.logits, rtol=1e-3, atol=1e-3)

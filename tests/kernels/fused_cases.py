@@ -1,4 +1,4 @@
-"""Shared by the kernel tests: random cases, a float64 reference of the same math, relative errors.
+"""Shared by the kernel tests: random cases, relative errors against the reference math run in float64.
 
 Importable both by pytest (tests/kernels on sys.path) and by `interpret_check.py` run as a script.
 """
@@ -9,22 +9,22 @@ from dataclasses import dataclass
 
 import torch
 
-from lfi.models.interaction_attention import GateWeights, MapRequest, attention_logits, interaction_attention
-from lfi.models.kernels import per_head_gate_values
+from lfi.models.interaction_attention import GateWeights, MapRequest, interaction_attention
 
 
 @dataclass(frozen=True)
 class Case:
-    """One random problem: (B, H, N, d), gate kind ("none", "mix", "per_head"), key mask, map rows.
+    """One random problem of a gated layer: (B, H, N, d), key mask, map rows, the gate's hidden width.
 
-    rows: rows of the requested maps (C_AGT and C_F); None: full maps; 0: no maps requested.
+    key_mask: the last quarter of batch element 0's keys masked out (DETR padding: the gate of that element
+        reads fewer keys than the others'). rows: rows of the requested maps (C_AGT and C_F); None: full maps;
+        0: no maps requested.
     """
 
     batch: int
     heads: int
     tokens: int
     head_dim: int
-    gate: str = "mix"
     key_mask: bool = False
     rows: int | None = 1
     hidden: int = 8
@@ -32,7 +32,7 @@ class Case:
     @property
     def name(self) -> str:
         mask = "-mask" if self.key_mask else ""
-        return f"B{self.batch}H{self.heads}N{self.tokens}d{self.head_dim}-{self.gate}{mask}"
+        return f"B{self.batch}H{self.heads}N{self.tokens}d{self.head_dim}E{self.hidden}{mask}"
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
@@ -44,13 +44,8 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> d
 
     B, H, N, d = case.batch, case.heads, case.tokens, case.head_dim
     x = {name: rnd(B, H, N, d) for name in ("q", "k", "v", "q_int")}
-    width = {"mix": 2 * H, "per_head": 2}.get(case.gate)
-    gate = None
-    if width is not None:  # random weights (not the zero init) so that every gate gradient is non-trivial
-        E = case.hidden
-        gate = GateWeights(
-            rnd(E, width, std=0.5), rnd(E, std=0.5), rnd(width, E, std=0.5), rnd(width, std=0.5)
-        )
+    E = case.hidden  # random weights (not the zero init) so that every gate gradient is non-trivial
+    gate = GateWeights(rnd(E, 2 * H, std=0.5), rnd(E, std=0.5), rnd(2 * H, E, std=0.5), rnd(2 * H, std=0.5))
     mask = None
     if case.key_mask:  # the last quarter of the keys of batch element 0 masked out (DETR padding)
         mask = torch.ones(B, 1, 1, N, dtype=torch.bool, device=device)
@@ -62,27 +57,10 @@ def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> d
 
 
 def leaves(inp: dict) -> list[torch.Tensor]:
-    gate = list(inp["gate"]) if inp["gate"] is not None else []
-    return [inp["q"], inp["k"], inp["v"], inp["q_int"], *gate]
+    return [inp["q"], inp["k"], inp["v"], inp["q_int"], *inp["gate"]]
 
 
-def leaf_names(inp: dict) -> list[str]:
-    return ["q", "k", "v", "q_int"] + (["w1", "b1", "w2", "b2"] if inp["gate"] is not None else [])
-
-
-def reference(q, k, v, scale, q_int=None, gate=None, request=None, attn_mask=None):
-    """The reference math for every gate kind: `interaction_attention`, or its per-head-gate analogue."""
-    if gate is None or gate.w1.shape[1] != 2 or q.shape[1] == 1:
-        return interaction_attention(
-            q, k, v, scale, q_int=q_int, gate=gate, request=request, attn_mask=attn_mask
-        )
-    c_vfm = torch.softmax(attention_logits(q, k, scale, attn_mask), dim=-1)
-    c_agt = torch.softmax(attention_logits(q_int, k, scale, attn_mask), dim=-1)
-    g1, g2 = per_head_gate_values(c_agt, c_vfm, gate)
-    c_f = g1 * c_agt + g2 * c_vfm
-    full = {"vfm": c_vfm, "agt": c_agt, "fused": c_f}
-    names = request.names if request is not None else ()
-    return c_f @ v, {n: full[n][:, :, : request.rows] for n in names}
+LEAF_NAMES = ["q", "k", "v", "q_int", "w1", "b1", "w2", "b2"]
 
 
 def run(fn, inp: dict, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -95,7 +73,7 @@ def run(fn, inp: dict, dtype: torch.dtype | None = None) -> tuple[list[torch.Ten
     if dtype is not None:
         xs = [t.detach().to(dtype).requires_grad_() for t in xs]
     q, k, v, q_int, *w = xs
-    gate = GateWeights(*w) if w else None
+    gate = GateWeights(*w)
     scale = q.shape[-1] ** -0.5
     out, maps = fn(q, k, v, scale, q_int=q_int, gate=gate, request=inp["request"], attn_mask=inp["mask"])
     outs = [out] + [maps[n] for n in sorted(maps)]
@@ -114,8 +92,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(fused_fn, inp: dict) -> dict[str, float]:
     """Relative errors of the fused path (in the inputs' dtype) against the float64 reference."""
     outs, grads = run(fused_fn, inp)
-    ref_outs, ref_grads = run(reference, inp, dtype=torch.float64)
+    ref_outs, ref_grads = run(interaction_attention, inp, dtype=torch.float64)
     names = ["out"] + [f"map_{n}" for n in sorted(inp["request"].names)] if inp["request"] else ["out"]
     errs = {n: rel_err(a, b) for n, a, b in zip(names, outs, ref_outs, strict=True)}
-    errs |= {f"d{n}": rel_err(a, b) for n, a, b in zip(leaf_names(inp), grads, ref_grads, strict=True)}
+    errs |= {f"d{n}": rel_err(a, b) for n, a, b in zip(LEAF_NAMES, grads, ref_grads, strict=True)}
     return errs

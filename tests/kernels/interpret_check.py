@@ -23,15 +23,14 @@ from fused_cases import Case, compare, make_inputs  # noqa: E402
 
 from lfi.models.kernels import fused_interaction_attention  # noqa: E402
 
-QUICK = [Case(1, 2, 20, 32, "mix")]
+QUICK = [Case(1, 2, 20, 32)]
 FULL = [
-    Case(2, 3, 37, 32, "mix", rows=2),
-    Case(2, 3, 37, 32, "none"),
-    Case(2, 3, 37, 32, "per_head", key_mask=True),
-    Case(2, 2, 33, 64, "mix", key_mask=True, hidden=5),
-    Case(1, 1, 17, 32, "per_head"),
-    Case(1, 2, 18, 32, "mix", rows=None),
-    Case(1, 2, 21, 32, "mix", hidden=12),  # hidden units fill EP = 16: GELU on every column (ES = 1)
+    Case(2, 3, 37, 32, rows=2),
+    Case(2, 3, 37, 32, key_mask=True),  # batch elements with different key counts: per-element gate scales
+    Case(2, 2, 33, 64, key_mask=True, hidden=5),
+    Case(1, 1, 17, 32),
+    Case(1, 2, 18, 32, rows=None),
+    Case(1, 2, 21, 32, hidden=12),  # hidden units fill EP = 16: GELU on every column (ES = 1)
 ]
 
 

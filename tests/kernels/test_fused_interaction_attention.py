@@ -1,5 +1,6 @@
-"""The fused interaction attention: dispatch rules (CPU), kernels under the Triton interpreter (CPU, in a
-subprocess), and accuracy against a float64 reference on the GPU."""
+"""The fused interaction attention: which calls the kernels take (CPU), the kernels under the Triton
+interpreter (CPU, in a subprocess), and accuracy against a float64 reference on the GPU. Which backend a layer
+runs is tested in tests/models/test_backends.py."""
 
 from __future__ import annotations
 
@@ -13,17 +14,10 @@ import pytest
 import torch
 from fused_cases import Case, compare, make_inputs
 
-from lfi.models.interaction_attention import GateWeights, MapRequest, gate_values, interaction_attention
-from lfi.models.kernels import (
-    attention_backend,
-    can_use_fused,
-    fused_interaction_attention,
-    fused_unsupported_reason,
-    per_head_gate_values,
-    should_use_fused,
-    use_backend,
-)
+from lfi.models.backends import ATTENTION
+from lfi.models.interaction_attention import GateWeights, MapRequest, interaction_attention
 from lfi.models.kernels import fused as fused_module
+from lfi.models.kernels import fused_interaction_attention, fused_unsupported_reason
 
 HERE = Path(__file__).resolve().parent
 HAS_TRITON = fused_module._kernels is not None
@@ -36,48 +30,15 @@ def _qkv(B=2, H=3, N=10, d=32, device="cpu"):
 # ------------------------------------------------------------------------------------------------ dispatch
 
 
-def test_cpu_keeps_the_reference_path():
+def test_cpu_tensors_and_layers_without_gate_are_not_for_the_kernels():
     q, k, v, qi = _qkv()
-    assert not can_use_fused(q, k, v, 0.2, q_int=qi)
-    assert not should_use_fused(q, k, v, 0.2, q_int=qi)
-    with use_backend("fused"), pytest.raises(RuntimeError, match="cannot run"):
-        should_use_fused(q, k, v, 0.2, q_int=qi)
-
-
-def test_plain_attention_never_dispatches_to_the_kernels():
-    q, k, v, _ = _qkv()
-    assert "no interaction queries" in fused_unsupported_reason(q, k, v, 0.2)
-    with use_backend("fused"):  # plain attention is SDPA already: no error, just the reference
-        assert not should_use_fused(q, k, v, 0.2)
-
-
-def test_auto_leaves_layers_to_torch_compile(monkeypatch):
-    q, k, v, qi = _qkv()
-    gate = GateWeights(torch.randn(4, 6), torch.randn(4), torch.randn(6, 4), torch.randn(6))
-    monkeypatch.setattr(fused_module, "fused_unsupported_reason", lambda *args, **kwargs: None)  # as on a GPU
-    assert should_use_fused(q, k, v, 0.2, qi, gate)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert not should_use_fused(q, k, v, 0.2, qi, gate)
-    with use_backend("fused"):  # an explicit choice holds
-        assert should_use_fused(q, k, v, 0.2, qi, gate)
-
-
-def test_backend_selection(monkeypatch):
-    monkeypatch.delenv("LFI_ATTENTION", raising=False)
-    assert attention_backend() == "auto"  # the kernels where they apply, the reference elsewhere
-    monkeypatch.setenv("LFI_ATTENTION", "reference")
-    assert attention_backend() == "reference"
-    with use_backend("fused"):
-        assert attention_backend() == "fused"
-        with use_backend("auto"):
-            assert attention_backend() == "auto"
-        assert attention_backend() == "fused"
-    assert attention_backend() == "reference"
-    monkeypatch.setenv("LFI_ATTENTION", "fast")
-    with pytest.raises(ValueError, match="LFI_ATTENTION"):
-        attention_backend()
-    with pytest.raises(ValueError, match="backend"), use_backend("fast"):
-        pass
+    gate = GateWeights(torch.zeros(8, 6), torch.zeros(8), torch.zeros(6, 8), torch.zeros(6))
+    assert fused_unsupported_reason(q, k, v, 0.2, qi, gate) is not None  # the CPU: Triton or CUDA missing
+    assert fused_unsupported_reason(q, k, v, 0.2) is not None
+    if HAS_TRITON:
+        assert "CUDA" in fused_unsupported_reason(q, k, v, 0.2, qi, gate)
+        assert "no interaction queries" in fused_unsupported_reason(q, k, v, 0.2)
+        assert "no gate" in fused_unsupported_reason(q, k, v, 0.2, q_int=qi, dispatch=False)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -87,11 +48,23 @@ def test_backend_selection(monkeypatch):
         ({"dropout_p": 0.1}, "dropout"),
         ({"attn_mask": torch.ones(2, 1, 10, 10, dtype=torch.bool)}, "key masks"),
         ({"attn_mask": torch.ones(2, 3, 1, 10, dtype=torch.bool)}, "key masks"),
-        ({"gate": GateWeights(torch.zeros(8, 5), torch.zeros(8), torch.zeros(5, 8), torch.zeros(5))}, "fit"),
+        (
+            {"gate": GateWeights(torch.zeros(8, 5), torch.zeros(8), torch.zeros(5, 8), torch.zeros(5))},
+            "expected",
+        ),
+        # the per-head gate (w1 (E, 2)) of earlier versions: the kernels take the head-mixing gate only
+        (
+            {"gate": GateWeights(torch.zeros(8, 2), torch.zeros(8), torch.zeros(2, 8), torch.zeros(2))},
+            "expected",
+        ),
     ],
 )
 def test_unsupported_cases_are_refused_with_a_reason(kwargs, why):
     q, k, v, qi = _qkv()
+    kwargs = {
+        "gate": GateWeights(torch.zeros(8, 6), torch.zeros(8), torch.zeros(6, 8), torch.zeros(6)),
+        **kwargs,
+    }
     reason = fused_unsupported_reason(q, k, v, 0.2, q_int=qi, **kwargs, dispatch=False)
     assert reason is not None and why in reason
 
@@ -106,7 +79,7 @@ def test_supported_shapes_pass_the_capability_check():
         is None
     )
     q, k, v, qi = _qkv(d=48)
-    assert "head_dim" in fused_unsupported_reason(q, k, v, 0.2, q_int=qi, dispatch=False)
+    assert "head_dim" in fused_unsupported_reason(q, k, v, 0.2, qi, gate, dispatch=False)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
@@ -158,31 +131,15 @@ def test_fused_entry_point_refuses_cpu_tensors_outside_the_interpreter(monkeypat
         pytest.skip("needs triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v, qi = _qkv()
+    gate = GateWeights(torch.zeros(8, 6), torch.zeros(8), torch.zeros(6, 8), torch.zeros(6))
     with pytest.raises(ValueError, match="CUDA"):
-        fused_interaction_attention(q, k, v, 0.2, q_int=qi)
+        fused_interaction_attention(q, k, v, 0.2, qi, gate)
 
 
-def test_per_head_gate_equals_the_mixing_gate_with_one_head():
-    c_agt, c_vfm = torch.rand(2, 1, 4, 6), torch.rand(2, 1, 4, 6)
-    gate = GateWeights(torch.randn(8, 2), torch.randn(8), torch.randn(2, 8), torch.randn(2))
-    for a, b in zip(per_head_gate_values(c_agt, c_vfm, gate), gate_values(c_agt, c_vfm, gate), strict=True):
-        torch.testing.assert_close(a, b)
-
-
-def test_per_head_gate_acts_on_each_head_alone():
-    c_agt, c_vfm = torch.rand(1, 3, 4, 5), torch.rand(1, 3, 4, 5)
-    gate = GateWeights(torch.randn(8, 2), torch.randn(8), torch.randn(2, 8), torch.randn(2))
-    g1, _ = per_head_gate_values(c_agt, c_vfm, gate)
-    c_agt2 = c_agt.clone()
-    c_agt2[:, 1] += 0.3
-    g1b, _ = per_head_gate_values(c_agt2, c_vfm, gate)
-    torch.testing.assert_close(g1[:, [0, 2]], g1b[:, [0, 2]])
-    assert not torch.allclose(g1[:, 1], g1b[:, 1])
-
-
-def test_mixing_gate_weights_keep_full_precision_when_the_key_count_is_folded_in():
-    # N w1 rounded to bf16 put the weight gradients ~1e-2 off on the GPU: the packing must scale in fp32
-    heads, hidden, keys = 6, 8, 197
+def test_gate_weights_keep_full_precision_when_each_key_count_is_folded_in():
+    # N w1 rounded to bf16 put the weight gradients ~1e-2 off on the GPU: the packing must scale in fp32; each
+    # batch element gets W1 times its own key count (padding), and the gradients sum back over them
+    heads, hidden, keys = 6, 8, torch.tensor([197.0, 150.0])
     w1 = torch.randn(hidden, 2 * heads).bfloat16()
     b1, w2, b2 = (
         torch.randn(hidden).bfloat16(),
@@ -191,19 +148,20 @@ def test_mixing_gate_weights_keep_full_precision_when_the_key_count_is_folded_in
     )
     w1t, b1p, w2t, b2p = fused_module._mix_weights(w1, b1, w2, b2, heads, keys)
     perm = fused_module._mix_channels(heads, w1.device)
-    assert w1t.dtype == torch.float32 and w1t.shape == (16, 16)
+    assert w1t.dtype == torch.float32 and w1t.shape == (2, 16, 16)
     # 8 hidden units in 16 columns: the real units take the even columns, so the kernels skip GELU on the odd
     assert fused_module._mix_meta(heads, hidden)[2] == 2
-    assert torch.equal(w1t[: 2 * heads, ::2], w1.float().t()[perm] * keys)
-    assert not w1t[2 * heads :].any() and not w1t[:, 1::2].any()
+    for b in range(2):
+        assert torch.equal(w1t[b, : 2 * heads, ::2], w1.float().t()[perm] * keys[b])
+    assert not w1t[:, 2 * heads :].any() and not w1t[:, :, 1::2].any()
     assert not b1p[1::2].any() and not w2t[1::2].any()
 
-    # the packed layout read back through the gradient unpacking gives the weights in the model's layout
-    packed = torch.cat([w1t.flatten(), w2t.flatten(), b1p, b2p])
-    dw1, db1, dw2, db2 = fused_module._mix_weight_grads(
-        torch.stack([packed, packed]) / 2, heads, hidden, keys
-    )
-    torch.testing.assert_close(dw1, w1.float() * keys**2)
+    # the packed layout read back through the gradient unpacking gives the weights in the model's layout:
+    # DW rows (B, programs, width), each batch element's dW1T counted n_b times
+    unit = torch.cat([w1t[0].flatten() / keys[0], w2t.flatten(), b1p, b2p])
+    dw = torch.stack([unit, unit]).expand(2, 2, -1) / 4
+    dw1, db1, dw2, db2 = fused_module._mix_weight_grads(dw, heads, hidden, keys)
+    torch.testing.assert_close(dw1, w1.float() * keys.mean())
     torch.testing.assert_close(db1, b1.float())
     torch.testing.assert_close(dw2, w2.float())
     torch.testing.assert_close(db2, b2)
@@ -234,33 +192,31 @@ def test_kernels_under_the_interpreter_quick():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernels_under_the_interpreter_all_variants():
-    """No gate / per-head / head-mixing gate, key masks, d = 32 and 64, E = 5 and 12, full maps (about 70 s)."""
+    """Key masks of different counts per batch element, d = 32 and 64, E = 5 and 12, full maps (about 70 s)."""
     _assert_within(_interpret(None), 1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------- GPU
 
 GPU_CASES = [
-    Case(2, 3, 197, 64, "mix"),  # ViT-Ti
-    Case(2, 6, 197, 64, "mix"),  # ViT-S
-    Case(2, 12, 50, 64, "mix"),  # ViT-B/32
-    Case(1, 16, 197, 64, "mix"),  # ViT-L
-    Case(1, 8, 1000, 32, "mix", key_mask=True),  # DETR-like encoder
-    Case(2, 8, 333, 64, "mix"),  # 8 heads (the most fp32 takes with this gate), tokens not a tile multiple
-    Case(2, 6, 197, 64, "mix", hidden=12),  # hidden units fill EP = 16 (no even/odd split)
-    Case(2, 6, 197, 64, "none", rows=0),
-    Case(2, 6, 197, 64, "per_head"),
-    Case(1, 12, 77, 32, "per_head", key_mask=True),
+    Case(2, 3, 197, 64),  # ViT-Ti
+    Case(2, 6, 197, 64),  # ViT-S
+    Case(2, 12, 50, 64),  # ViT-B/32
+    Case(1, 16, 197, 64),  # ViT-L
+    Case(1, 8, 1000, 32, key_mask=True),  # DETR-like encoder
+    Case(2, 8, 300, 32, key_mask=True),  # a padded DETR batch: each image's gate reads its own key count
+    Case(2, 8, 333, 64),  # 8 heads (the most fp32 takes), tokens not a tile multiple
+    Case(2, 6, 197, 64, hidden=12),  # hidden units fill EP = 16 (no even/odd split)
 ]
 TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-4}
 
 
-# fp32 with the head-mixing gate takes at most MAX_MIX_HEADS_FP32 heads (see the refusal test above)
+# fp32 takes at most MAX_MIX_HEADS_FP32 heads (see the refusal test above)
 GPU_RUNS = [
     pytest.param(case, dtype, id=f"{case.name}-{name}")
     for case in GPU_CASES
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
-    if not (dtype == torch.float32 and case.gate == "mix" and case.heads > fused_module.MAX_MIX_HEADS_FP32)
+    if not (dtype == torch.float32 and case.heads > fused_module.MAX_MIX_HEADS_FP32)
 ]
 
 
@@ -274,31 +230,30 @@ def test_fused_matches_float64_reference_on_gpu(case, dtype):
 
 @pytest.mark.gpu
 def test_fused_fp16_on_gpu():
-    errs = compare(
-        fused_interaction_attention, make_inputs(Case(2, 6, 197, 64, "mix"), torch.float16, "cuda")
-    )
+    errs = compare(fused_interaction_attention, make_inputs(Case(2, 6, 197, 64), torch.float16, "cuda"))
     assert all(e <= TOL[torch.float16] for e in errs.values()), errs
 
 
 @pytest.mark.gpu
-def test_dispatch_picks_the_kernels_on_gpu():
+def test_auto_picks_the_kernels_on_gpu(monkeypatch):
     q, k, v, qi = _qkv(N=197, d=64, device="cuda")
     gate = GateWeights(*(0.1 * torch.randn(s, device="cuda") for s in ((8, 6), (8,), (6, 8), (6,))))
-    assert can_use_fused(q, k, v, 0.125, q_int=qi, gate=gate)
+    assert fused_unsupported_reason(q, k, v, 0.125, qi, gate) is None
     assert "no gate" in fused_unsupported_reason(q, k, v, 0.125, q_int=qi)  # two SDPA calls do that
-    with use_backend("reference"):
-        assert not should_use_fused(q, k, v, 0.125, q_int=qi, gate=gate)
-    out, _ = fused_interaction_attention(q, k, v, 0.125, q_int=qi, gate=gate)
-    with use_backend("reference"):
-        ref, _ = interaction_attention(q, k, v, 0.125, q_int=qi, gate=gate)
+    calls = []
+    monkeypatch.setattr(
+        fused_module, "_forward", lambda *a, _f=fused_module._forward: calls.append(1) or _f(*a)
+    )
+    out, _ = ATTENTION["auto"](q, k, v, 0.125, q_int=qi, gate=gate)
+    assert calls  # the kernels ran
+    ref, _ = interaction_attention(q, k, v, 0.125, q_int=qi, gate=gate)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
 def test_ivit_step_fused_matches_reference_on_gpu():
-    """A whole I-ViT-S/16 forward_aligned + backward under bf16 autocast: fused vs reference path."""
+    """A whole I-ViT-S/16 forward_aligned + backward under bf16 autocast: fused vs reference backend."""
     timm = pytest.importorskip("timm")
-    import lfi.models.ivit as ivit_module
     from lfi.models.ivit import interactionize
 
     torch.manual_seed(0)
@@ -309,26 +264,17 @@ def test_ivit_step_fused_matches_reference_on_gpu():
     for layer in model.interaction_layers().values():  # non-trivial gates
         torch.nn.init.normal_(layer.control.fc2.weight, std=0.5)
     x = torch.randn(4, 3, 224, 224, device="cuda")
-    reference_fn = ivit_module.interaction_attention
-
-    def dispatch(*args, **kwargs):
-        if should_use_fused(*args, **kwargs):
-            return fused_interaction_attention(*args, **kwargs)
-        return reference_fn(*args, **kwargs)
-
     results = {}
-    try:
-        ivit_module.interaction_attention = dispatch
-        for backend in ("reference", "fused"):
-            model.zero_grad(set_to_none=True)
-            with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
-                logits, maps = model.forward_aligned(x)
-                loss = logits.float().square().mean() + sum(m.float().square().sum() for m in maps.values())
-            loss.backward()
-            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-            results[backend] = (logits.detach().float(), grads)
-    finally:
-        ivit_module.interaction_attention = reference_fn
+    for backend in ("reference", "fused"):
+        for layer in model.interaction_layers().values():
+            layer.backend = backend
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, maps = model.forward_aligned(x)
+            loss = logits.float().square().mean() + sum(m.float().square().sum() for m in maps.values())
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[backend] = (logits.detach().float(), grads)
     (ref_logits, ref_grads), (fused_logits, fused_grads) = results["reference"], results["fused"]
     assert (fused_logits - ref_logits).norm() / ref_logits.norm() < 3e-2
     for name in (

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from lfi.models.gate import GatedControl
-from lfi.models.interaction_attention import GateWeights, MapRequest, interaction_attention
+from lfi.models.interaction_attention import GateWeights, MapRequest, gate_values, interaction_attention
 
 
 def reference(q, k, v, scale, q_int, gate: GateWeights | None, mask=None):
-    """Eq. 3-9 written out loop-free in float64, from the paper's text."""
+    """Eq. 3-9 written out loop-free in float64, from the paper's text (with lfi's reading of Eq. 5: the gate
+    reads the maps times the number of keys each row attends, see `gate_values`)."""
     q, k, v, q_int = (t.double() for t in (q, k, v, q_int))
     s_vfm, s_agt = q @ k.transpose(-1, -2) * scale, q_int @ k.transpose(-1, -2) * scale
     if mask is not None:
@@ -20,7 +21,9 @@ def reference(q, k, v, scale, q_int, gate: GateWeights | None, mask=None):
         g1 = g2 = torch.full_like(c_vfm, 0.5)
     else:
         heads, n = c_vfm.shape[1], c_vfm.shape[-1]
-        x = torch.cat([c_agt, c_vfm], 1).permute(0, 2, 3, 1) * n  # (B, N, N, 2H): one FFN input per pair
+        if mask is not None:  # the keys each row attends, (B, 1, N, 1)
+            n = mask.expand(*mask.shape[:-1], n).sum(-1, keepdim=True).double()
+        x = (torch.cat([c_agt, c_vfm], 1) * n).permute(0, 2, 3, 1)  # (B, N, N, 2H): one FFN input per pair
         w1, b1, w2, b2 = (t.double() for t in gate)
         hidden = torch.nn.functional.gelu(x @ w1.T + b1)
         g = torch.sigmoid(hidden @ w2.T + b2).permute(0, 3, 1, 2)
@@ -155,6 +158,38 @@ def test_key_padding_mask_gets_no_attention():
     plain, _ = interaction_attention(q, k, v, 0.5, attn_mask=mask, request=MapRequest.of("vfm", rows=1))
     explicit, _ = interaction_attention(q, k, v, 0.5, attn_mask=mask, request=MapRequest.of("vfm"))
     torch.testing.assert_close(plain, explicit, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [None, 2])
+def test_padded_keys_change_nothing_for_the_real_ones(rows):
+    # the gate reads each row's real key count: padding an input with masked keys (DETR batches images of
+    # several sizes) leaves the real queries' outputs and maps as they were, whatever the padding holds
+    q, k, v, q_int = torch.randn(4, 1, 3, 7, 8).unbind(0)
+    gate = random_gate(3)
+    request = MapRequest.of("vfm", "agt", "fused", rows=rows)
+    out, maps = interaction_attention(q, k, v, 0.5, q_int, gate, request)
+    padded = [torch.cat([t, 10 * torch.randn(1, 3, 4, 8)], dim=2) for t in (q, k, v, q_int)]
+    mask = torch.ones(1, 1, 1, 11, dtype=torch.bool)
+    mask[..., 7:] = False
+    for m in (mask, torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))):  # bool and additive
+        out_p, maps_p = interaction_attention(*padded[:3], 0.5, padded[3], gate, request, m)
+        torch.testing.assert_close(out_p[:, :, :7], out, atol=1e-6, rtol=1e-5)
+        for name in maps:
+            torch.testing.assert_close(maps_p[name][:, :, : rows or 7, :7], maps[name][:, :, : rows or 7])
+
+
+def test_gate_reads_the_maps_times_the_key_count():
+    # a uniform row reads 1 at the FFN's input whatever N; with the default count and an explicit one alike
+    gate = random_gate(2)
+    for n in (5, 40):
+        uniform = torch.full((1, 2, 3, n), 1 / n)
+        g1, g2 = gate_values(uniform, uniform, gate)
+        ones = torch.ones(1, 2, 1, 1)
+        h1, h2 = gate_values(ones, ones, gate, keys=1)
+        torch.testing.assert_close(g1, h1.expand_as(g1))
+        torch.testing.assert_close(g2, h2.expand_as(g2))
+        c1, _ = gate_values(uniform, uniform, gate, keys=torch.full((1, 1, 3, 1), float(n)))
+        torch.testing.assert_close(c1, g1)
 
 
 def test_bad_requests_are_refused():

@@ -76,7 +76,9 @@ def test_fresh_conversion_starts_as_the_original(variant):
 def test_frozen_backbone_trains_only_interaction_queries_gate_and_head():
     ivit = lfi.interactionize(small_vit(), freeze_backbone=True).train()
     logits, maps = ivit.forward_aligned(torch.randn(2, 3, 32, 32))
-    loss = lfi.LfiCriterion()(logits, torch.tensor([1, 2]), maps, torch.rand(2, 7, 7))["loss"]
+    teacher = torch.rand(2, 4, 4)
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2]))
+    loss = loss + sum((m - teacher).square().sum() for m in maps.values())  # an alignment term on the maps
     loss.backward()
     with_grad = {n for n, p in ivit.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {n for n, p in ivit.named_parameters() if p.requires_grad}
@@ -172,3 +174,42 @@ def test_real_deit_tiny_keeps_its_predictions_on_real_photos(shared_data):
     assert top_vit.tolist() == top_ivit.tolist()
     assert 281 <= top_vit[0] <= 285  # an ImageNet cat (tabby, tiger cat, Persian, Siamese, Egyptian)
     assert top_vit[1] in (504, 967, 968)  # coffee mug, espresso, cup
+
+
+def _tiny_vit() -> torch.nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=5)
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits, maps = model.forward_aligned(x)
+    loss = logits.float().square().mean() + sum(m.float().square().sum() for m in maps.values())
+    loss.backward()
+    return logits
+
+
+def test_bf16_model_converts_and_trains_in_bf16():
+    """P'_q and the gate take the layer's dtype, so a converted bf16 model runs forward and backward as is."""
+    ivit = lfi.interactionize(_tiny_vit().to(torch.bfloat16), freeze_backbone=False)
+    layers = ivit.interaction_layers().values()
+    assert {p.dtype for layer in layers for p in [*layer.iq.parameters(), *layer.control.parameters()]} == {
+        torch.bfloat16
+    }
+    logits = _train_step(ivit, torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    grads = [layer.control.fc2.weight.grad for layer in layers]
+    assert all(g is not None and g.dtype == torch.bfloat16 for g in grads)
+
+
+@pytest.mark.gpu
+def test_cuda_model_converts_and_trains_on_the_gpu():
+    """Converted on the GPU, the layers' new weights are made there: forward + backward run (backend auto:
+    the kernels where Triton has them), in float32 and in bf16."""
+    for dtype in (torch.float32, torch.bfloat16):
+        ivit = lfi.interactionize(_tiny_vit().to("cuda", dtype), freeze_backbone=False, attention="auto")
+        params = [p for layer in ivit.interaction_layers().values() for p in layer.parameters()]
+        assert all(p.is_cuda and p.dtype == dtype for p in params)
+        logits = _train_step(ivit, torch.randn(2, 3, 32, 32, device="cuda", dtype=dtype))
+        assert logits.is_cuda and torch.isfinite(logits.float()).all()
+        assert all(
+            p.grad is not None for layer in ivit.interaction_layers().values() for p in layer.iq.parameters()
+        )

@@ -20,9 +20,9 @@ from tests.train.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# a child process: trains the tiny problem with augmentation, a checkpoint every step, and kills itself with
-# SIGKILL (no clean-up at all) when it reaches step KILL_AT (if given). Loader workers (> 0) are not exact
-# yet after a resume (Lightning makes the resumed epoch's iterator before the sampler knows its epoch).
+# a child process: trains the tiny problem with augmentation and 2 loader workers, a checkpoint every step,
+# and kills itself with SIGKILL (no clean-up at all) when it reaches step KILL_AT (if given); Lightning runs
+# checkpoint callbacks last, so the run resumes from step KILL_AT - 1
 CHILD = """
 import os, signal, sys
 from pathlib import Path
@@ -39,7 +39,7 @@ class Kill(L.Callback):
         if trainer.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = tiny_config(out, epochs=3, data={{"augment": True, "num_workers": 0}},
+cfg = tiny_config(out, epochs=3, data={{"augment": True, "num_workers": 2}},
                   trainer={{"checkpoint_every_n_steps": 1}})
 train(cfg, tiny_data(), InteractionStore(Path(sys.argv[4])), resume=resume or None, callbacks=[Kill()])
 """
@@ -58,8 +58,9 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_kill_9_at_any_step_then_resume_is_bit_exact(tiny):
-    """Augmentation on, killed with SIGKILL mid-epoch (step 5 of 9: resumes from step 4) and at step 7,
-    resumed each time: the final weights and metrics equal the uninterrupted run's."""
+    """Augmentation on, 2 workers, killed with SIGKILL mid-epoch (step 5 of 9: resumes after step 4) and at
+    step 7 (resumes at the start of epoch 2), resumed each time: the final weights and metrics equal the
+    uninterrupted run's."""
     _, store, tmp = tiny
     assert run_child(tmp / "straight", store.root, -1, False) == 0
     assert run_child(tmp / "killed", store.root, 5, False) == -signal.SIGKILL

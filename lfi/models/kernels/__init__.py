@@ -1,31 +1,5 @@
-"""Fused GPU kernels for interaction attention (Triton). The CPU and unsupported cases keep the reference."""
+"""Fused GPU kernels for interaction attention (Triton), for gated layers on CUDA; see `fused`."""
 
-from lfi.models.kernels.fused import (
-    BACKEND_ENV,
-    BACKENDS,
-    Backend,
-    any_gate_values,
-    attention_backend,
-    can_use_fused,
-    fused_interaction_attention,
-    fused_unsupported_reason,
-    is_per_head_gate,
-    per_head_gate_values,
-    should_use_fused,
-    use_backend,
-)
+from lfi.models.kernels.fused import fused_interaction_attention, fused_unsupported_reason
 
-__all__ = [
-    "BACKENDS",
-    "BACKEND_ENV",
-    "Backend",
-    "any_gate_values",
-    "attention_backend",
-    "can_use_fused",
-    "fused_interaction_attention",
-    "fused_unsupported_reason",
-    "is_per_head_gate",
-    "per_head_gate_values",
-    "should_use_fused",
-    "use_backend",
-]
+__all__ = ["fused_interaction_attention", "fused_unsupported_reason"]

@@ -6,9 +6,10 @@ lse = +inf, hence zero probabilities, and zero gate weights). The gate's FFN run
 maps of every head are laid out as channels of the pairs, x (BM*BN, 2HP), channel 2h = C_AGT head h, 2h + 1 =
 C_VFM head h, and the layers are two small matrix products, x W1t -> u (BM*BN, EP), gelu(u) W2t -> t.
 
-The host hands the weights over in that channel order, zero-padded and with the key count N folded into W1
-(the gate reads N P, see `gate_values`): W1T (2HP, EP) = N w1[:, perm]^T, B1 (EP,), W2T (EP, 2HP) = w2[perm]^T,
-B2 (2HP,), perm[2h + c] = c H + h. Hidden unit e sits in column ES e (`fused._mix_meta`): with ES = 2 the padded
+The host hands the weights over in that channel order, zero-padded and with the key count folded into W1 (the
+gate reads n_b P, n_b the keys batch element b attends, see `gate_values`): W1T (b, 2HP, EP) = n_b w1[:, perm]^T
+(one copy per batch element under a key mask, batch stride sw1b; one shared copy, sw1b = 0, without), B1 (EP,),
+W2T (EP, 2HP) = w2[perm]^T, B2 (2HP,), perm[2h + c] = c H + h. Hidden unit e sits in column ES e (`fused._mix_meta`): with ES = 2 the padded
 units take the odd columns, and the even/odd split of a matrix-unit tile is free (each thread holds column pairs),
 so GELU and its slope are evaluated on the real units only (padded units have u = 0, z = 0 and no weight out).
 
@@ -18,12 +19,12 @@ probabilities, so the softmax cannot be online).
 
 Backward, three kernels (notation of `_triton`):
   `_mix_gate_bwd_kernel`, one program per (batch, query tile), all heads: recomputes P, dC_F = dO V^T and the
-      gate, and from them dt, du = dL/du and dP_c = dC_F g_c + N W1^T du; it sums the row statistics
+      gate, and from them dt, du = dL/du and dP_c = dC_F g_c + n_b W1^T du; it sums the row statistics
       D_c = rowsum(P_c dP_c), the gate weights' gradients (matrix products over the pairs), and writes the
       gate's activations z = gelu(u) and du of each pair, (B, E, N, N), for the other two kernels.
   `_mix_dkdv_kernel`, one program per (batch, head, key tile) as in FlashAttention-2, and `_mix_dq_kernel`,
       one per (batch, head, query tile): each recomputes P and dC_F, reads z and du to get
-      g_c = sigmoid(w2[c] z + b2[c]) and N W1^T du for its head alone, forms dS_c = P_c (dP_c - D_c), and
+      g_c = sigmoid(w2[c] z + b2[c]) and n_b W1^T du for its head alone, forms dS_c = P_c (dP_c - D_c), and
       accumulates dK, dV (resp. dQ, dQ_int) in registers: every gradient row is written once, no atomics.
   The (B, E, N, N) activations are the only pairwise tensor: E values per pair (not H), in the backward
   only, one layer at a time.
@@ -117,7 +118,7 @@ def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
 @triton.jit
 def _mix_fwd_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, OUT,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sob, soh, son,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sob, soh, son,
     N, H, scale_log2,
     HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
@@ -131,7 +132,7 @@ def _mix_fwd_kernel(
     qi3 = _heads_rows(QI, b, offs_h, offs_m, offs_d, N, H, sib, sih, sin)
     lse_v = _heads_stat(LSE_V, b, offs_h, offs_m, N, H, float("inf"))
     lse_a = _heads_stat(LSE_A, b, offs_h, offs_m, N, H, float("inf"))
-    w1t, b1, w2t, b2 = _gate_weights(W1T, B1, W2T, B2, HP, EP)
+    w1t, b1, w2t, b2 = _gate_weights(W1T + b * sw1b, B1, W2T, B2, HP, EP)
     acc = tl.zeros([HP, BM, D], tl.float32)
     for n0 in range(0, N, BN):
         offs_n = n0 + tl.arange(0, BN)
@@ -151,7 +152,7 @@ def _mix_fwd_kernel(
 @triton.jit
 def _mix_gate_bwd_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, DO, D_V, D_A, Z, DU, DW,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn,
     N, H, scale_log2,
     E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
@@ -159,7 +160,8 @@ def _mix_gate_bwd_kernel(
     """The gate's backward for one (batch, query tile), every head. Grid: (cdiv(N, BM), B).
 
     Writes D_V, D_A (B, H, N); Z, DU (B, E, N, N) (contiguous); and this program's row of DW
-    (programs, 2 * 2HP * EP + EP + 2HP): dw1t (2HP, EP), dw2t (EP, 2HP), db1 (EP,), db2 (2HP,).
+    (B, cdiv(N, BM), 2 * 2HP * EP + EP + 2HP): dw1t (2HP, EP) (the gradient of this batch element's W1T),
+    dw2t (EP, 2HP), db1 (EP,), db2 (2HP,).
     """
     pid_m, b = tl.program_id(0), tl.program_id(1)
     offs_h = tl.arange(0, HP)
@@ -172,7 +174,7 @@ def _mix_gate_bwd_kernel(
     do3 = _heads_rows(DO, b, offs_h, offs_m, offs_d, N, H, sdb, sdh, sdn)
     lse_v = _heads_stat(LSE_V, b, offs_h, offs_m, N, H, float("inf"))
     lse_a = _heads_stat(LSE_A, b, offs_h, offs_m, N, H, float("inf"))
-    w1t, b1, w2t, b2 = _gate_weights(W1T, B1, W2T, B2, HP, EP)
+    w1t, b1, w2t, b2 = _gate_weights(W1T + b * sw1b, B1, W2T, B2, HP, EP)
     w1, w2 = tl.trans(w1t), tl.trans(w2t)
     rowstat = tl.zeros([BM, 2 * HP], tl.float32)
     dw1t = tl.zeros([2 * HP, EP], tl.float32)
@@ -223,6 +225,8 @@ def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, d
                        E: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr):  # fmt: skip
     """Head h's tile (BM, BN): dS_a, dS_v (fp32) and C_F, from the gate's saved z and du of the pairs.
 
+    W1T: batch element b's copy (the caller adds b * sw1b).
+
     Z, DU are (B, E, N, N): each hidden unit e is a 2D tile, so that the E-term sums below are plain
     element-wise FMAs in the tile's own layout (a (BM, BN, E) tensor reduced over E is far slower in Triton).
     """
@@ -235,7 +239,7 @@ def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, d
     for e in tl.static_range(E):
         z = tl.load(Z + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
         du = tl.load(DU + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
-        # W1T row 2h (2h + 1) holds N w1[:, C_AGT (C_VFM) of head h]; W2T column 2h (2h + 1) holds w2's rows;
+        # W1T row 2h (2h + 1) holds n_b w1[:, C_AGT (C_VFM) of head h]; W2T column 2h (2h + 1) holds w2's rows;
         # hidden unit e is column (row) ES e
         t_a += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h)
         t_v += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h + 1)
@@ -251,7 +255,7 @@ def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, d
 @triton.jit
 def _mix_dkdv_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DK, DV,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
     E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
@@ -275,7 +279,7 @@ def _mix_dkdv_kernel(
             N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
-        ds_a, ds_v, c = _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
+        ds_a, ds_v, c = _head_scores_grads(Z, DU, W1T + b * sw1b, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
                                            E, HP, EP, ES)  # fmt: skip
         dv += tl.dot(tl.trans(c.to(do.dtype)), do, input_precision=PREC)
         dk += tl.dot(tl.trans(ds_v.to(q.dtype)), q, input_precision=PREC)
@@ -289,7 +293,7 @@ def _mix_dkdv_kernel(
 @triton.jit
 def _mix_dq_kernel(
     Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DQ, DQI,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
     E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
@@ -316,7 +320,7 @@ def _mix_dq_kernel(
         vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do, vT, input_precision=PREC)
-        ds_a, ds_v, _ = _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
+        ds_a, ds_v, _ = _head_scores_grads(Z, DU, W1T + b * sw1b, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
                                            E, HP, EP, ES)  # fmt: skip
         dq += tl.dot(ds_v.to(k.dtype), k, input_precision=PREC)
         dqi += tl.dot(ds_a.to(k.dtype), k, input_precision=PREC)

@@ -3,16 +3,10 @@ the same output, under a mask that varies over queries too."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
+from attention_kernels import one_sdpa  # benchmarks/, on sys.path (conftest.py)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from attention_kernels import one_sdpa  # noqa: E402
-
-from lfi.models.interaction_attention import interaction_attention  # noqa: E402
+from lfi.models.interaction_attention import interaction_attention
 
 
 def test_one_call_over_stacked_queries_matches_the_library_path():

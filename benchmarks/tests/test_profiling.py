@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profiling.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "profiling.py"
 
 
 def _profiling():

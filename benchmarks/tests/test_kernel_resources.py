@@ -10,7 +10,7 @@ import pytest
 
 from lfi.models.kernels import fused
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_resources.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "kernel_resources.py"
 pytestmark = pytest.mark.skipif(fused._kernels is None, reason="needs triton")
 
 
@@ -24,13 +24,11 @@ def kernel_resources():
 
 def test_row_statistics_kernel_compiles_offline_with_its_resources(kernel_resources, tmp_path):
     out = tmp_path / "kr.json"
-    report = kernel_resources.main(
-        ["--gate", "none", "--kernels", "lse", "--blocks", "lse:none=32,32,2,1", "--out", str(out)]
-    )
+    report = kernel_resources.main(["--kernels", "lse", "--blocks", "lse=32,32,2,1", "--out", str(out)])
     info = report["kernels"]["lse"]
     assert 0 < info["registers"] <= 255
     assert info["num_warps"] == 2 and info["tile"] == [32, 32]  # the --blocks override was compiled
-    assert fused.BLOCKS[("lse", "none")] != (32, 32, 2, 1)  # ... without changing the library's tiles
+    assert fused.BLOCKS["lse"] != (32, 32, 2, 1)  # ... without changing the library's tiles
     assert info["sass_opcodes"]["MUFU"] > 0  # the exp2 of both softmaxes run on the special-function unit
     assert info["sass_instructions"] == sum(info["sass_opcodes"].values())
     assert json.loads(out.read_text())["kernels"]["lse"] == info
@@ -38,4 +36,4 @@ def test_row_statistics_kernel_compiles_offline_with_its_resources(kernel_resour
 
 def test_unknown_kernel_names_are_refused(kernel_resources):
     with pytest.raises(SystemExit, match="gate_bwd"):
-        kernel_resources.main(["--gate", "none", "--kernels", "gate_bwd"])
+        kernel_resources.main(["--kernels", "bwd"])

@@ -34,7 +34,7 @@ hp, ep, es = _mix_meta(heads, hidden)
 out = {}
 for mode, code in gate_floor.MODES.items():
     res = torch.empty(programs)
-    gate_floor._gate_floor_kernel[(programs,)](*_mix_weights(*w, heads, keys=1), res, 2 * heads, ITERS=iters,
+    gate_floor._gate_floor_kernel[(programs,)](*_mix_weights(*w, heads, keys=torch.ones(1)), res, 2 * heads, ITERS=iters,
                                                MODE=code, HP=hp, EP=ep, ES=es, BP=bp, PREC_G="ieee", num_warps=1)
     out[mode] = res.tolist()
 print(json.dumps({"out": out, "w": [t.tolist() for t in w]}))
@@ -44,8 +44,8 @@ print(json.dumps({"out": out, "w": [t.tolist() for t in w]}))
 def _packed(dw1: torch.Tensor, dw2: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Model-layout weight gradients dw1 (E, 2H), dw2 (2H, E) -> the kernels' dw1t (2HP, EP), dw2t (EP, 2HP)."""
     zeros = torch.zeros(dw1.shape[0], dtype=dw1.dtype), torch.zeros(dw2.shape[0], dtype=dw1.dtype)
-    w1t, _, w2t, _ = fused._mix_weights(dw1, zeros[0], dw2, zeros[1], heads, keys=1)
-    return w1t.double(), w2t.double()
+    w1t, _, w2t, _ = fused._mix_weights(dw1, zeros[0], dw2, zeros[1], heads, keys=torch.ones(1))
+    return w1t[0].double(), w2t.double()
 
 
 def torch_floor(w, heads: int) -> dict[str, list[float]]:
