@@ -129,6 +129,11 @@ class DataConfig:
 
     root: the data folder (e.g. ../shared/data). ratio: the share of training images kept (seeded; per
     class for classification), Table 2 / Table 7. train_domains / test_domains: PACS / VLCS domains.
+    val_fraction: a stratified share of the training images held out as the validation split (the best
+    epoch and any tuning are chosen on it; the dataset's own validation set then becomes a test set).
+    gpu_pipeline: classification on a GPU: images decoded once into a uint8 cache (cache_dir, default
+    $LFI_CACHE or ~/.cache/lfi), kept on the device with the maps and augmented per batch there
+    (`lfi.data.gpu`); None = on whenever the run is on a GPU.
     img_size: classification input side (the model is built for it). scales / max_size: detection's
     multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
     splits; year: VOC.
@@ -150,15 +155,20 @@ class DataConfig:
     num_workers: int = 4
     split_seed: int = 0
     test_limit: int | None = None
+    val_fraction: float = 0.0
+    gpu_pipeline: bool | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
 class OptimConfig:
-    """AdamW. schedule 'cosine': linear warm-up over warmup_epochs, then cosine to min_lr_ratio * lr,
-    per optimizer step; 'step': lr x 0.1 every lr_drop epochs (DETR). lr_backbone: the learning rate of
-    the pretrained backbone when it trains (DETR's CNN; None = lr)."""
+    """AdamW over parameter groups with their own learning rates: lr (the task head, and every group left
+    None), lr_interaction (what the conversion added: P'_q and the gates), lr_backbone (the pretrained
+    backbone when it trains, e.g. DETR's CNN). schedule 'cosine': linear warm-up over warmup_epochs, then
+    cosine to min_lr_ratio x each group's lr, per optimizer step; 'step': x 0.1 every lr_drop epochs (DETR)."""
 
     lr: float = 5e-4
+    lr_interaction: float | None = None
     lr_backbone: float | None = None
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -327,8 +337,10 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.num_workers": (0, None, True, True),
     "data.split_seed": (0, None, True, True),
     "data.test_limit": (1, None, True, True),
+    "data.val_fraction": (0, 1, True, False),
     "optim.lr": (0, None, False, True),
     "optim.lr_backbone": (0, None, True, True),
+    "optim.lr_interaction": (0, None, False, True),
     "optim.weight_decay": (0, None, True, True),
     "optim.warmup_epochs": (0, None, True, True),
     "optim.min_lr_ratio": (0, 1, True, True),
@@ -439,6 +451,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: 'teacher.store' is required for variant {cfg.model.variant!r}")
     if dense and cfg.teacher.source == "masks" and cfg.data.dataset != "coco":
         raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
+    if cfg.data.gpu_pipeline and dense:
+        raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":
         raise ConfigError(f"{origin}: 'loss.kd_weight' applies to classification only")
     return cfg

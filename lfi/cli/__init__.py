@@ -13,7 +13,7 @@ import os
 import sys
 
 #: Stage modules, in the order of the data flow; each adds its sub-commands through `register(subparsers)`.
-STAGES = ("extract", "train", "evaluate", "show", "human", "demo")
+STAGES = ("extract", "train", "sweep", "evaluate", "show", "human", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lfi.config import load_config
+    from lfi.train.data import LfiDataModule, build_data
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.task != "classification":
+        raise ValueError(f"lfi prepare: the image cache is for classification; {args.config} is task {cfg.task!r}")
+    for name, cache in LfiDataModule(cfg, build_data(cfg)).prepare_caches().items():
+        print(f"{name}: {cache.images.shape[0]} images {tuple(cache.images.shape[1:])} in {cache.path}")
+    return 0
+
+
 def add_overrides(parser: argparse.ArgumentParser) -> None:
     """The one override syntax of every command: dotted KEY=VALUE pairs after the config or run folder."""
     parser.add_argument(
@@ -40,3 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from CKPT, or from the run folder's checkpoints/last.ckpt when no path is given",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
+    p = subparsers.add_parser("prepare", help="decode a config's images once into the cache of the GPU data path")
+    p.add_argument("config", help="experiment YAML")
+    add_overrides(p)
+    p.set_defaults(func=cmd_prepare)

@@ -24,13 +24,13 @@ import torch
 from torch.utils.data import Subset
 from torchvision.transforms import v2
 
+from lfi.config import config_from_dict
 from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
 from lfi.extract.run import extract
 from lfi.extract.store import InteractionStore
 from lfi.extract.teacher import Teacher, build_teacher
 from lfi.maps import attention_to_grid
 from lfi.models import MapRequest
-from lfi.config import config_from_dict
 from lfi.train.data import ExperimentData
 from lfi.train.engine import LfiModule, train
 

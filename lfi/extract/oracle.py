@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
 from lfi.extract.teacher import Sample, Teacher, TeacherOutput, image_hw, register_teacher
 
@@ -55,6 +54,8 @@ def decode_masks(masks: Any, hw: tuple[int, int], where: str) -> torch.Tensor:
         if masks.dim() != 3 or tuple(masks.shape[-2:]) != (height, width):
             raise ValueError(f"{where}: masks must be (K, {height}, {width}), got {tuple(masks.shape)}")
         return masks.to(torch.float64)
+    from pycocotools import mask as mask_utils  # COCO segmentations only: box oracles run without it
+
     decoded = []
     for seg in masks:
         if isinstance(seg, list):  # polygons [[x0, y0, x1, y1, ...], ...]

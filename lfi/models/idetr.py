@@ -25,26 +25,16 @@ from lfi.models.gate import GatedControl
 from lfi.models.interaction_attention import MapRequest
 from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
 
-#: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_original).
+#: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_backbone).
 HEAD_NAMES = ("class_labels_classifier", "bbox_predictor", "mask_head", "bbox_attention")
 
 
 @dataclass(frozen=True)
 class IDETRConfig(InteractionSwitches):
-    """How a DETR is converted: the switches of `InteractionSwitches` (as for `lfi.models.IViTConfig`;
-    interaction_queries off keeps a layer plain, C_F = C_VFM, for ablations) and
-
-    layers: encoder layer indices to convert; None = all.
-    align_layers: converted layers whose maps the loss reads; None = the deeper half of the converted layers
-        (as in I-ViT: early encoder layers mix local context, the object-level grouping C_VLM describes
-        forms later).
-    freeze_original: train only P'_q, the gates and the task heads (paper 5.1.2, fine-tuning a trained
-        DETR); False trains everything (Table 7, from scratch).
-    """
-
-    layers: tuple[int, ...] | None = None
-    align_layers: tuple[int, ...] | None = None
-    freeze_original: bool = False
+    """How a DETR is converted: the switches of `InteractionSwitches` (as for `lfi.models.IViTConfig`; layers
+    are encoder layers; interaction_queries off keeps a layer plain, C_F = C_VFM, for ablations), with
+    everything trained by default (Table 7 trains from scratch; freeze_backbone=True fine-tunes a trained
+    DETR as paper 5.1.2 does)."""
 
 
 class DetrInteractionAttention(nn.Module):
@@ -192,8 +182,8 @@ class InteractionDETR(nn.Module):
         self.align_layers = self._resolve_align_layers(config.align_layers)
         self._grid_mask: torch.Tensor | None = None
         self.core.backbone.register_forward_hook(self._record_grid_mask)
-        if config.freeze_original:
-            self._freeze_original()
+        if config.freeze_backbone:
+            self._freeze_backbone()
 
     @property
     def core(self) -> nn.Module:
@@ -208,10 +198,10 @@ class InteractionDETR(nn.Module):
         """Backbone hook: the last feature map's mask (B, gh, gw), the one the encoder's tokens come from."""
         self._grid_mask = output[-1][1]
 
-    def _freeze_original(self) -> None:
+    def _freeze_backbone(self) -> None:
         if not self.config.interaction_queries:
             raise ValueError(
-                "freeze_original=True without interaction queries leaves only the heads to train"
+                "freeze_backbone=True without interaction queries leaves only the heads to train"
             )
         for name, p in self.detr.named_parameters():
             p.requires_grad_(any(part in name for part in HEAD_NAMES))
@@ -277,7 +267,7 @@ def interactionize_detr(
 
     Keyword overrides update `config` (see IDETRConfig).
 
-    >>> idetr = interactionize_detr(DetrForObjectDetection(DetrConfig()), freeze_original=False)
+    >>> idetr = interactionize_detr(DetrForObjectDetection(DetrConfig()), freeze_backbone=False)
     """
     config = replace(config or IDETRConfig(), **overrides)
     return InteractionDETR(model if inplace else copy.deepcopy(model), config)

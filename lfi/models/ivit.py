@@ -24,19 +24,10 @@ from lfi.models.switches import InteractionSwitches, added_parameters, aligned_l
 
 @dataclass(frozen=True)
 class IViTConfig(InteractionSwitches):
-    """How a ViT is converted: the switches of the paper's Table 3 (`InteractionSwitches`: interaction_queries,
-    gated_control, constraint, gate_hidden) and
+    """How a ViT is converted: the switches of `InteractionSwitches` (the paper's Table 3: interaction_queries,
+    gated_control, constraint; layers = the blocks to convert, align_layers, freeze_backbone), with the
+    backbone frozen by default (paper 5.1.2)."""
 
-    blocks: indices of the blocks to convert; None = all.
-    align_layers: blocks whose maps the loss reads; None = the deeper half of the converted blocks. Why:
-        class-token attention in early ViT blocks is local and position-driven and becomes object-centred
-        only in deeper blocks (Raghu et al. 2021; Caron et al. 2021), which is what C_VLM describes; forcing
-        early blocks onto an object map fights their role. Pass every block to follow the paper literally.
-    freeze_backbone: train only P'_q, the gate and the classifier head (paper 5.1.2); False fine-tunes all.
-    """
-
-    blocks: tuple[int, ...] | None = None
-    align_layers: tuple[int, ...] | None = None
     freeze_backbone: bool = True
 
 
@@ -146,7 +137,7 @@ class InteractionViT(nn.Module):
     def __init__(self, vit: nn.Module, config: IViTConfig) -> None:
         super().__init__()
         self.vit, self.config = vit, config
-        self.converted = converted_layers(config.blocks, len(vit.blocks), "IViTConfig.blocks")
+        self.converted = converted_layers(config.layers, len(vit.blocks), "IViTConfig.layers")
         for i in self.converted:
             attn = vit.blocks[i].attn
             vit.blocks[i].attn = InteractionAttention(

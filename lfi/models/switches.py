@@ -24,6 +24,13 @@ class InteractionSwitches:
     attention: which implementation the converted layers run ("auto", "fused", "reference"; see
         lfi.models.backends); None reads $LFI_ATTENTION when the model is built (default "auto"). Not a
         switch of the method: every choice computes the same function.
+    layers: indices of the layers (ViT blocks, DETR encoder layers) to convert; None = all; negative
+        indices count from the end.
+    align_layers: converted layers whose maps the alignment loss reads; None = the deeper half of them. Why:
+        attention in early layers is local and position-driven and becomes object-centred only in deeper
+        ones (Raghu et al. 2021; Caron et al. 2021), which is what C_VLM describes; forcing early layers onto
+        an object map fights their role. Pass every layer to follow the paper literally.
+    freeze_backbone: train only P'_q, the gates and the task head (paper 5.1.2); False trains everything.
     """
 
     interaction_queries: bool = True
@@ -31,6 +38,9 @@ class InteractionSwitches:
     constraint: Constraint = "interaction"
     gate_hidden: int = 8
     attention: Backend | None = None
+    layers: tuple[int, ...] | None = None
+    align_layers: tuple[int, ...] | None = None
+    freeze_backbone: bool = False
 
     def __post_init__(self) -> None:
         if self.constraint not in ("interaction", "original", "none"):

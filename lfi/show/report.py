@@ -250,7 +250,10 @@ def place(run: Run) -> Entry:
             n[column] = int(metrics["n"])
     dataset = _DATASETS.get(cfg.data.dataset, cfg.data.dataset)
     if cfg.data.dataset in ("pacs", "vlcs"):
-        dataset += f", trained on {', '.join(cfg.data.train_domains or ['all domains'])}"
+        trained = cfg.data.train_domains
+        dataset += (f", trained on {', '.join(trained)}" if trained
+                    else ", trained on every domain but the unseen one" if cfg.data.test_domains
+                    else ", trained on all domains")  # fmt: skip
     if cfg.data.ratio < 1 and cell.table != "2":  # Table 2's columns are the ratios
         dataset += f", {cfg.data.ratio * 100:g}% of train"
     return Entry(run, cell.table, cell.row, values, n, dataset, cell.paper_model)
@@ -275,10 +278,19 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fingerprint(cfg: Config) -> dict[str, Any]:
-    """The config keys that define the experiment: the pooled keys dropped, weight paths reduced to set / not
-    set."""
-    flat = {k: v for k, v in _flatten(config_to_dict(cfg)).items() if k not in _POOLED_KEYS}
+#: Config keys that are a table's columns: runs differing only there share a row (a cell each).
+_COLUMN_KEYS = {
+    "2": {"data.ratio"},
+    "4": {"data.test_domains", "data.train_domains"},
+    "5": {"data.test_domains", "data.train_domains"},
+}
+
+
+def fingerprint(cfg: Config, table: str | None = None) -> dict[str, Any]:
+    """The config keys that define the experiment: the pooled keys (and the table's column keys) dropped,
+    weight paths reduced to set / not set."""
+    skip = _POOLED_KEYS | _COLUMN_KEYS.get(table, set())
+    flat = {k: v for k, v in _flatten(config_to_dict(cfg)).items() if k not in skip}
     for key in _PATH_KEYS:
         flat[key] = flat[key] is not None
     return flat
@@ -321,7 +333,7 @@ def group_runs(entries: Iterable[Entry]) -> dict[str, list[Group]]:
     fingerprints differ are separate rows, each labelled with the keys whose values differ among them."""
     by_key: dict[tuple[str, str, str], list[Entry]] = defaultdict(list)
     for entry in entries:
-        fp = json.dumps(fingerprint(entry.cfg), sort_keys=True, default=str)
+        fp = json.dumps(fingerprint(entry.cfg, entry.table), sort_keys=True, default=str)
         by_key[(entry.table, entry.row, fp)].append(entry)
     rows: dict[tuple[str, str], list[list[Entry]]] = defaultdict(list)
     for (table, row, _), members in by_key.items():
@@ -331,7 +343,7 @@ def group_runs(entries: Iterable[Entry]) -> dict[str, list[Group]]:
         if len(variants) == 1:
             tables[table].append(Group(row, variants[0]))
             continue
-        prints = [fingerprint(v[0].cfg) for v in variants]
+        prints = [fingerprint(v[0].cfg, table) for v in variants]
         differ = sorted({k for p in prints for k in p if any(p.get(k) != q.get(k) for q in prints)})
         for members, fp in zip(variants, prints, strict=True):
             tables[table].append(Group(f"{row} ({', '.join(f'{k}={fp.get(k)}' for k in differ)})", members))
@@ -404,7 +416,7 @@ def table_markdown(table: str, groups: Sequence[Group], figure: str | None = Non
             _joined(input_size(e.cfg) for e in g.entries),
             _joined(e.run.metrics.get("epochs") for e in g.entries),
             _test_sizes(g, columns),
-            ", ".join(str(e.cfg.seed) for e in g.entries),
+            _joined(e.cfg.seed for e in g.entries),
             _count(next(iter(params))) if len(params) == 1 else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -59,7 +59,7 @@ def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
     conversion = replace(
         TABLE3[m.variant],
         gate_hidden=m.gate_hidden,
-        blocks=tuple(m.layers) if m.layers is not None else None,
+        layers=tuple(m.layers) if m.layers is not None else None,
         align_layers=tuple(m.align_layers) if m.align_layers is not None else None,
         freeze_backbone=m.freeze_backbone,
     )
@@ -88,7 +88,7 @@ def build_detector(cfg: Config, num_labels: int) -> nn.Module:
         gate_hidden=m.gate_hidden,
         layers=tuple(m.layers) if m.layers is not None else None,
         align_layers=tuple(m.align_layers) if m.align_layers is not None else None,
-        freeze_original=m.freeze_backbone,
+        freeze_backbone=m.freeze_backbone,
     )
     return interactionize_detr(detr, config, inplace=True)
 

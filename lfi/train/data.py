@@ -20,11 +20,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from lfi.config import Config
+from lfi.config import Config, DataConfig
+from lfi.data.cache import DEFAULT_FOLDER as DEFAULT_CACHE
+from lfi.data.cache import ImageCache
 from lfi.data.collate import collate_classification, collate_detection
-from lfi.data.interaction import WithInteractionMaps
+from lfi.data.gpu import DeviceBatches, DeviceImages
+from lfi.data.interaction import WithInteractionMaps, read_stored_map
 from lfi.data.pipelines import classification_transforms, detection_transforms
-from lfi.data.subsets import ratio_subset
+from lfi.data.subsets import holdout_split, ratio_subset
 
 Transform = Callable[[dict], dict]
 
@@ -57,16 +60,36 @@ def build_data(cfg: Config) -> ExperimentData:
         return _detection_data(cfg)
     if d.dataset == "synthetic":
         raise ValueError("data.dataset=synthetic has no loader here: the synthetic set is built by `lfi demo`")
-    opts = {"domains": d.train_domains} if d.dataset in ("pacs", "vlcs") else {}
+    opts = {"domains": train_domains(d)} if d.dataset in ("pacs", "vlcs") else {}
     if d.dataset == "vlcs":
         opts["seed"] = d.split_seed
     train = build_dataset(d.dataset, root, "train", **opts)
     val = build_dataset(d.dataset, root, "val", **opts)
     tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
     data = ExperimentData(train, val, tests or {"val": val}, train.classes, getattr(train, "wnids", None))
+    if d.val_fraction > 0:  # choose on a split of train; the dataset's own val is then reported as a test
+        kept, held_out = holdout_split(train.labels, d.val_fraction, d.split_seed)
+        data.train, data.val = Subset(train, kept), Subset(train, held_out)
+        data.notes["val"] = f"{len(held_out)} training images held out ({d.val_fraction:g}, seed {d.split_seed})"
     if d.ratio < 1.0:
-        data.train = Subset(data.train, ratio_subset(data.train.labels, d.ratio, d.split_seed))
+        labels = [train.labels[i] for i in data.train.indices] if isinstance(data.train, Subset) else train.labels
+        kept = ratio_subset(labels, d.ratio, d.split_seed)
+        data.train = Subset(data.train, kept)
     return data
+
+
+def train_domains(d: DataConfig) -> list[str] | None:
+    """PACS / VLCS training domains: data.train_domains; when null and data.test_domains is set, every domain
+    but the test domains (leave-one-domain-out); None (all domains) when neither is set."""
+    if d.train_domains is not None or not d.test_domains:
+        return d.train_domains
+    from lfi.data.domainbed import VLCS_DOMAINS
+    from lfi.data.pacs import DOMAINS as PACS_DOMAINS
+
+    rest = [x for x in (PACS_DOMAINS if d.dataset == "pacs" else VLCS_DOMAINS) if x not in d.test_domains]
+    if not rest:
+        raise ValueError(f"data.test_domains {d.test_domains} leaves no {d.dataset} domain to train on; set data.train_domains")
+    return rest
 
 
 def _detection_data(cfg: Config) -> ExperimentData:
@@ -85,6 +108,15 @@ def _detection_data(cfg: Config) -> ExperimentData:
         gt, category_ids = coco_from_dataset(coco_ground_truth(val, val.classes)), None
     train = fraction_subset(train, d.ratio, d.split_seed)
     return ExperimentData(train, val, {"val": val}, list(val.classes), coco_gt=gt, category_ids=category_ids)
+
+
+def stored_maps_of(store: object, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The store's maps of `keys` as one tensor (N, th, tw) and their valid flags (N,)."""
+    maps, valid = zip(*(read_stored_map(store, key) for key in keys), strict=True)
+    shapes = {tuple(m.shape) for m in maps}
+    if len(shapes) != 1:
+        raise ValueError(f"the interaction store holds maps of several grids {sorted(shapes)}; the GPU data path needs one")
+    return torch.stack(maps), torch.tensor(valid)
 
 
 class SeededSamples(Dataset):
@@ -204,6 +236,7 @@ class LfiDataModule(L.LightningDataModule):
             self.eval_tf = eval_transforms or classification_transforms(False, d.img_size)
             self.collate = collate_classification
         self.sampler: ResumableSampler | None = None
+        self.custom_transforms = train_transforms is not None or eval_transforms is not None
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer if self._has_trainer() else None
@@ -237,10 +270,9 @@ class LfiDataModule(L.LightningDataModule):
         grid = DETECTION_STRIDE if self.cfg.task != "classification" else self.grid
         return SeededSamples(WithInteractionMaps(train, self.store, self.train_tf, grid), None, self.cfg.seed)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         rank, world = self._rank_world()
-        samples = self._train_samples()
-        size, batch = len(samples), self.cfg.data.batch_size
+        size, batch = len(self.data.train), self.cfg.data.batch_size
         usable = size if size <= batch else size - size % batch  # drop the last partial batch
         self.sampler = ResumableSampler(usable, self.cfg.seed, batch, rank, world)
         # The sampler must stand where the run (re)starts before the loader makes its iterator: after a
@@ -253,7 +285,42 @@ class LfiDataModule(L.LightningDataModule):
             self.sampler.resume(epoch, batches)
             self._pending_resume = None
         self.sampler.set_epoch(epoch)
-        return self._loader(samples, self.sampler)
+        if self.on_device():
+            data = self._device_images(self.data.train, with_maps=self.store is not None)
+            return DeviceBatches(data, self.sampler, batch, self.cfg.data.img_size, True, self.cfg.seed, self.grid)
+        return self._loader(self._train_samples(), self.sampler)
+
+    def on_device(self) -> bool:
+        """Whether batches are made on the run's device (`lfi.data.gpu`): data.gpu_pipeline, by default on a
+        GPU only (true forces it on the CPU too, where it is slower than the loader workers: for tests)."""
+        flag = self.cfg.data.gpu_pipeline
+        if flag is None:
+            on_gpu = self._has_trainer() and self.trainer.strategy.root_device.type == "cuda"
+            return on_gpu and self.cfg.task == "classification" and not self.custom_transforms
+        return flag
+
+    def image_cache(self, dataset: Dataset) -> ImageCache:
+        """`dataset` decoded once (`lfi.data.cache`): at its own size when its images are square, else at
+        data.img_size."""
+        d = self.cfg.data
+        first = dataset[0]["image"]
+        side = int(first.shape[-1]) if first.shape[-1] == first.shape[-2] else d.img_size
+        folder = Path(d.cache_dir).expanduser() if d.cache_dir else DEFAULT_CACHE
+        return ImageCache.build(dataset, side, folder, workers=d.num_workers, progress=self.cfg.trainer.enable_progress_bar)
+
+    def prepare_caches(self) -> dict[str, ImageCache]:
+        """Every split's image cache (what `lfi prepare` builds ahead of a GPU run)."""
+        splits = {"train": self.data.train, "val": self.data.val, **{f"test/{k}": v for k, v in self.data.tests.items()}}
+        return {name: self.image_cache(dataset) for name, dataset in splits.items()}
+
+    def _device_images(self, dataset: Dataset, with_maps: bool) -> DeviceImages:
+        """`dataset`'s image cache moved to the run's device, with the teacher's maps when `with_maps`."""
+        cache = self.image_cache(dataset)
+        maps = valid = None
+        if with_maps:
+            maps, valid = stored_maps_of(self.store, cache.keys)
+        device = self.trainer.strategy.root_device if self._has_trainer() else torch.device("cpu")
+        return DeviceImages.of(cache.images, cache.labels, maps, valid, device)
 
     _pending_resume: tuple[int, int] | None = None
 
@@ -268,16 +335,22 @@ class LfiDataModule(L.LightningDataModule):
             return WithOriginalSize(dataset, self.eval_tf)
         return _Transformed(dataset, self.eval_tf)
 
-    def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        return self._loader(self._eval_dataset(self.data.val), ShardSampler(len(self.data.val), rank, world))
+    def _eval_loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader | DeviceBatches:
+        if self.on_device():
+            data = self._device_images(dataset, with_maps=False)
+            return DeviceBatches(data, sampler, self.cfg.data.batch_size, self.cfg.data.img_size, False)
+        return self._loader(self._eval_dataset(dataset), sampler)
 
-    def test_loaders(self) -> dict[str, DataLoader]:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        rank, world = self._rank_world()
+        return self._eval_loader(self.data.val, ShardSampler(len(self.data.val), rank, world))
+
+    def test_loaders(self) -> dict[str, DataLoader | DeviceBatches]:
         """One loader per named test set, on this process alone (cfg.data.test_limit caps each set)."""
         limit = self.cfg.data.test_limit
         out = {}
         for name, dataset in self.data.tests.items():
             size = len(dataset) if limit is None else min(limit, len(dataset))
-            out[name] = self._loader(self._eval_dataset(dataset), ShardSampler(size))
+            out[name] = self._eval_loader(dataset, ShardSampler(size))
         return out
 

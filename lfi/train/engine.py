@@ -26,7 +26,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from safetensors.torch import save_file
 from torch import nn
-from torchmetrics import MeanMetric
 
 from lfi.config import Config, save_config
 from lfi.evaluate.classification import cross_domain_summary, write_metrics
@@ -44,10 +43,12 @@ class LfiModule(L.LightningModule):
         self.cfg, self.task = cfg, built.task
         self.model, self.criterion = built.model, built.criterion
         self.datamodule = built.datamodule
-        names = [*self.criterion.weight_dict, "loss"]
-        self.epoch_means = nn.ModuleDict({name: MeanMetric() for name in names})
         self.evaluator = None
         self.consumed_batches = 0
+        # the epoch's loss sums, accumulated on the device (one small op per step, no host sync)
+        self.loss_names: list[str] = []
+        self.register_buffer("loss_sums", torch.zeros(0), persistent=False)
+        self._epoch_means: tuple[int, dict[str, float]] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -56,13 +57,28 @@ class LfiModule(L.LightningModule):
         losses = self.criterion(self.task.forward(self.model, batch), batch)
         # counted here, not in on_train_batch_end: a step checkpoint is written by the callbacks' hook first
         self.consumed_batches = batch_idx + 1
-        size = _batch_size(batch)
-        for name, value in losses.items():
-            value = value.detach()
-            self.log(f"train/{name}_step", value, on_step=True, on_epoch=False, prog_bar=name == "loss", batch_size=size)
-            self.epoch_means[name].update(value)
-            self.log(f"train/{name}", self.epoch_means[name], on_step=False, on_epoch=True, batch_size=size)
+        if not self.loss_names:
+            self.loss_names = list(losses)
+            self.loss_sums = torch.zeros(len(self.loss_names) + 1, device=losses["loss"].device)
+        values = torch.stack([losses[name].detach().float() for name in self.loss_names])
+        self.loss_sums += torch.cat([values, values.new_ones(1)])
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
+        elif self.trainer.progress_bar_callback is not None:
+            self.log("train/loss_step", values[-1], on_step=True, prog_bar=True)
         return losses["loss"]
+
+    def epoch_losses(self) -> dict[str, float]:
+        """This epoch's mean of every loss term over every process (one reduction per epoch)."""
+        if self._epoch_means is None or self._epoch_means[0] != self.current_epoch:
+            sums = self.trainer.strategy.reduce(self.loss_sums.clone(), reduce_op="sum") if len(self.loss_sums) else self.loss_sums
+            means = {f"train/{n}": float(v) for n, v in zip(self.loss_names, sums[:-1] / sums[-1].clamp_min(1), strict=True)}
+            self._epoch_means = (self.current_epoch, means)
+        return self._epoch_means[1]
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.epoch_losses(), sync_dist=False)  # already reduced
+        self.loss_sums.zero_()
 
     def on_train_epoch_start(self) -> None:
         self.consumed_batches = 0
@@ -137,8 +153,9 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
 
 
 def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
-    """Trainable parameters in groups: the parameters the conversion added (P'_q, gates), the pretrained
-    backbone (at optim.lr_backbone when set, e.g. DETR's CNN) and the rest (heads); weight decay on matrices
+    """Trainable parameters in groups with their own learning rates: the parameters the conversion added
+    (P'_q, gates: optim.lr_interaction), the pretrained backbone when it trains (optim.lr_backbone, e.g.
+    DETR's CNN) and the rest, the task head (optim.lr); None falls back to optim.lr. Weight decay on matrices
     only, never on biases, norms, position embeddings or tokens."""
     o = cfg.optim
     added = {id(p) for p in model.interaction_parameters()}
@@ -151,7 +168,8 @@ def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
         role = "interaction" if id(p) in added else "backbone" if id(p) in backbone else "head"
         decay = p.ndim >= 2 and name not in skip
         groups.setdefault((role, decay), []).append(p)
-    lrs = {"interaction": o.lr, "head": o.lr, "backbone": o.lr_backbone if o.lr_backbone is not None else o.lr}
+    lrs = {"interaction": o.lr_interaction, "head": o.lr, "backbone": o.lr_backbone}
+    lrs = {role: o.lr if lr is None else lr for role, lr in lrs.items()}
     return [
         {"params": params, "lr": lrs[role], "weight_decay": o.weight_decay if decay else 0.0, "name": f"{role}" if decay else f"{role}_no_decay"}
         for (role, decay), params in sorted(groups.items())
@@ -182,10 +200,12 @@ class EpochCSV(L.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        row |= {k: round(v, 6) for k, v in module.epoch_losses().items()}
         for key, value in trainer.callback_metrics.items():
-            if not key.endswith(("_step", "_no_decay")):
+            if key.startswith("val/"):
                 row[key] = round(float(value), 6)
-        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        groups = trainer.optimizers[0].param_groups
+        row |= {f"lr/{g['name']}": g["lr"] for g in groups if not g.get("name", "").endswith("_no_decay")}
         row["wall_s"] = round(time.perf_counter() - self.start, 2)
         rows = []
         if self.path.is_file():

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfi.evaluate.classification import AccuracyEvaluator
-from lfi.evaluate.coco import CocoEvaluator, detr_predictions
 from lfi.maps import normalize_map
 
 
@@ -60,11 +59,15 @@ class DetectionTask:
         maps = torch.stack([m[name] for m in out.maps.values()]) if out.maps else None
         return {"loss_dict": out.outputs.loss_dict, "maps": maps, "grid_mask": out.grid_mask}
 
-    def evaluator(self) -> CocoEvaluator:
+    def evaluator(self) -> Any:
+        from lfi.evaluate.coco import CocoEvaluator  # pycocotools: only where COCO is scored
+
         return CocoEvaluator(self.coco_gt, ("bbox", "segm") if self.masks else ("bbox",))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batch: dict[str, Any], evaluator: CocoEvaluator) -> None:
+    def evaluate(self, model: nn.Module, batch: dict[str, Any], evaluator: Any) -> None:
+        from lfi.evaluate.coco import detr_predictions
+
         pixels = batch["image"]
         outputs = model(pixel_values=pixels, pixel_mask=batch["pixel_mask"].long())
         targets = batch["targets"]

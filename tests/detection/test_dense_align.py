@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lfi.maps import attention_to_grid
+from lfi.models.detr import build_detr
 from lfi.models.idetr import interactionize_detr
-from lfi.train.detection import build_detr
-from lfi.train.detection_align import DenseAlignment, student_on_grid, teacher_on_grid, valid_region
-from lfi.train.detection_data import oracle_maps
+from lfi.train.losses import AlignmentLoss, DenseAlignment, teacher_on_grid, valid_region
+from lfi.train.tasks import oracle_maps
 
 
 def _grid_mask() -> torch.Tensor:
@@ -16,6 +17,11 @@ def _grid_mask() -> torch.Tensor:
     m[0] = True
     m[1, :2, :3] = True
     return m
+
+
+def _given(batch: dict) -> list[torch.Tensor]:
+    """The teacher maps a test hands over in its batch."""
+    return batch["teacher"]
 
 
 def test_teacher_resampled_into_valid_region_only():
@@ -41,7 +47,7 @@ def test_valid_region_and_errors():
     with pytest.raises(ValueError, match="batch of 2"):
         teacher_on_grid([torch.ones(2, 2)], _grid_mask())
     with pytest.raises(ValueError, match="rows"):
-        DenseAlignment(rows="some")
+        DenseAlignment(_given, rows="some")
 
 
 def test_rows_all_vs_objects():
@@ -50,14 +56,19 @@ def test_rows_all_vs_objects():
     attn[0, 0, 0, 0] = 1.0  # token 0 looks at itself
     attn[0, 0, 1:, 3] = 1.0  # the others look at token 3
     teacher = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
-    align = DenseAlignment("objects")
-    student = student_on_grid(attn, align.row_weights(mask, teacher), (2, 2))
+    align = DenseAlignment(_given, "objects", AlignmentLoss())
+    student = attention_to_grid(attn, 0, (2, 2), align.row_weights(mask, teacher))
     torch.testing.assert_close(student, teacher)  # only token 0's row counts
-    student_all = student_on_grid(attn, DenseAlignment("all").row_weights(mask, teacher), (2, 2))
+    every = DenseAlignment(_given, "all")
+    student_all = attention_to_grid(attn, 0, (2, 2), every.row_weights(mask, teacher))
     torch.testing.assert_close(student_all.flatten(), torch.tensor([0.25, 0.0, 0.0, 0.75]))
-    maps = {0: attn}
-    assert float(align(maps, mask, [teacher[0]])) == pytest.approx(0.0, abs=1e-6)
-    assert float(DenseAlignment("all")(maps, mask, [teacher[0]])) > 1.0
+    outputs, batch = (
+        {"maps": attn[None], "grid_mask": mask},
+        {"teacher": [teacher[0]]},
+    )  # maps: (L=1, B, H, N, N)
+    assert set(align(outputs, batch)) == {"align"}
+    assert float(align(outputs, batch)["align"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(every(outputs, batch)["align"]) > 1.0
 
 
 def test_alignment_trains_interaction_queries(pixels):
@@ -68,7 +79,11 @@ def test_alignment_trains_interaction_queries(pixels):
                {"size": (64, 64), "boxes": torch.tensor([[30.0, 30.0, 64.0, 64.0]])}]  # fmt: skip
     teachers = oracle_maps(targets)
     assert [tuple(t.shape) for t in teachers] == [(12, 16), (8, 8)]
-    loss = DenseAlignment()({i: m["agt"] for i, m in out.maps.items()}, out.grid_mask, teachers)
+    align = DenseAlignment(lambda batch: oracle_maps(batch["targets"]))
+    maps = torch.stack(
+        [m["agt"] for m in out.maps.values()]
+    )  # what DetectionTask.forward hands the criterion
+    loss = align({"maps": maps, "grid_mask": out.grid_mask}, {"targets": targets})["align"]
     assert loss > 0
     loss.backward()
     layer = idetr.interaction_layers()[1]

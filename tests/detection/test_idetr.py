@@ -76,7 +76,7 @@ def test_forward_aligned_reads_supervised_map_of_deeper_half(pixels):
 
 def test_options_layers_freeze_and_errors():
     detr = build_detr("detection", "detr", 5, "tiny", 7)
-    idetr = interactionize_detr(detr, layers=(-1,), freeze_original=True)
+    idetr = interactionize_detr(detr, layers=(-1,), freeze_backbone=True)
     assert idetr.converted == (1,)
     trainable = {n for n, p in idetr.named_parameters() if p.requires_grad}
     assert all(

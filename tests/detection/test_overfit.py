@@ -1,63 +1,92 @@
-"""End to end on real COCO images: a tiny I-DETR, trained with DETR's loss + dense oracle alignment, overfits
-a handful of images and reaches a high COCOeval AP on them (proves data -> targets -> loss -> eval wiring)."""
+"""End to end on real COCO images: a tiny I-DETR, trained by the shared engine (`lfi.train.engine.train`) with
+DETR's loss + dense oracle alignment, overfits a handful of images and reaches a high COCOeval AP on them
+(proves data -> targets -> loss -> engine -> eval wiring)."""
 
 from __future__ import annotations
+
+import csv
 
 import pytest
 import torch
 from torch.utils.data import Subset
 
-from lfi.train.detection import (
-    DetectionTask,
-    build_model,
-    build_processor,
-    evaluate_detection,
-    load_detection_config,
-    loader,
-    train_loop,
-)
+from lfi.config import load_config
+from lfi.train.data import ExperimentData, LfiDataModule
 
 STEPS = 1000
+#: torch's intra-op threads while these tests train and evaluate. CPU kernels split their sums by thread count,
+#: so 1 and 2 threads round differently (loss after 100 steps: 12.18 vs 12.07) and 1000 steps of overfitting
+#: grow that into a different model; fixed, a run does not depend on the machine's core count (2 in CI, 16 on
+#: the GPU machine). One thread: a count every machine has.
+THREADS = 1
 
 
-def _overfit(shared_data, task: str, images: int):
-    from lfi.data.coco import CocoDetection
+@pytest.fixture
+def fixed_threads() -> None:
+    torch.set_num_threads(THREADS)  # tests/conftest.py restores the previous count after the test
 
-    torch.manual_seed(0)
-    ds = CocoDetection(shared_data / "coco", "val", return_masks=task == "segmentation")
+
+def _few(ds, images: int) -> Subset:
     few = [i for i, image_id in enumerate(ds.image_ids) if 1 <= len(ds.coco.imgToAnns[image_id]) <= 2][
         :images
     ]
-    cfg = load_detection_config(None, [
-        f"task={task}", "model.size=tiny", "model.num_queries=10", "model.dropout=0.0", "teacher.name=oracle",
-        "teacher.teacher=oracle-boxes", "data.scales=[128]", "data.max_size=160", "optim.lr=1e-3",
-        "optim.lr_backbone=1e-3", "optim.clip=1.0", f"optim.batch_size={images}", "optim.num_workers=0",
-        f"optim.epochs={STEPS}", f"optim.lr_drop={int(STEPS * 0.7)}",
+    return Subset(ds, few)
+
+
+def _overfit(shared_data, tmp_path, task: str, images: int):
+    from lfi.data.coco import CocoDetection
+    from lfi.train.engine import train
+
+    torch.manual_seed(0)
+    ds = CocoDetection(shared_data / "coco", "val", return_masks=task == "segmentation")
+    few = _few(ds, images)
+    # the same images train, validate and test: memorise them as they are (no augmentation); from scratch, so
+    # backbone_norm auto gives a trainable GroupNorm backbone; validation once, after the last epoch
+    data = ExperimentData(few, few, {"val": few}, list(ds.classes), coco_gt=ds.coco, category_ids=ds.coco_ids)
+    cfg = load_config(None, [
+        f"task={task}", "model.name=detr", "model.size=tiny", "model.num_queries=10", "model.dropout=0.0",
+        "model.variant=iq_ic_gc", "teacher.name=oracle", "teacher.store=null", "teacher.source=boxes",
+        "data.dataset=coco", "data.scales=[128]", "data.max_size=160", "data.augment=false",
+        f"data.batch_size={images}", "data.num_workers=0", "optim.lr=1e-3", "optim.lr_backbone=1e-3",
+        "optim.weight_decay=1e-4", "optim.schedule=step", f"optim.lr_drop={int(STEPS * 0.7)}",
+        f"trainer.max_epochs={STEPS}", "trainer.gradient_clip_val=1.0", "trainer.accelerator=cpu",
+        "trainer.devices=1", "trainer.enable_progress_bar=false", "trainer.log_maps_every_n_epochs=0",
+        f"trainer.check_val_every_n_epoch={STEPS}", f"output_dir={tmp_path}", f"experiment=overfit_{task}",
     ])  # fmt: skip
-    model = build_model(
-        cfg, len(ds.coco_ids)
-    )  # from scratch: trainable GroupNorm backbone (backbone_norm auto)
-    data = loader(Subset(ds, few), cfg, train=False)  # no augmentation: memorise the images as they are
-    history = train_loop(DetectionTask(model, cfg), data, cfg.optim, torch.device("cpu"), log=lambda _: None)
-    assert history[-1]["align"] < history[0]["align"]
-    return evaluate_detection(model, data, ds.coco, build_processor("detr"), ds.coco_ids,
-                              task == "segmentation", torch.device("cpu"))  # fmt: skip
+    run = train(cfg, data)
+    with (run.run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))  # one batch per epoch: each epoch's mean is that step's loss
+    assert len(rows) == STEPS and run.metrics["global_step"] == STEPS
+    assert float(rows[-1]["train/align"]) < float(rows[0]["train/align"])
+    return run.metrics["test"]["val"]
 
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_tiny_idetr_overfits_coco_boxes(shared_data):
-    """4 real images, 1000 steps (about 70 s on 2 CPU cores); measured: mAP 1.0."""
-    metrics = _overfit(shared_data, "detection", images=4)
+def test_tiny_idetr_overfits_coco_boxes(shared_data, tmp_path, fixed_threads):
+    """4 real images, 1000 steps (about 70 s on 2 CPU cores); measured: AP50 1.0, mAP 0.980 (this engine, 1
+    thread, taskset -c 0)."""
+    metrics = _overfit(shared_data, tmp_path, "detection", images=4)
     assert metrics["AP50"] > 0.9 and metrics["mAP"] > 0.8, metrics
 
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_tiny_idetr_overfits_coco_masks(shared_data):
-    """DetrForSegmentation, 2 real images, 1000 steps; measured: box mAP 0.97, AP_mask 0.80, AP_mask50 1.0."""
-    metrics = _overfit(shared_data, "segmentation", images=2)
-    assert metrics["AP50"] > 0.9 and metrics["AP_mask50"] > 0.9 and metrics["AP_mask"] > 0.6, metrics
+def test_tiny_idetr_overfits_coco_masks(shared_data, tmp_path, fixed_threads):
+    """DetrForSegmentation, 2 real images (4 objects in 3 categories: a person and a baseball glove, a person
+    and a hot dog), 1000 steps. Measured (box AP50 / box mAP / AP_mask50 / AP_mask):
+      - this engine, 1 thread (taskset -c 0, machine under load): 1.0 / 0.978 / 1.0 / 0.808;
+      - the plain loop it replaced (lfi.train.detection.train_loop), 1 thread: 0.868 / 0.868 / 0.868 / 0.681;
+        2 threads: AP50 0.868 (issue 17). Every box and mask exact there (mAP = AP50), but unmatched queries,
+        only weakly pushed to no-object (DETR's eos_coef 0.1), score "person" above one of the two persons,
+        which ranks 10th among the person detections: person AP50 0.604, (1 + 1 + 0.604) / 3 = 0.868.
+    Which way a run falls is chaotic (thread count, CPU kernels, library releases), so the thresholds accept
+    such duplicates: with the other person ranked first, box AP50 >= 0.85 whatever rank this one falls to.
+    What fails: an object not found or misplaced (one category's AP50 <= 0.5 gives <= 0.83), an untrained or
+    half-trained model (plain loop at steps 100 / 300 / 500: AP50 0.02 / 0.53 / 0.87, AP_mask 0.14 / 0.15 /
+    0.46)."""
+    metrics = _overfit(shared_data, tmp_path, "segmentation", images=2)
+    assert metrics["AP50"] > 0.8 and metrics["AP_mask50"] > 0.8 and metrics["AP_mask"] > 0.6, metrics
 
 
 @pytest.mark.data
@@ -68,12 +97,18 @@ def test_perfect_detr_outputs_score_one_through_the_pipeline(shared_data):
 
     from lfi.data.coco import CocoDetection
     from lfi.evaluate.coco import CocoEvaluator, detr_predictions
-    from lfi.train.detection_data import detr_labels
+    from lfi.models.detr import build_processor
+    from lfi.train.tasks import detr_labels
 
     ds = CocoDetection(shared_data / "coco", "val", return_masks=True)
-    cfg = load_detection_config(None, ["task=segmentation", "model.constraint=none", "data.scales=[192]", "data.max_size=256",
-                                       "optim.batch_size=4", "optim.num_workers=0"])  # fmt: skip
-    batch = next(iter(loader(Subset(ds, [1, 2, 7, 8]), cfg, train=False)))
+    cfg = load_config(None, ["task=segmentation", "model.name=detr", "model.variant=vit", "data.dataset=coco",
+                             "data.scales=[192]", "data.max_size=256", "data.batch_size=4",
+                             "data.num_workers=0"])  # fmt: skip
+    four = Subset(ds, [1, 2, 7, 8])
+    data = ExperimentData(
+        four, four, {"val": four}, list(ds.classes), coco_gt=ds.coco, category_ids=ds.coco_ids
+    )
+    batch = next(iter(LfiDataModule(cfg, data).val_dataloader()))  # evaluation transforms: no augmentation
     padded = tuple(batch["image"].shape[-2:])
     labels = detr_labels(batch["targets"], padded)
     logits, boxes = torch.full((4, 10, 81), -10.0), torch.full((4, 10, 4), 0.5)

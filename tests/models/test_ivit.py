@@ -109,7 +109,7 @@ def test_table3_settings():
 
 
 def test_maps_from_the_forward_pass_and_none_kept():
-    ivit = lfi.interactionize(small_vit(), blocks=(1, 3))
+    ivit = lfi.interactionize(small_vit(), layers=(1, 3))
     x = torch.randn(2, 3, 32, 32)
     out = ivit(x, MapRequest.of("vfm", "agt", "fused"))
     assert set(out.maps) == {1, 3}
@@ -149,9 +149,9 @@ def test_bad_models_and_configs_are_refused():
     with pytest.raises(TypeError, match="timm VisionTransformer"):
         lfi.interactionize(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="out of range"):
-        lfi.interactionize(small_vit(), blocks=(7,))
+        lfi.interactionize(small_vit(), layers=(7,))
     with pytest.raises(ValueError, match="not converted"):
-        lfi.interactionize(small_vit(), blocks=(0, 1), align_layers=(3,))
+        lfi.interactionize(small_vit(), layers=(0, 1), align_layers=(3,))
     with pytest.raises(ValueError, match="needs interaction_queries"):
         lfi.IViTConfig(interaction_queries=False)
 

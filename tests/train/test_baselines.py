@@ -8,7 +8,6 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-
 from torch import nn
 
 from lfi.train.build import build_criterion, build_model

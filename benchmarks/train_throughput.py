@@ -1,0 +1,157 @@
+"""End-to-end training throughput against the same model's step on synthetic device tensors, in one run.
+
+For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen with the oracle's maps):
+  step    img/s of one training step (forward + criterion + backward + AdamW) on synthetic tensors already on
+          the device, bf16 autocast: the ceiling for this model;
+  e2e     img/s of `lfi train` over a whole run on the real data: train images x epochs / wall time of the
+          fit, validation every epoch included, for each data path asked (`--paths device loader`: the GPU-
+          resident path of `lfi.data.gpu`, and the worker loaders decoding JPEGs).
+The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart.
+
+    python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
+        --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader]
+    python benchmarks/train_throughput.py ... --cpu --limit-batches 2 --batch 32   # the CPU path, small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lfi.config import load_config  # noqa: E402
+from lfi.train.build import build_criterion, build_model  # noqa: E402
+from lfi.train.data import ExperimentData, LfiDataModule, build_data  # noqa: E402
+from lfi.train.engine import parameter_groups, train  # noqa: E402
+from lfi.train.tasks import ClassificationTask  # noqa: E402
+
+BASE = Path(__file__).resolve().parents[1] / "configs" / "study" / "tinyimagenet_deit_tiny.yaml"
+ROWS = {
+    "probe": ["model.variant=vit", "model.freeze_backbone=true", "teacher.name=none"],
+    "full": ["model.variant=vit", "model.freeze_backbone=false", "teacher.name=none"],
+    "ivit": ["model.variant=iq_ic_gc", "model.freeze_backbone=true", "teacher.name=oracle"],
+}
+
+
+def environment(device: torch.device) -> dict:
+    import lightning
+    import timm
+
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "command": shlex.join([sys.executable, *sys.argv]),
+    }
+
+
+def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
+    """img/s of the training step on synthetic device tensors (the model's ceiling)."""
+    model = build_model(cfg, 200).to(device)
+    data = ExperimentData(None, None, {}, [str(i) for i in range(200)])
+    criterion = build_criterion(cfg, model, data).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.optim.lr)
+    b, s = cfg.data.batch_size, cfg.data.img_size
+    grid = model.patch_grid((s, s))
+    maps = torch.rand(b, *grid, device=device)
+    batch = {
+        "image": torch.randn(b, 3, s, s, device=device),
+        "label": torch.randint(0, 200, (b,), device=device),
+        "map": maps / maps.sum((1, 2), keepdim=True),
+        "map_valid": torch.ones(b, dtype=torch.bool, device=device),
+    }
+    task = ClassificationTask()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16"))
+
+    def step() -> None:
+        with autocast:
+            loss = criterion(task.forward(model, batch), batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return steps * b / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="data root holding tiny-imagenet-200/ (train shard 00 + val)")
+    parser.add_argument("--weights", required=True, help="DeiT-Tiny safetensors (the bf16 file travels to the GPU)")
+    parser.add_argument("--store", help="oracle interaction store of the training images (for the ivit row)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--paths", nargs="+", default=["device", "loader"], choices=["device", "loader"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cpu", action="store_true", help="measure the CPU path (small: see --limit-batches)")
+    parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
+    parser.add_argument("--cache-dir", default="/tmp/lfi-cache")
+    parser.add_argument("--runs", default="/tmp/lfi-throughput")
+    args = parser.parse_args()
+
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    report = {**environment(device), "rows": {}}
+    out = Path(args.out)
+    for row in args.rows:
+        overrides = [
+            *ROWS[row], f"data.root={args.data}", f"model.checkpoint={args.weights}", f"data.batch_size={args.batch}",
+            f"data.num_workers={args.workers}", f"data.cache_dir={args.cache_dir}", f"output_dir={args.runs}",
+            f"trainer.max_epochs={args.epochs}", f"trainer.accelerator={device.type}",
+            "trainer.enable_progress_bar=false", "trainer.log_maps_every_n_epochs=0",
+            *([f"teacher.store={args.store}"] if row == "ivit" else []),
+            *([f"trainer.limit_train_batches={args.limit_batches}", "trainer.limit_val_batches=1", "data.test_limit=64"]
+              if args.limit_batches else []),
+        ]  # fmt: skip
+        cfg = load_config(BASE, overrides)
+        result = {"overrides": overrides, "step_img_s": round(step_rate(cfg, device, args.steps, 5), 1)}
+        for path in args.paths:
+            run_cfg = load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"])
+            if path == "device":
+                start = time.perf_counter()
+                LfiDataModule(run_cfg, build_data(run_cfg)).prepare_caches()
+                result["cache_build_s"] = round(time.perf_counter() - start, 1)
+            run = train(run_cfg)
+            images = run.metrics["global_step"] * args.batch  # every step trains one full batch (drop_last)
+            rate = images / run.metrics["train_seconds"]
+            result[path] = {
+                "e2e_img_s": round(rate, 1),
+                "ratio_to_step": round(rate / result["step_img_s"], 3),
+                "train_seconds": run.metrics["train_seconds"],
+                "epochs": run.metrics["epochs"],
+                "train_images": images,
+                "best_val": run.metrics["best_val"],
+            }
+            print(row, path, json.dumps(result[path]), flush=True)
+        report["rows"][row] = result
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The GPU-resident data path of classification: decoded images, labels and interaction maps live on the
+device, and each batch is augmented there, image and map with the same parameters.
+
+    data = DeviceImages.of(cache, maps, valid, device="cuda")
+    batches = DeviceBatches(data, sampler, batch_size=256, size=224, train=True, seed=0)
+    for batch in batches: ...   # {"image" (B, 3, 224, 224) normalised, "label" (B,), "map" (B, gh, gw), "map_valid" (B,)}
+
+Training: random resized crop (scale (0.08, 1), ratio (3/4, 4/3), torchvision's rule: ten tries, then the
+whole image's centre) and a horizontal flip, drawn per image from a generator seeded by (seed, epoch,
+batch), so a resumed run draws the same crops. Crops are resampled with `torchvision.ops.roi_align`
+(bilinear, several samples per output pixel when shrinking); the map's crop is the image's crop in the map's
+coordinates, resampled onto the student's patch grid and renormalised. Evaluation: the central crop_pct of
+the image resized to `size` (timm's Resize(size / crop_pct) + CenterCrop(size) on square images).
+Compared with the CPU pipeline (`lfi.data.pipelines`), crop corners are not rounded to whole pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
+from lfi.maps import normalize_map
+
+
+@dataclass
+class DeviceImages:
+    """A dataset on the device: images uint8 (N, 3, S, S), labels int64 (N,), and for training with a teacher
+    maps float32 (N, th, tw) (each over its whole image) with valid bool (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    maps: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+    @classmethod
+    def of(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        maps: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        device: torch.device | str = "cuda",
+    ) -> DeviceImages:
+        def to(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        # a copy: the cache is a read-only memory map
+        return cls(torch.from_numpy(np.array(images)).to(device), torch.from_numpy(labels).to(device),
+                   to(maps), to(valid))  # fmt: skip
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def random_resized_boxes(
+    n: int,
+    side: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    tries: int = 10,
+) -> torch.Tensor:
+    """(n, 4) crop boxes x0, y0, x1, y1 in pixels of a side x side image, by torchvision's RandomResizedCrop
+    rule (ten tries per image; the first that fits, else the whole image)."""
+    device = generator.device
+    area = side * side * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_ratio.exp()
+    w, h = (area * aspect).sqrt(), (area / aspect).sqrt()
+    fits = (w <= side) & (h <= side)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
+    pick = first.clamp_min(0)[:, None]
+    w, h = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
+    w = torch.where(first >= 0, w, torch.full_like(w, float(side)))
+    h = torch.where(first >= 0, h, torch.full_like(h, float(side)))
+    x0 = torch.rand(n, device=device, generator=generator) * (side - w)
+    y0 = torch.rand(n, device=device, generator=generator) * (side - h)
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def center_boxes(n: int, side: int, crop_pct: float, device: torch.device | str) -> torch.Tensor:
+    """(n, 4) boxes of the central crop_pct of a side x side image."""
+    margin = side * (1 - crop_pct) / 2
+    box = torch.tensor([margin, margin, side - margin, side - margin], device=device)
+    return box.expand(n, 4)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """images (B, C, H, W) float, boxes (B, 4) x0, y0, x1, y1 in pixels -> (B, C, *size): each image's box."""
+    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+    return roi_align(images, rois.to(images.dtype), size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+class DeviceBatches:
+    """Batches of a `DeviceImages` in the order of `sampler` (which yields indices, or (epoch, index) pairs
+    like `lfi.train.data.ResumableSampler`), augmented on the device.
+
+    size: the model's input side; grid: the student's patch grid for the maps; train: random resized crop +
+    flip (else the centre crop); Lightning finds `sampler` here and calls its set_epoch.
+    """
+
+    batch_sampler = None  # what Lightning looks for on a DataLoader: batches come from `sampler` alone
+
+    def __init__(
+        self,
+        data: DeviceImages,
+        sampler: Sequence,
+        batch_size: int,
+        size: int,
+        train: bool,
+        seed: int = 0,
+        grid: tuple[int, int] | None = None,
+        crop_pct: float = 0.875,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.data, self.sampler, self.batch_size, self.size = data, sampler, batch_size, size
+        self.train, self.seed, self.grid, self.crop_pct = train, seed, grid, crop_pct
+        device = data.images.device
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = list(self.sampler)
+        epoch = order[0][0] if order and isinstance(order[0], tuple) else 0
+        indices = [i[1] if isinstance(i, tuple) else i for i in order]
+        first = len(self.sampler) - len(order)  # batches skipped by a resume keep their numbers
+        first_batch = -(-first // self.batch_size) if first else 0
+        for b, start in enumerate(range(0, len(indices), self.batch_size), start=first_batch):
+            index = torch.tensor(indices[start : start + self.batch_size], device=self.data.images.device)
+            yield self.batch(index, epoch, b)
+
+    def batch(self, index: torch.Tensor, epoch: int = 0, number: int = 0) -> dict[str, torch.Tensor]:
+        """The batch of `index` (B,): images cropped, resized, flipped (training) and normalised."""
+        images = self.data.images[index].float()
+        n, side = len(index), images.shape[-1]
+        if self.train:
+            generator = torch.Generator(device=images.device)
+            generator.manual_seed(hash((self.seed, epoch, number)) & 0x7FFF_FFFF_FFFF_FFFF)
+            boxes = random_resized_boxes(n, side, generator)
+            flip = torch.rand(n, device=images.device, generator=generator) < 0.5
+        else:
+            boxes = center_boxes(n, side, self.crop_pct, images.device)
+            flip = torch.zeros(n, dtype=torch.bool, device=images.device)
+        images = crop_resize(images, boxes, (self.size, self.size))
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        out = {"image": (images - self.mean) / self.std, "label": self.data.labels[index]}
+        if self.train and self.data.maps is not None:
+            out["map"], out["map_valid"] = self._maps(index, boxes, flip, side)
+        return out
+
+    def _maps(
+        self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, side: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
+        maps = self.data.maps[index][:, None]  # (B, 1, th, tw)
+        th, tw = maps.shape[-2:]
+        scale = torch.tensor([tw / side, th / side, tw / side, th / side], device=boxes.device)
+        grid = crop_resize(maps, boxes * scale, self.grid)[:, 0].clamp_min(0)
+        grid = torch.where(flip[:, None, None], grid.flip(-1), grid)
+        has_mass = grid.flatten(1).sum(1) > 0
+        valid = self.data.valid[index] & has_mass
+        return normalize_map(grid) * valid[:, None, None], valid

@@ -1,0 +1,87 @@
+"""The GPU-resident data path (run here on the CPU): image and map cropped and flipped together, the eval
+crop, determinism per (seed, epoch, batch), resumed batches, and the image cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lfi.data.cache import ImageCache
+from lfi.data.gpu import DeviceBatches, DeviceImages, random_resized_boxes
+from lfi.demo.synthetic import ShortcutShapes
+from lfi.maps import normalize_map, resample_map
+
+SIDE = 32
+
+
+def blob_data(n: int = 8) -> DeviceImages:
+    """Images whose red channel is their teacher map (a blob at a random place), maps on an 8x8 grid."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.zeros(n, 8, 8)
+    for i in range(n):
+        y, x = torch.randint(0, 6, (2,), generator=g).tolist()
+        maps[i, y : y + 3, x : x + 2] = 1.0
+    maps = normalize_map(maps)
+    red = torch.nn.functional.interpolate(maps[:, None] / maps.amax((1, 2))[:, None, None, None], size=SIDE, mode="nearest")
+    images = torch.zeros(n, 3, SIDE, SIDE, dtype=torch.uint8)
+    images[:, 0] = (red[:, 0] * 255).round().to(torch.uint8)
+    return DeviceImages.of(images.numpy(), np.arange(n), maps, torch.ones(n, dtype=torch.bool), "cpu")
+
+
+def test_crops_move_image_and_map_together():
+    data = blob_data()
+    batches = DeviceBatches(data, list(range(8)), batch_size=8, size=SIDE, train=True, seed=3, grid=(4, 4), mean=(0, 0, 0), std=(1, 1, 1))
+    batch = next(iter(batches))
+    # the red channel (the map drawn into the image) seen on the student grid, against the map that came out
+    red = resample_map(batch["image"][:, 0].clamp_min(0), (4, 4))
+    agree = (normalize_map(red) - batch["map"]).abs().sum((1, 2))
+    valid = batch["map_valid"]
+    assert valid.any() and (agree[valid] < 0.35).all(), agree
+    assert torch.allclose(batch["map"][valid].sum((1, 2)), torch.ones(int(valid.sum())))
+    assert (batch["map"][~valid] == 0).all()
+
+
+def test_batches_depend_only_on_seed_epoch_and_number():
+    data = blob_data()
+    make = lambda seed: DeviceBatches(data, [(1, i) for i in range(8)], 4, SIDE, True, seed, (4, 4))  # noqa: E731
+    a, b, c = (list(make(s)) for s in (0, 0, 1))
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["map"], y["map"]) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0]["image"], c[0]["image"])
+    # a resumed epoch that skips the first batch draws the second batch's crops as the full epoch did
+    class Skipped(list):
+        def __len__(self) -> int:
+            return 8
+
+    resumed = list(DeviceBatches(data, Skipped([(1, i) for i in range(4, 8)]), 4, SIDE, True, 0, (4, 4)))
+    assert len(resumed) == 1 and torch.equal(resumed[0]["image"], a[1]["image"])
+
+
+def test_eval_is_the_central_crop():
+    data = blob_data(2)
+    batch = next(iter(DeviceBatches(data, [0, 1], 2, 28, False, crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1))))
+    centre = data.images[:, :, 2:30, 2:30].float() / 255  # mean 0, std 1 of the [0, 1] image
+    torch.testing.assert_close(batch["image"], centre, atol=1e-4, rtol=0)
+    assert "map" not in batch
+
+
+def test_random_resized_boxes_follow_the_recipe():
+    boxes = random_resized_boxes(4000, 64, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64 + 1e-4).all()
+    area = w * h / 64**2
+    assert area.min() >= 0.08 - 1e-4 and area.max() <= 1 + 1e-4
+    ratio = w / h
+    assert ratio.min() >= 3 / 4 - 1e-3 and ratio.max() <= 4 / 3 + 1e-3
+    assert 0.45 < area.mean() < 0.6  # uniform over the accepted areas, as torchvision draws them
+
+
+def test_image_cache_is_built_once_and_reused(tmp_path):
+    data = ShortcutShapes("train", 20, size=24)
+    cache = ImageCache.build(data, 24, tmp_path, progress=False)
+    assert cache.images.shape == (20, 3, 24, 24) and cache.images.dtype == np.uint8
+    assert torch.equal(torch.from_numpy(np.array(cache.images[3])), data[3]["image"].as_subclass(torch.Tensor))
+    assert cache.keys[3] == data[3]["key"] and int(cache.labels[3]) == data[3]["label"]
+    again = ImageCache.build(data, 24, tmp_path, progress=False)
+    assert again.path == cache.path and len(list(tmp_path.glob("*.npy"))) == 1
+    ImageCache.build(data, 16, tmp_path, progress=False)  # another size is another cache
+    assert len(list(tmp_path.glob("*.npy"))) == 2
