@@ -200,7 +200,6 @@ class TrainerConfig:
     check_val_every_n_epoch: int = 1
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
-    limit_test_batches: float | None = None
     enable_progress_bar: bool = True
     checkpoint_every_n_steps: int | None = None
     log_maps_every_n_epochs: int = 1
@@ -353,7 +352,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "trainer.check_val_every_n_epoch": (1, None, True, True),
     "trainer.limit_train_batches": (0, None, False, True),
     "trainer.limit_val_batches": (0, None, True, True),
-    "trainer.limit_test_batches": (0, None, False, True),
     "trainer.checkpoint_every_n_steps": (1, None, True, True),
     "trainer.log_maps_every_n_epochs": (0, None, True, True),
 }

@@ -13,6 +13,6 @@ common=(model.name=deit_tiny_patch16_224 "model.checkpoint=$weights" "data.root=
 for run in "ivit_frozen" "ivit_full model.freeze_backbone=false"; do
   set -- $run
   start=$(date +%s)
-  timeout 270 $lfi train -c configs/table1/ivit_s.yaml "${common[@]}" "experiment=$1" "${@:2}" 2>&1 | grep -v Warning | tail -3
+  timeout 270 $lfi train configs/table1/ivit_s.yaml "${common[@]}" "experiment=$1" "${@:2}" 2>&1 | grep -v Warning | tail -3
   echo "$1: exit ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s wall"
 done

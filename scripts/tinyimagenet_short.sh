@@ -14,8 +14,8 @@ common=(model.name=deit_tiny_patch16_224 "model.checkpoint=$weights" "data.root=
   trainer.enable_progress_bar=false)
 oracle=(teacher.name=oracle "teacher.store=$out/store")
 # plain ViT, full fine-tune (its standard recipe) and frozen (same trainable budget style as I-ViT)
-$lfi train -c configs/table1/vit_s.yaml "${common[@]}" experiment=vit_full
-$lfi train -c configs/table3/iq_gc.yaml "${common[@]}" "${oracle[@]}" model.freeze_backbone=true experiment=ivit_iq_gc_no_constraint
-$lfi train -c configs/table1/ivit_s.yaml "${common[@]}" "${oracle[@]}" experiment=ivit_frozen
-$lfi train -c configs/table1/ivit_s.yaml "${common[@]}" "${oracle[@]}" model.freeze_backbone=false experiment=ivit_full
+$lfi train configs/table1/vit_s.yaml "${common[@]}" experiment=vit_full
+$lfi train configs/table3/iq_gc.yaml "${common[@]}" model.freeze_backbone=true experiment=ivit_iq_gc_no_constraint
+$lfi train configs/table1/ivit_s.yaml "${common[@]}" "${oracle[@]}" experiment=ivit_frozen
+$lfi train configs/table1/ivit_s.yaml "${common[@]}" "${oracle[@]}" model.freeze_backbone=false experiment=ivit_full
 $lfi report "$out"/runs/* --out "$out/report.md"

@@ -129,11 +129,18 @@ class LfiModule(L.LightningModule):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Any, loader: Any, device: torch.device | str) -> dict[str, float]:
-    """The task's metrics (top-1 / top-5, or COCO AP) of `model` over one loader, on this process."""
+def evaluate(
+    model: nn.Module, task: Any, loader: Any, device: torch.device | str, progress: str | None = None
+) -> dict[str, float]:
+    """The task's metrics (top-1 / top-5, or COCO AP) of `model` over one loader, on this process; a
+    progress bar titled `progress` when given."""
     was_training = model.training
     model.eval()
     evaluator = task.evaluator()
+    if progress is not None:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=progress, unit="batch")
     for batch in loader:
         task.evaluate(model, move_data_to_device(batch, device), evaluator)
     model.train(was_training)
@@ -334,7 +341,11 @@ def _finish(cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, fi
     start = time.perf_counter()
     device = trainer.strategy.root_device  # Lightning hands the module back on the CPU after fit
     model = module.model.to(device)
-    tests = {name: evaluate(model, built.task, loader, device) for name, loader in built.datamodule.test_loaders().items()}
+    bars = cfg.trainer.enable_progress_bar
+    tests = {
+        name: evaluate(model, built.task, loader, device, f"test {name}" if bars else None)
+        for name, loader in built.datamodule.test_loaders().items()
+    }
     if cfg.task == "classification":
         tests |= cross_domain_summary(tests)
     best = trainer.checkpoint_callbacks[1].best_model_score
