@@ -41,10 +41,11 @@ class AccuracyEvaluator:
         loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
         self.counts += torch.tensor([hits[1], hits[5], float(loss), labels.shape[0]], dtype=torch.float64)
 
-    def compute(self) -> dict[str, float]:
-        """{"acc1", "acc5" (in %), "loss", "n"} over every process."""
+    def compute(self, sync: bool = True) -> dict[str, float]:
+        """{"acc1", "acc5" (in %), "loss", "n"}: over every process when `sync` and running distributed, else
+        over this process's samples (one process evaluating alone must not wait for the others)."""
         counts = self.counts.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
             device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
             counts = counts.to(device)
             torch.distributed.all_reduce(counts)

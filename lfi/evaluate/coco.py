@@ -184,9 +184,10 @@ class CocoEvaluator:
         self.predictions.extend(predictions)
         self.image_ids.update(int(i) for i in image_ids)
 
-    def compute(self) -> dict[str, float]:
-        """{"mAP", "AP50", ..., "AP_mask", ...} over the images seen so far (by every process under DDP)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+    def compute(self, sync: bool = True) -> dict[str, float]:
+        """{"mAP", "AP50", ..., "AP_mask", ...} over the images seen so far: by every process under DDP when
+        `sync`, else by this one."""
+        if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, (self.predictions, self.image_ids))
             self.predictions = [p for preds, _ in gathered for p in preds]

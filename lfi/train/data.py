@@ -141,7 +141,8 @@ class SeededSamples(Dataset):
 
 class ResumableSampler(Sampler):
     """The training order of one rank: a permutation seeded by (seed, epoch), padded to a multiple of the
-    world size and split by rank (as DistributedSampler), yielding (epoch, index) for `SeededSamples`.
+    world size and split by rank (as DistributedSampler), whole batches only, yielding (epoch, index) for
+    `SeededSamples`.
 
     `resume(epoch, batches)` skips the first `batches` batches of that epoch once, after a mid-epoch resume.
     """
@@ -168,11 +169,13 @@ class ResumableSampler(Sampler):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         per_rank = -(-self.size // self.world)
         padded = order.tolist() + order.tolist()[: per_rank * self.world - self.size]
-        return padded[self.rank :: self.world]
+        return padded[self.rank :: self.world][: len(self)]
 
     def __len__(self) -> int:
-        # the whole epoch, also when resumed: Lightning counts the skipped batches as done
-        return -(-self.size // self.world)
+        """This rank's samples per epoch, whole batches only (the last partial one is dropped); the whole
+        epoch also when resumed: Lightning counts the skipped batches as done."""
+        per_rank = -(-self.size // self.world)
+        return per_rank if per_rank <= self.batch_size else per_rank - per_rank % self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter([(self.epoch, i) for i in self._indices()[self.skip :]])
@@ -272,9 +275,8 @@ class LfiDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         rank, world = self._rank_world()
-        size, batch = len(self.data.train), self.cfg.data.batch_size
-        usable = size if size <= batch else size - size % batch  # drop the last partial batch
-        self.sampler = ResumableSampler(usable, self.cfg.seed, batch, rank, world)
+        batch = self.cfg.data.batch_size
+        self.sampler = ResumableSampler(len(self.data.train), self.cfg.seed, batch, rank, world)
         # The sampler must stand where the run (re)starts before the loader makes its iterator: after a
         # resume Lightning makes it before it calls set_epoch, and workers draw their indices at once.
         epoch = self.trainer.current_epoch if self._has_trainer() else 0

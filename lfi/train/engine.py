@@ -62,10 +62,12 @@ class LfiModule(L.LightningModule):
             self.loss_sums = torch.zeros(len(self.loss_names) + 1, device=losses["loss"].device)
         values = torch.stack([losses[name].detach().float() for name in self.loss_names])
         self.loss_sums += torch.cat([values, values.new_ones(1)])
+        bar = self.trainer.progress_bar_callback is not None  # the bar shows the loss of every step
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
-        elif self.trainer.progress_bar_callback is not None:
-            self.log("train/loss_step", values[-1], on_step=True, prog_bar=True)
+            terms = {f"train/{n}_step": v for n, v in zip(self.loss_names[:-1], values, strict=False)}
+            self.log_dict(terms, on_step=True)
+        if bar or (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", values[-1], on_step=True, prog_bar=bar)
         return losses["loss"]
 
     def epoch_losses(self) -> dict[str, float]:
@@ -144,7 +146,7 @@ def evaluate(
     for batch in loader:
         task.evaluate(model, move_data_to_device(batch, device), evaluator)
     model.train(was_training)
-    return evaluator.compute()
+    return evaluator.compute(sync=False)  # this process alone (rank 0 evaluates the test sets by itself)
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

@@ -244,7 +244,7 @@ def test_two_writer_processes_on_overlapping_keys(tmp_path: Path) -> None:
         """
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(10 * r)]) for r in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
     store = InteractionStore(tmp_path)
     assert len(store) == 30 and store.info()["duplicates"] == 0 and store.info()["writers"] == {"r000": 30}
     assert store.verify([_record(i).key for i in range(30)]).ok
