@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lfi.config import Config, ConfigError, load_config
+from lfi.config import Config, load_config
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,7 @@ def load_run(path: str | Path) -> Run:
     files = RunFiles(path)
     if not files.config.is_file():
         raise FileNotFoundError(f"{files.root}: no config.yaml: not a run folder of `lfi train`")
-    try:
-        cfg = load_config(files.config)
-    except ConfigError as error:
-        raise ConfigError(f"{files.config}: {error}") from None
+    cfg = load_config(files.config)  # a ConfigError names the file and the key
     metrics: dict[str, Any] = {}
     if files.metrics.is_file():
         try:
