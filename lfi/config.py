@@ -29,8 +29,10 @@ TASKS = ("classification", "detection", "segmentation")
 #: The rows of the paper's Table 3 (`lfi.models.TABLE3`): 'vit' is the unconverted model.
 VARIANTS = ("vit", "iq_gc", "ic_original", "iq_ic", "iq_ic_gc")
 TEACHERS = ("llava", "vit", "oracle", "none")
+#: Controls of an aligned run (`lfi.data.controls`): the teacher's maps, or maps that carry no knowledge.
+CONTROLS = ("none", "centre", "uniform", "shuffled")
 DATASETS = {
-    "classification": ("tinyimagenet", "pacs", "vlcs", "synthetic"),
+    "classification": ("tinyimagenet", "pacs", "vlcs", "imagefolder", "synthetic"),
     "detection": ("coco", "voc", "tinyimagenet"),
     "segmentation": ("coco",),
 }
@@ -51,11 +53,15 @@ class TeacherConfig:
     store: folder of the interaction store written by `lfi extract`. Detection with the oracle may leave it
         None: the oracle's maps are then computed on the fly from each transformed image's ground truth.
     source: the oracle's ground truth, 'boxes' or 'masks' (detection, on the fly).
+    control: 'none' (the teacher's maps), or a control that keeps the run but not the maps' knowledge:
+        'centre' (one centred Gaussian for every image), 'uniform', 'shuffled' (each image gets another
+        image's map from the store); see `lfi.data.controls`. Needs the store (its keys and grid).
     """
 
     name: str = "none"
     store: str | None = None
     source: str = "boxes"
+    control: str = "none"
 
 
 @dataclass
@@ -137,6 +143,16 @@ class DataConfig:
     img_size: classification input side (the model is built for it). scales / max_size: detection's
     multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
     splits; year: VOC.
+    Your own data (paths relative to the working directory; folders or zips): dataset 'imagefolder' reads
+    train_dir (one sub-folder of images per class), val_dir (or val_fraction > 0 alone) and test_dirs {name:
+    folder} (e.g. one per unseen domain), see `lfi.data.imagefolder`; dataset 'coco' reads any COCO-format set
+    from train_json / val_json, its images from train_dir / val_dir (default: found beside each json).
+    classes_subset / shortcut / shortcut_width: TinyImageNet's shortcut test (`lfi.data.shortcut`, issue 18):
+    classes_subset n keeps n evenly spaced classes (train, val and test alike; None = all); shortcut p paints
+    a band of a class's colour outside each object's box, the image's own class's on a share p of the
+    training (and "id" test) images, another class's on the rest; test sets "id", "ood" (cue independent of
+    the class) and "clean" (no cue); None = no cue; needs classes_subset <= 20 (one colour per class).
+    shortcut_width: the band's thickness, a share of the image side (0.1875: 12 px of 64).
     """
 
     dataset: str = "tinyimagenet"
@@ -158,6 +174,14 @@ class DataConfig:
     val_fraction: float = 0.0
     gpu_pipeline: bool | None = None
     cache_dir: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    test_dirs: dict[str, str] | None = None
+    train_json: str | None = None
+    val_json: str | None = None
+    classes_subset: int | None = None
+    shortcut: float | None = None
+    shortcut_width: float = 0.1875
 
 
 @dataclass
@@ -337,6 +361,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "data.split_seed": (0, None, True, True),
     "data.test_limit": (1, None, True, True),
     "data.val_fraction": (0, 1, True, False),
+    "data.classes_subset": (2, None, True, True),
+    "data.shortcut": (0, 1, True, True),
+    "data.shortcut_width": (0, 0.5, False, True),
     "optim.lr": (0, None, False, True),
     "optim.lr_backbone": (0, None, True, True),
     "optim.lr_interaction": (0, None, False, True),
@@ -361,6 +388,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
     "teacher.name": TEACHERS,
     "teacher.source": ("boxes", "masks"),
+    "teacher.control": CONTROLS,
     "model.variant": VARIANTS,
     "model.size": ("r50", "tiny"),
     "model.backbone_norm": ("auto", "frozen_bn", "group_norm"),
@@ -447,6 +475,19 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     on_the_fly = dense and cfg.teacher.name == "oracle"
     if cfg.aligned and cfg.teacher.store is None and not on_the_fly:
         raise ConfigError(f"{origin}: 'teacher.store' is required for variant {cfg.model.variant!r}")
+    if cfg.teacher.control != "none" and (not cfg.aligned or cfg.teacher.store is None):
+        raise ConfigError(
+            f"{origin}: teacher.control={cfg.teacher.control!r} replaces the maps of an aligned run read from a "
+            "store: set an aligned model.variant and 'teacher.store'"
+        )
+    d = cfg.data
+    if (d.shortcut is not None or d.classes_subset is not None) and d.dataset != "tinyimagenet":
+        raise ConfigError(f"{origin}: 'data.shortcut' / 'data.classes_subset' need data.dataset=tinyimagenet")
+    if d.shortcut is not None and (d.classes_subset is None or d.classes_subset > 20):
+        raise ConfigError(
+            f"{origin}: 'data.shortcut' paints one colour per class: set 'data.classes_subset' <= 20, "
+            f"got {d.classes_subset!r}"
+        )
     if dense and cfg.teacher.source == "masks" and cfg.data.dataset != "coco":
         raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
     if cfg.data.gpu_pipeline and dense:

@@ -1,4 +1,4 @@
-"""`lfi demo [--out runs/demo] [--data ROOT] [--quick]`."""
+"""`lfi demo [--out runs/demo] [--data ROOT] [--random-init] [--quick]`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from lfi.demo.pipeline import run_demo
 
     summary = run_demo(
-        Path(args.out), Path(args.data) if args.data else None, "quick" if args.quick else "full", args.seed
+        Path(args.out),
+        Path(args.data) if args.data else None,
+        "quick" if args.quick else "full",
+        random_init=args.random_init,
     )
     print((Path(args.out) / "report.md").read_text())
     print(f"total {summary['timings_s']['total_s']} s; report: {Path(args.out) / 'report.md'}")
@@ -20,12 +23,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` sub-command."""
     p = subparsers.add_parser(
-        "demo", help="offline end-to-end demo: data, teacher maps, ViT vs I-ViT, report"
+        "demo",
+        help="offline demo in small: a pretrained student, ViT vs IQ+GC vs I-ViT over seeds, ID/OOD report",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument(
-        "--data", help="shared data root: run on PACS with the ViT teacher instead of synthetic data"
+        "--data",
+        help="shared data root holding weights/deit_tiny_patch16_224.safetensors (the pretrained student); "
+        "default ../shared/data when it holds them, else the random-init fallback, named in the report",
     )
+    p.add_argument("--random-init", action="store_true", help="use the random-init fallback student")
     p.add_argument("--quick", action="store_true", help="a tiny version (seconds), for tests")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -1,6 +1,8 @@
 """`lfi extract` and `lfi store info|verify|compact`: the extract stage's commands.
 
 lfi extract --teacher vit --data ../shared/data --dataset tinyimagenet --split val --out stores/tin-val-vit
+lfi extract --teacher vit --dataset imagefolder --data my_photos/train --out stores/my_vit   # class folders
+lfi extract --teacher oracle --dataset coco --data my_coco/annotations.json --out stores/my_oracle   # COCO json
 torchrun --nproc-per-node 4 -m lfi.cli extract --teacher llava --device cuda ...   # one writer per rank
 lfi store info stores/tin-val-vit
 lfi store verify stores/tin-val-vit --data ../shared/data --dataset tinyimagenet --split val
@@ -19,7 +21,7 @@ from typing import Any
 
 # Constants rather than imports of the registries they mirror (tests/extract checks they agree).
 TEACHERS = ("llava", "oracle", "vit")  # lfi.extract.teacher.available_teachers()
-DATASETS = ("tinyimagenet", "pacs", "vlcs", "coco", "voc")  # lfi.data.build.DATASETS
+DATASETS = ("tinyimagenet", "pacs", "vlcs", "coco", "voc", "imagefolder")  # lfi.data.build.DATASETS
 EMPTY_POLICIES = ("skip", "uniform", "error")  # lfi.extract.teacher.EMPTY_POLICIES
 ON_ERROR = ("error", "skip")  # lfi.extract.run.ON_ERROR
 
@@ -51,8 +53,24 @@ def teacher_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def check_oracle_boxes(args: argparse.Namespace) -> None:
+    """The oracle on your own class folders needs their boxes.txt (else it would store only invalid maps)."""
+    if args.teacher != "oracle" or args.dataset != "imagefolder":
+        return
+    from lfi.data.build import build_dataset
+
+    dataset = build_dataset("imagefolder", args.data, args.split)
+    if not dataset.has_boxes:
+        raise ValueError(
+            f"--teacher oracle: {args.data} has no boxes.txt ('<class>/<image> x0 y0 x1 y1' lines), so the oracle "
+            "has nothing to map; add one, or use a teacher that reads the image (--teacher vit or llava)"
+        )
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from lfi.extract.run import run_extraction
+
+    check_oracle_boxes(args)
 
     report = run_extraction(
         args.teacher,
@@ -122,9 +140,16 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
 
 
 def _add_dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--data", type=Path, required=required, help="dataset root, zip or extracted folder")
+    p.add_argument(
+        "--data", type=Path, required=required,
+        help="dataset root, zip or extracted folder; imagefolder: a folder or zip of class folders; "
+        "coco: also any COCO-format .json (its images beside it)",
+    )  # fmt: skip
     p.add_argument("--dataset", choices=DATASETS, required=required)
-    p.add_argument("--split", default="train", help="dataset split (default: train)")
+    p.add_argument(
+        "--split", default="train",
+        help="dataset split (default: train); imagefolder: picks DATA/<split>/ when DATA holds split folders",
+    )  # fmt: skip
     p.add_argument("--domains", nargs="+", help="PACS / VLCS domains (default: all)")
     p.add_argument("--limit", type=int, help="only the first N images")
 

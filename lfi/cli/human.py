@@ -10,18 +10,23 @@ def cmd_eval_human(args: argparse.Namespace) -> int:
     from lfi.show.human_eval import run_eval_human
 
     text, written = run_eval_human(
-        args.data, args.out, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size
-    )
+        args.data, args.out, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size,
+        store=args.store, resample=args.resample, eval_side=args.eval_side or None,
+    )  # fmt: skip
     print(text)
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """``lfi eval-human --run RUN_DIR | --model NAME --checkpoint PATH [--data ROOT] [--limit N] --out DIR``."""
+    """``lfi eval-human --run RUN_DIR [RUN_DIR ...] | --model NAME --checkpoint PATH [--data ROOT] [--limit N]
+    [--store STORE] --out DIR``."""
     p = subparsers.add_parser("eval-human", help="human alignment of C_VFM / C_VLM / C_AGT on OSIE (Fig. 6)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="run folder of `lfi train` (classification)")
+    source.add_argument(
+        "--run", type=Path, nargs="+",
+        help="run folder(s) of `lfi train` (classification); several (e.g. seeds): mean ± std over them",
+    )  # fmt: skip
     source.add_argument("--model", help="timm model name (or deit_tiny, deit_small), converted to I-ViT")
     p.add_argument("--checkpoint", type=Path, help="safetensors weights for --model")
     p.add_argument(
@@ -29,6 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=100, help="first N OSIE stimuli (default 100)")
     p.add_argument("--teacher", choices=("vit", "none"), default="vit", help="C_VLM source (default vit)")
+    p.add_argument(
+        "--store", type=Path, help="interaction store holding the OSIE images: its maps as a reference row"
+    )
+    p.add_argument(
+        "--resample", choices=("to_human", "to_model"), default="to_human",
+        help="common grid: model maps upsampled to the human map (default) or the human map downsampled",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-side", type=int, default=200,
+        help="score on human maps of this longest side, fixations as votes per cell (default 200; 0 = full size)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_eval_human)

@@ -14,8 +14,9 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if boxes is not None and len(boxes) != len(args.images):
         raise ValueError(f"--boxes: {len(boxes)} boxes for {len(args.images)} images; give one per image")
     written = run_viz(
-        args.run, args.images, args.out, args.teacher, boxes, args.layer, args.head, args.per, args.dpi
-    )
+        args.run, args.images, args.out, args.teacher, boxes, args.layer, args.head, args.per, args.dpi,
+        html=args.html, labels=args.labels,
+    )  # fmt: skip
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
@@ -48,7 +49,10 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("viz", help="interaction maps of a trained run over images (Fig. 5), PNG + PDF")
+    p = subparsers.add_parser(
+        "viz",
+        help="interaction maps of a trained run over images (Fig. 5), PNG + PDF and/or a browsable page",
+    )
     p.add_argument("run", type=Path, help="run folder of `lfi train` (classification)")
     p.add_argument("--images", nargs="+", type=Path, required=True, help="image files")
     p.add_argument("--layer", type=int, help="block index into the converted blocks (default: mean)")
@@ -63,7 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--boxes", nargs="+", help="oracle teacher: one box 'x0,y0,x1,y1' (pixels) per image")
     p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
-    p.add_argument("--out", type=Path, required=True, help="figure path; .png and .pdf are written")
+    p.add_argument("--out", type=Path, help="figure path; .png and .pdf are written")
+    p.add_argument(
+        "--html", type=Path, metavar="OUT_DIR",
+        help="also (or instead of --out) write a browsable page: OUT_DIR/index.html + PNGs, offline, class filter",
+    )  # fmt: skip
+    p.add_argument(
+        "--labels", nargs="+",
+        help="--html: the true class of each image (default: a folder of its path named like a class)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_viz)
 
     p = subparsers.add_parser("curves", help="convergence plot (Fig. 3-4) of run folders' metrics.csv")

@@ -50,6 +50,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from lfi.train.study import read_study, run_study, study_root
+
+    study = read_study(args.study)
+    only = [r.strip() for r in args.only.split(",")] if args.only else None
+    unknown = sorted(set(only or []) - set(study.rows))
+    if unknown:
+        raise ValueError(f"lfi study: --only {unknown} are not rows of {args.study} ({sorted(study.rows)})")
+    devices = [d.strip() for d in args.devices.split(",")] if args.devices else None
+    result = run_study(study, args.overrides, args.jobs, devices, only, train=not args.report_only)
+    from lfi.show.study import write_study_report
+
+    root = study_root(study, args.overrides)
+    print(f"study: {root / 'study.json'}; tables: {write_study_report(result, root)}")
+    for run_dir in result["failed"]:
+        print(f"failed: {run_dir} (log: {run_dir}/train.log)", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sweep",
@@ -78,3 +97,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands, train nothing")
     p.set_defaults(func=cmd_sweep)
+    p = subparsers.add_parser(
+        "study",
+        help="tune each row of a comparison on the validation split (same grid size per row), then run it over seeds",
+    )
+    p.add_argument("study", help="study YAML (configs/study/*/study.yaml): rows, their tuning grids, seeds")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time (several small runs share a GPU)")
+    p.add_argument("--devices", metavar="0,1", help="GPU ids dealt to the --jobs slots in turn")
+    p.add_argument("--only", metavar="ROW1,ROW2", help="run these rows only (a `like` row needs its row's choice)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables of the runs finished so far")
+    p.set_defaults(func=cmd_study)

@@ -1,8 +1,9 @@
 """Datasets, joint image/box/mask/interaction-map transforms, and the store-backed training wrapper.
 
 Modules: `keys` (image store keys), `source` (zips or folders), `base` (sample format), `tinyimagenet`,
-`pacs`, `domainbed` (VLCS and any DomainBed-layout set), `coco`, `voc`, `osie`, `build` (`build_dataset`,
-one entry point by name), `subsets` (ratio subsets), `transforms` (InteractionMap tv_tensor), `pipelines`
+`pacs`, `domainbed` (VLCS and any DomainBed-layout set), `coco` (also any COCO-format json by path), `voc`,
+`osie`, `imagefolder` (your own images, one folder per class), `build` (`build_dataset`, one entry point by
+name; `imagefolder_sets` / `coco_sets`, a config's own data by path), `subsets` (ratio subsets), `transforms` (InteractionMap tv_tensor), `pipelines`
 (standard v2 pipelines), `interaction` (`WithInteractionMaps`), `collate`.
 
 The names below are imported on first use (PEP 562), so that `import lfi.data.keys` or
@@ -16,6 +17,7 @@ from typing import Any
 
 # exported name -> module that defines it
 _EXPORTS = {
+    "ImageFolder": "lfi.data.imagefolder",
     "InteractionMap": "lfi.data.transforms",
     "WithInteractionMaps": "lfi.data.interaction",
     "build_dataset": "lfi.data.build",

@@ -47,11 +47,14 @@ def _base(dataset: Dataset) -> tuple[Dataset, list[int]]:
 
 
 def dataset_digest(dataset: Dataset, side: int) -> str:
-    """What a cache of `dataset` at `side` px depends on: source files, image paths, side."""
+    """What a cache of `dataset` at `side` px depends on: source files, image paths, side, and the dataset's
+    `cache_key` where it has one (a dataset that changes its files' images, e.g. paints a cue on them)."""
     base, indices = _base(dataset)
     source = getattr(base, "source", None)
     records = getattr(base, "records", None)
     digest = hashlib.sha256(f"{type(base).__name__}|{side}".encode())
+    if getattr(base, "cache_key", None):  # what a dataset paints on its files' images (lfi.data.shortcut)
+        digest.update(f"|{base.cache_key}".encode())
     if source is None or records is None:  # not a file-backed dataset: its samples' keys (content hashes)
         for i in range(len(dataset)):
             digest.update(dataset[i]["key"].encode())

@@ -12,6 +12,12 @@ the zip). A sample is a dict:
     key        lfi.data.keys.image_key(relpath, data)
     data       raw bytes, only with return_bytes=True
 
+Any COCO-format set by path: root = its annotation ``.json`` file (CVAT, Label Studio, Roboflow exports...);
+its images are read from `images` (a folder or a zip), else from the first of the json's folder, ``images/``
+beside it, ``images/`` beside its folder, or ``<X>/`` beside its folder for ``instances_<X>.json`` (COCO's own
+layout) that holds the first listed file. There relpath is the json's ``file_name``. Every listed file must
+exist: a FileNotFoundError names the missing ones.
+
 Crowd annotations (iscrowd=1: one RLE region covering a group of objects) are dropped by default
 (crowd='drop'), as DETR training does: they are not instances, and pycocotools' COCOeval reads them from the
 ground-truth json itself to ignore detections inside them. crowd='keep' returns them with iscrowd=1.
@@ -34,17 +40,18 @@ from torchvision import tv_tensors
 
 from lfi.data.base import decode_rgb, make_boxes
 from lfi.data.keys import image_key
-from lfi.data.source import open_source
+from lfi.data.source import FileSource, open_source
 
 SPLITS = ("train", "val")
 CROWD = ("drop", "keep")
 
 
 class CocoDetection(Dataset):
-    """COCO-2017-format instances of `split` ('train' or 'val').
+    """COCO-2017-format instances of `split` ('train' or 'val'), or of any COCO-format json by path.
 
     root: the folder holding ``coco_tiny.zip`` (or the shared data root), the zip itself, or an extracted
-    folder containing ``annotations/`` (``coco_tiny/`` or a full COCO folder).
+    folder containing ``annotations/`` (``coco_tiny/`` or a full COCO folder); or a COCO-format ``.json``
+    file (then `split` is not read, and `images` may name the folder or zip of its images).
     """
 
     def __init__(
@@ -54,25 +61,57 @@ class CocoDetection(Dataset):
         return_masks: bool = False,
         crowd: str = "drop",
         return_bytes: bool = False,
+        images: Path | str | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"COCO split must be one of {SPLITS}, got {split!r}")
         if crowd not in CROWD:
             raise ValueError(f"crowd must be one of {CROWD}, got {crowd!r}")
-        self.source = open_source(root, "coco_tiny", "coco_tiny*.zip", "annotations")
-        ann_rel = f"annotations/instances_{split}2017.json"
+        by_path = Path(root).suffix.lower() == ".json"
+        if by_path:
+            ann = Path(root)
+            if not ann.is_file():
+                raise FileNotFoundError(f"{ann}: no such COCO annotation file")
+            origin, text = str(ann), ann.read_bytes()
+        else:
+            if split not in SPLITS:
+                raise ValueError(f"COCO split must be one of {SPLITS}, got {split!r}")
+            if images is not None:
+                raise ValueError(
+                    "images= is for a COCO json given by path; root here is a COCO folder or zip"
+                )
+            self.source = open_source(root, "coco_tiny", "coco_tiny*.zip", "annotations")
+            ann_rel = f"annotations/instances_{split}2017.json"
+            origin, text = f"{self.source.describe()}:{ann_rel}", self.source.read(ann_rel)
         try:
-            dataset = json.loads(self.source.read(ann_rel))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.source.describe()}:{ann_rel}: not valid JSON ({e})") from e
+            dataset = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{origin}: not valid JSON ({e})") from e
+        if not isinstance(dataset, dict):
+            raise ValueError(f"{origin}: expected a COCO json object with images, annotations, categories")
         for field in ("images", "annotations", "categories"):
             if field not in dataset:
-                raise ValueError(f"{self.source.describe()}:{ann_rel}: missing top-level field {field!r}")
+                raise ValueError(f"{origin}: missing top-level field {field!r}")
+        names = [str(info.get("file_name", "")) for info in dataset["images"]]
+        self.prefix = "" if by_path else f"{split}2017/"
+        if by_path:
+            self.source = _images_source(Path(root), images, names[0] if names else "")
+        missing = [n for n in names if not n or not self.source.exists(self.prefix + n)]
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:3]) + (
+                f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            )
+            hint = "; give the folder of the images as data.train_dir / data.val_dir" if by_path else ""
+            raise FileNotFoundError(
+                f"{origin}: {len(missing)} of {len(names)} listed images ('file_name') are not in "
+                f"{self.source.describe()}{'/' + self.prefix if self.prefix else ''}: {shown}{hint}"
+            )
         self.coco = COCO()
         self.coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
             self.coco.createIndex()
         self.coco_ids = sorted(self.coco.getCatIds())
+        unknown = sorted({a.get("category_id") for a in dataset["annotations"]} - set(self.coco_ids), key=str)
+        if unknown:
+            raise ValueError(f"{origin}: annotations name category ids {unknown[:5]} that 'categories' lacks")
         self.label_of = {cid: i for i, cid in enumerate(self.coco_ids)}
         self.classes = [self.coco.cats[cid]["name"] for cid in self.coco_ids]
         self.image_ids = sorted(self.coco.getImgIds())
@@ -87,7 +126,7 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        relpath = f"{self.split}2017/{info['file_name']}"
+        relpath = f"{self.prefix}{info['file_name']}"
         data = self.source.read(relpath)
         image = decode_rgb(data, f"{self.source.describe()}:{relpath}")
         h, w = image.shape[-2:]
@@ -125,3 +164,30 @@ class CocoDetection(Dataset):
         for i, a in enumerate(anns):
             masks[i] = mask_utils.decode(self.coco.annToRLE(a))
         return tv_tensors.Mask(torch.from_numpy(masks))
+
+
+def _images_source(ann: Path, images: Path | str | None, first: str) -> FileSource:
+    """Where the images of COCO json `ann` are (module doc): `images` (a folder, or a zip with or without
+    enclosing folders), else the first candidate folder that holds `first`, the first listed file_name."""
+    if images is not None:
+        images = Path(images)
+        if images.is_dir():
+            return FileSource(folder=images)
+        if not images.is_file():
+            raise FileNotFoundError(f"{images}: no such folder or zip (the images of {ann})")
+        if images.suffix.lower() != ".zip":
+            raise ValueError(f"{images}: expected the folder or .zip of the images of {ann}")
+        from lfi.data.imagefolder import _Tree
+
+        tree, base = _Tree.of_zip(images), ""
+        while first and f"{base}{first}" not in tree.files and len(tree.subdirs(base.rstrip("/"))) == 1:
+            base += tree.subdirs(base.rstrip("/"))[0] + "/"
+        return FileSource([images], prefix=base if f"{base}{first}" in tree.files else "")
+    here = ann.parent
+    candidates = [here, here / "images", here.parent / "images"]
+    if ann.stem.startswith("instances_"):
+        candidates.append(here.parent / ann.stem.removeprefix("instances_"))
+    for folder in candidates:
+        if first and (folder / first).is_file():
+            return FileSource(folder=folder)
+    return FileSource(folder=here)

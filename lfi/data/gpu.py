@@ -101,8 +101,9 @@ class DeviceBatches:
     """Batches of a `DeviceImages` in the order of `sampler` (which yields indices, or (epoch, index) pairs
     like `lfi.train.data.ResumableSampler`), augmented on the device.
 
-    size: the model's input side; grid: the student's patch grid for the maps; train: random resized crop +
-    flip (else the centre crop); Lightning finds `sampler` here and calls its set_epoch.
+    size: the model's input side; grid: the student's patch grid for the maps; train: training batches (with
+    the maps); augment: random resized crop + flip (else the centre crop), default `train`; Lightning finds
+    `sampler` here and calls its set_epoch.
     """
 
     batch_sampler = None  # what Lightning looks for on a DataLoader: batches come from `sampler` alone
@@ -119,9 +120,11 @@ class DeviceBatches:
         crop_pct: float = 0.875,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        augment: bool | None = None,
     ) -> None:
         self.data, self.sampler, self.batch_size, self.size = data, sampler, batch_size, size
         self.train, self.seed, self.grid, self.crop_pct = train, seed, grid, crop_pct
+        self.augment = train if augment is None else augment
         device = data.images.device
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
@@ -140,10 +143,10 @@ class DeviceBatches:
             yield self.batch(index, epoch, b)
 
     def batch(self, index: torch.Tensor, epoch: int = 0, number: int = 0) -> dict[str, torch.Tensor]:
-        """The batch of `index` (B,): images cropped, resized, flipped (training) and normalised."""
+        """The batch of `index` (B,): images cropped, resized, flipped (augmented) and normalised."""
         images = self.data.images[index].float()
         n, side = len(index), images.shape[-1]
-        if self.train:
+        if self.augment:
             generator = torch.Generator(device=images.device)
             generator.manual_seed(hash((self.seed, epoch, number)) & 0x7FFF_FFFF_FFFF_FFFF)
             boxes = random_resized_boxes(n, side, generator)

@@ -38,6 +38,7 @@ ORACLE_SOURCES = {
     "vlcs": (),
     "coco": ("boxes", "masks"),
     "voc": ("boxes",),
+    "imagefolder": ("boxes",),  # when the folder has a boxes.txt (`lfi.data.imagefolder`)
 }
 
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from lfi.evaluate.human import score_ratio
 from lfi.show.save import save_figure
 
-METRIC_LABELS = {"cosine": "cosine similarity", "cc": "CC (Pearson)", "nss": "NSS"}
+METRIC_LABELS = {"cosine": "cosine similarity", "cc": "CC (Pearson)", "nss": "NSS", "auc_judd": "AUC-Judd"}
 
 
 def human_alignment_figure(

@@ -155,7 +155,9 @@ class Entry:
 
     @property
     def teacher(self) -> str:
-        return self.cfg.teacher.name  # 'none' for every variant that reads no maps (config validation)
+        """The teacher's name ('none' for every variant that reads no maps), and the control run in its place."""
+        t = self.cfg.teacher
+        return t.name if t.control == "none" else f"{t.name} maps replaced by the '{t.control}' control"
 
 
 def tested_sets(run: Run) -> dict[str, dict[str, float]]:
@@ -187,7 +189,7 @@ def classification_cell(run: Run) -> Cell:
     if d.dataset in ("pacs", "vlcs"):
         domains = {name: (name, "acc1") for name in tests if name != "val"}
         return Cell("4" if d.dataset == "pacs" else "5", row, domains, size == "L/16" and not kd)
-    if d.dataset != "tinyimagenet":
+    if d.dataset != "tinyimagenet" or ("val" not in tests and len(tests) > 1):  # e.g. the shortcut test's id/ood
         return Cell("other", row, {name: (name, "acc1") for name in tests}, False)
     top1 = (_main_set(run), "acc1")
     if m.variant not in ("vit", "iq_ic_gc"):

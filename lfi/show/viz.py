@@ -8,6 +8,11 @@ an image missing from the store without ``--teacher`` is an error, never silentl
 
 Images are resized whole (no crop) to the model's input size, so every map covers the whole image, as the
 overlays of `lfi.show.maps` need.
+
+With ``html`` (``lfi viz --html OUT_DIR``) the same maps go into a browsable page (`lfi.show.html`): per image
+the image, C_VLM, C_VFM, C_AGT, C_F, the prediction (top class of the run's classes and its probability) and
+the true label: given (``labels``), or else the nearest folder of the image's path named like one of the
+run's classes (ImageFolder layouts), or else unknown.
 """
 
 from __future__ import annotations
@@ -79,6 +84,14 @@ def student_maps(
 
     layers: the converted blocks to read (default: all of them); a plain ViT variant has only C_VFM.
     """
+    return student_outputs(model, x, layers)[0]
+
+
+@torch.no_grad()
+def student_outputs(
+    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`student_maps` and the logits (B, classes) of the same forward pass."""
     names = ("vfm", "agt", "fused") if model.config.interaction_queries else ("vfm",)
     rows = 1 if model.has_class_token else None
     out = model(x, MapRequest.of(*names, rows=rows), layers=tuple(layers) if layers is not None else None)
@@ -89,7 +102,8 @@ def student_maps(
          for n in names}
         for m in out.maps.values()
     ]  # fmt: skip
-    return {MAP_TITLES[n]: torch.stack([p[n] for p in per_layer], dim=1).cpu() for n in names}
+    maps = {MAP_TITLES[n]: torch.stack([p[n] for p in per_layer], dim=1).cpu() for n in names}
+    return maps, out.logits.float().cpu()
 
 
 def thumbnail(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
@@ -149,30 +163,47 @@ def parse_box(text: str) -> torch.Tensor:
     return torch.tensor([values])
 
 
+def infer_label(path: str | Path, classes: Sequence[str]) -> str | None:
+    """The nearest folder of `path` whose name is one of `classes` (e.g. ``.../dog/images/x.jpg`` -> dog),
+    or None."""
+    known = set(classes)
+    return next((part for part in reversed(Path(path).parent.parts) if part in known), None)
+
+
 def run_viz(
     run_dir: str | Path,
     image_paths: Sequence[str | Path],
-    out: str | Path,
+    out: str | Path | None,
     teacher: str | None = None,
     boxes: Sequence[torch.Tensor] | None = None,
     layer: int | None = None,
     head: int | None = None,
     per: str = "mean",
     dpi: int = 150,
+    html: str | Path | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Draw Fig. 5 for `image_paths` with the run's student; returns the PNG and PDF written.
+    """Draw Fig. 5 for `image_paths` with the run's student; returns the files written (PNG and PDF, then
+    html's index.html).
 
     teacher: None = C_VLM from the run's store, 'vit' / 'oracle' = computed now, 'none' = no C_VLM column.
     per: 'mean' (one figure, a row per image, `layer` / `head` or the mean over them), 'layer' or 'head' (a
     row per layer / per head of `layer`, one figure per image, named <out>_<image stem>).
+    html: a folder for the browsable page (`lfi.show.html`; maps: `layer` / `head` or the mean over them);
+    labels: the true class of each image for the page (default: from its path, `infer_label`).
+    out: None writes no figure (then `html` is needed).
     """
+    if out is None and html is None:
+        raise ValueError("nothing to write: give --out (figure) and/or --html (page folder)")
+    if labels is not None and len(labels) != len(image_paths):
+        raise ValueError(f"--labels: {len(labels)} labels for {len(image_paths)} images; give one per image")
     model, run = load_trained(run_dir)
     cfg = run.cfg
     loaded = [read_image(p) for p in image_paths]
     images, datas = [im for im, _ in loaded], [d for _, d in loaded]
     names = [Path(p).name for p in image_paths]
     size = (cfg.data.img_size, cfg.data.img_size)
-    maps = student_maps(model, model_input(images, size))
+    maps, logits = student_outputs(model, model_input(images, size))
     vlm_name = teacher if teacher else cfg.teacher.name
     vlm: list[torch.Tensor] | None = None
     if teacher is None:
@@ -192,11 +223,47 @@ def run_viz(
         per_image.append(named)
     title = f"{Path(run_dir).name}: {cfg.model.name}, variant {cfg.model.variant}"
     images = [thumbnail(im) for im in images]  # the maps cover the whole image, so they fit any size
-    if per == "mean":
+    written: list[Path] = []
+    if out is not None and per == "mean":
         fig = interaction_grid(images, per_image, labels=names, layer=layer, head=head, title=title)
-        return save_figure(fig, out, dpi=dpi)
-    written = []
-    for image, named, name in zip(images, per_image, names, strict=True):
-        fig = interaction_figure(image, named, per=per, layer=-1 if layer is None else layer, title=title)
-        written += save_figure(fig, Path(out).with_name(f"{Path(out).stem}_{Path(name).stem}.png"), dpi=dpi)
+        written += save_figure(fig, out, dpi=dpi)
+    elif out is not None:
+        for image, named, name in zip(images, per_image, names, strict=True):
+            fig = interaction_figure(image, named, per=per, layer=-1 if layer is None else layer, title=title)
+            written += save_figure(
+                fig, Path(out).with_name(f"{Path(out).stem}_{Path(name).stem}.png"), dpi=dpi
+            )
+    if html is not None:
+        classes = list(run.metrics.get("classes") or [])
+        truth = list(labels) if labels is not None else [infer_label(p, classes) for p in image_paths]
+        written.append(
+            _write_html(html, images, per_image, names, logits, classes, truth, layer, head, title)
+        )
     return written
+
+
+def _write_html(
+    html: str | Path,
+    images: Sequence[torch.Tensor],
+    per_image: Sequence[dict[str, torch.Tensor]],
+    names: Sequence[str],
+    logits: torch.Tensor,
+    classes: Sequence[str],
+    truth: Sequence[str | None],
+    layer: int | None,
+    head: int | None,
+    title: str,
+) -> Path:
+    from lfi.show.html import Card, write_page
+    from lfi.show.maps import select_map
+
+    probs = logits.softmax(-1)
+    cards = []
+    for i, (image, named, name) in enumerate(zip(images, per_image, names, strict=True)):
+        p, k = probs[i].max(0)
+        predicted = classes[int(k)] if int(k) < len(classes) else f"class {int(k)}"
+        shown = {t.replace("\n", " "): select_map(m, layer, head, t) for t, m in named.items()}
+        cards.append(Card(name, image, shown, predicted, float(p), truth[i]))
+    where = "mean over layers" if layer is None else f"layer {layer}"
+    where += ", mean over heads" if head is None else f", head {head}"
+    return write_page(cards, html, title=f"{title} ({where})")

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from lfi.config import Config, ConfigError
+from lfi.data.controls import with_control
 from lfi.train.data import DETECTION_STRIDE, ExperimentData, LfiDataModule, Transform, build_data
 from lfi.train.losses import (
     AlignmentLoss,
@@ -175,6 +176,8 @@ def build(
     reads_store = cfg.aligned and (store is not None or cfg.teacher.store is not None)
     if reads_store and store is None:
         store = open_store(cfg)
+    if reads_store:
+        store = with_control(store, cfg.teacher.control, cfg.seed)
     grid = None
     if cfg.task == "classification":
         img = cfg.data.img_size

@@ -52,20 +52,37 @@ class ExperimentData:
 
 
 def build_data(cfg: Config) -> ExperimentData:
-    """The datasets named by cfg.data (real data under cfg.data.root), for cfg.task."""
-    from lfi.data.build import build_dataset
+    """The datasets named by cfg.data (real data under cfg.data.root, or your own by path), for cfg.task."""
+    from lfi.data.build import build_dataset, check_path_keys, coco_sets, imagefolder_sets
 
     d, root = cfg.data, Path(cfg.data.root)
+    check_path_keys(d)  # data.train_dir / test_dirs / train_json ... only where the dataset reads them
     if cfg.task != "classification":
+        if d.train_json is not None or d.val_json is not None:  # any COCO-format set, by path
+            from lfi.data.detection import fraction_subset
+
+            masks = cfg.task == "segmentation" or (cfg.teacher.name == "oracle" and cfg.teacher.source == "masks")
+            train, val = coco_sets(d, masks)
+            train = fraction_subset(train, d.ratio, d.split_seed)
+            return ExperimentData(train, val, {"val": val}, list(val.classes), coco_gt=val.coco, category_ids=val.coco_ids)
         return _detection_data(cfg)
     if d.dataset == "synthetic":
         raise ValueError("data.dataset=synthetic has no loader here: the synthetic set is built by `lfi demo`")
     opts = {"domains": train_domains(d)} if d.dataset in ("pacs", "vlcs") else {}
     if d.dataset == "vlcs":
         opts["seed"] = d.split_seed
-    train = build_dataset(d.dataset, root, "train", **opts)
-    val = build_dataset(d.dataset, root, "val", **opts)
-    tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
+    if d.dataset == "imagefolder":  # your own class folders, by path (val None: data.val_fraction holds out)
+        train, val, tests = imagefolder_sets(d)
+    else:
+        train = build_dataset(d.dataset, root, "train", **opts)
+        val = build_dataset(d.dataset, root, "val", **opts)
+        tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
+    if d.shortcut is not None or d.classes_subset is not None:  # the shortcut test (issue 18): id / ood / clean
+        if d.dataset != "tinyimagenet":
+            raise ValueError(f"data.shortcut / data.classes_subset need data.dataset=tinyimagenet, got {d.dataset!r}")
+        from lfi.data.shortcut import shortcut_splits
+
+        train, val, tests = shortcut_splits(train, val, d.classes_subset, d.shortcut, d.shortcut_width, d.split_seed)
     data = ExperimentData(train, val, tests or {"val": val}, train.classes, getattr(train, "wnids", None))
     if d.val_fraction > 0:  # choose on a split of train; the dataset's own val is then reported as a test
         kept, held_out = holdout_split(train.labels, d.val_fraction, d.split_seed)
@@ -75,6 +92,8 @@ def build_data(cfg: Config) -> ExperimentData:
         labels = [train.labels[i] for i in data.train.indices] if isinstance(data.train, Subset) else train.labels
         kept = ratio_subset(labels, d.ratio, d.split_seed)
         data.train = Subset(data.train, kept)
+    if val is None and not tests:  # no test set of its own: the held-out training images are reported
+        data.tests = {"val": data.val}
     return data
 
 
@@ -289,7 +308,8 @@ class LfiDataModule(L.LightningDataModule):
         self.sampler.set_epoch(epoch)
         if self.on_device():
             data = self._device_images(self.data.train, with_maps=self.store is not None)
-            return DeviceBatches(data, self.sampler, batch, self.cfg.data.img_size, True, self.cfg.seed, self.grid)
+            d = self.cfg.data
+            return DeviceBatches(data, self.sampler, batch, d.img_size, True, self.cfg.seed, self.grid, augment=d.augment)
         return self._loader(self._train_samples(), self.sampler)
 
     def on_device(self) -> bool:

@@ -11,7 +11,7 @@ import scipy.io
 import torch
 
 from lfi.data.osie import OSIE, fixation_maps, parse_fixations
-from lfi.evaluate.human import evaluate_human_alignment
+from lfi.evaluate.human import centre_bias, evaluate_human_alignment
 
 
 def test_fixation_maps_place_1_based_points_and_weight_durations() -> None:
@@ -75,8 +75,7 @@ def test_osie_errors_name_the_image(shared_data: Path) -> None:
 def test_centre_bias_beats_uniform_on_real_fixations(shared_data: Path) -> None:
     osie = OSIE(shared_data)
     samples = [osie[i] for i in range(8)]  # decoded and blurred once, scored under both grid policies
-    y, x = torch.meshgrid(torch.linspace(-1, 1, 14), torch.linspace(-1, 1, 14), indexing="ij")
-    centre = torch.exp(-(x**2 + y**2) / (2 * 0.4**2))
+    centre = centre_bias((14, 14))
 
     def model_maps(images: torch.Tensor) -> dict[str, torch.Tensor]:
         n = images.shape[0]
@@ -88,4 +87,7 @@ def test_centre_bias_beats_uniform_on_real_fixations(shared_data: Path) -> None:
         assert table.scores["C_AGT"]["cc"].numel() == 8
         assert scores["C_AGT"]["cc"][0] > 0.2 and scores["C_VFM"]["cc"] == (0.0, 0.0), policy
         assert scores["C_AGT"]["nss"][0] > 0.5 and scores["C_VFM"]["nss"] == (0.0, 0.0), policy
+        # AUC-Judd: a uniform map is chance (0.5) exactly, the centre bias well above it on every image
+        assert scores["C_VFM"]["auc_judd"] == (0.5, 0.0), policy
+        assert (table.scores["C_AGT"]["auc_judd"] > 0.6).all(), policy
         assert table.ratio() > 1.0

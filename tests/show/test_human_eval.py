@@ -1,18 +1,27 @@
 """`lfi eval-human` (`lfi.show.human_eval`): the trained run's maps scored against human maps (offline, on
-hand-made samples), and a converted DeiT-Tiny with the ViT teacher on 2 real OSIE images."""
+hand-made samples and a tiny OSIE folder with an interaction store), and a converted DeiT-Tiny with the ViT
+teacher on 2 real OSIE images."""
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.io
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from lfi.cli.human import register
 from lfi.config import config_to_dict
-from lfi.show.human_eval import human_alignment, load_student, map_function, write_outputs
+from lfi.data.keys import image_key
+from lfi.extract.store import Record, StoreWriter
+from lfi.show.human_eval import human_alignment, load_student, map_function, run_eval_human, write_outputs
 from lfi.train.build import build_model
 from tests.show.conftest import tiny_config, write_run
 
@@ -59,6 +68,7 @@ def test_students_without_c_agt_or_weights_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.data
+@pytest.mark.slow
 def test_eval_human_on_real_osie_with_a_converted_deit_tiny(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -70,17 +80,119 @@ def test_eval_human_on_real_osie_with_a_converted_deit_tiny(
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    # freshly converted: P'_q = P_q, so C_AGT is C_VFM and the ratio is exactly 1; printed once
-    assert "C_AGT / C_VFM: cosine 1.00x (paper: 2.7x)" in printed and printed.count("C_AGT / C_VFM") == 1
-    md = (tmp_path / "human_alignment.md").read_text()
-    assert "C_VLM (teacher: DeiT-Tiny ViT, VFM->VFM substitute)" in md
-    rows = {
-        line.split(",")[0]: line.split(",")
-        for line in (tmp_path / "human_alignment.csv").read_text().splitlines()
-    }
-    assert list(rows) == ["map", "C_VFM", "C_VLM", "C_AGT"] and rows["C_AGT"][-1] == "2"
-    cosine = {name: float(rows[name][1]) for name in ("C_VFM", "C_VLM", "C_AGT")}
+    # freshly converted: P'_q = P_q, so C_AGT is C_VFM and every ratio is exactly 1
+    assert "| mean | 1.00x | 1.00x | 1.00x |" in printed and "| L11 | 1.00x" in printed
+    report = json.loads((tmp_path / "human_alignment.json").read_text())
+    assert "C_VLM (teacher: DeiT-Tiny ViT, VFM->VFM substitute)" in report["header"]
+    assert report["images"] == 2 and list(report["references"]) == ["C_VLM", "centre bias"]
+    assert list(report["layers"]) == [f"L{k}" for k in range(12)]
+    cosine = {name: report["maps"][name]["cosine"]["mean"] for name in ("C_VFM", "C_AGT")}
+    cosine["C_VLM"] = report["references"]["C_VLM"]["cosine"]["mean"]
     assert cosine["C_AGT"] == cosine["C_VFM"] and all(0 < c <= 1 for c in cosine.values())
     assert cosine["C_VLM"] != pytest.approx(cosine["C_VFM"])  # a different map, scored on its own
+    # on real fixations every map, and the centre bias, ranks fixated pixels above chance
+    assert report["maps"]["C_AGT"]["auc_judd"]["mean"] > 0.6
+    assert report["references"]["centre bias"]["auc_judd"]["mean"] > 0.6
+    assert report["references"]["centre bias"]["nss"]["mean"] > 0.5
+    rows = [line.split(",") for line in (tmp_path / "human_alignment.csv").read_text().splitlines()]
+    assert rows[1][:2] == ["C_VFM", ""] and rows[1][-1] == "2"
     for suffix in (".png", ".pdf"):
         assert (tmp_path / "human_alignment").with_suffix(suffix).stat().st_size > 1000
+
+
+def _tiny_osie(root: Path, n: int = 3) -> list[bytes]:
+    """An extracted OSIE folder: n 48x64 JPEG stimuli and a fixations.mat of 2 subjects each; returns the
+    stimuli's bytes."""
+    stimuli = root / "osie" / "data" / "stimuli"
+    stimuli.mkdir(parents=True)
+    (root / "osie" / "data" / "eye").mkdir()
+    g = torch.Generator().manual_seed(1)
+    entries = np.empty((n, 1), dtype=object)
+    datas = []
+    for i in range(n):
+        pixels = torch.randint(0, 256, (48, 64, 3), dtype=torch.uint8, generator=g).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG")
+        (stimuli / f"{1001 + i}.jpg").write_bytes(buf.getvalue())
+        datas.append(buf.getvalue())
+        subject = {"fix_x": np.array([10.0 + i, 40.0]), "fix_y": np.array([20.0, 30.0 - i]),
+                   "fix_duration": np.array([200.0, 300.0])}  # fmt: skip
+        entries[i, 0] = {"img": f"{1001 + i}.jpg", "subjects": np.array([subject, subject], dtype=object)}
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"fixations": entries})
+    (root / "osie" / "data" / "eye" / "fixations.mat").write_bytes(buf.getvalue())
+    return datas
+
+
+def _store(path: Path, datas: list[bytes]) -> Path:
+    """An interaction store of the OSIE stimuli (keyed under some other path: found by the bytes' hash)."""
+    with StoreWriter(path, {"teacher": "oracle", "grid": [4, 4]}) as writer:
+        for i, data in enumerate(datas):
+            m = torch.zeros(4, 4)
+            m[1 + i % 2, 2] = 1.0
+            writer.add(Record(image_key(f"elsewhere/{i}.jpg", data), m, (48, 64), True, False))
+    return path
+
+
+def test_eval_human_over_two_runs_with_a_store_per_layer(trained_run: Path, tmp_path: Path) -> None:
+    datas = _tiny_osie(tmp_path / "data")
+    store = _store(tmp_path / "store", datas)
+    seed1 = tmp_path / "seed1"  # the same weights in another folder: the over-runs std must be 0
+    shutil.copytree(trained_run, seed1, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "human"
+    argv = ["eval-human", "--run", str(trained_run), str(seed1), "--data", str(tmp_path / "data"), "--teacher",
+            "none", "--store", str(store), "--limit", "3", "--batch-size", "2", "--out", str(out)]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    report = json.loads((out / "human_alignment.json").read_text())
+    assert report["images"] == 3 and report["aggregated_over"] == "runs" and len(report["runs"]) == 2
+    assert list(report["maps"]) == ["C_VFM", "C_AGT", "C_F"]
+    assert list(report["references"]) == ["C_VLM (store)", "centre bias"]
+    assert list(report["layers"]) == ["L0", "L1"] and list(report["layers"]["L1"]) == [
+        "C_VFM",
+        "C_AGT",
+        "C_F",
+    ]
+    for stats in (report["maps"]["C_AGT"], report["layers"]["L0"]["C_F"]):
+        assert set(stats) == {"cosine", "cc", "nss", "auc_judd"}
+        assert all(s["n"] == 2 and s["std"] == pytest.approx(0.0, abs=1e-12) for s in stats.values())
+    assert 0.0 <= report["maps"]["C_AGT"]["auc_judd"]["mean"] <= 1.0
+    ratios = report["ratio_agt_over_vfm"]
+    assert list(ratios) == ["mean", "L0", "L1"] and set(ratios["L1"]) == {"cosine", "cc", "nss"}
+    per_run = report["per_run"]
+    assert [r["maps"]["C_AGT"]["cosine"]["mean"] for r in per_run] == [
+        report["maps"]["C_AGT"]["cosine"]["mean"]
+    ] * 2
+    cosine = ratios["L1"]["cosine"]
+    agt, vfm = (
+        report["layers"]["L1"]["C_AGT"]["cosine"]["mean"],
+        report["layers"]["L1"]["C_VFM"]["cosine"]["mean"],
+    )
+    assert cosine["runs"][0] == pytest.approx(agt / vfm) and cosine["mean"] == pytest.approx(agt / vfm)
+    assert agt != pytest.approx(vfm)  # trained P'_q: C_AGT differs from C_VFM at each layer
+    md = (out / "human_alignment.md").read_text()
+    assert "Mean ± std over 2 runs" in md and "| L1 | C_AGT |" in md and "| C_VLM (store) (reference) |" in md
+    assert f"interaction store {store}" in md and "| mean | " in md
+    csv_rows = (out / "human_alignment.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("map,layer,cosine_mean") and "C_AGT,1," in "\n".join(csv_rows)
+    assert (out / "human_alignment.png").stat().st_size > 1000
+
+    # one run: mean ± std over the images, the same means
+    text, _ = run_eval_human(
+        tmp_path / "data", tmp_path / "one", trained_run, teacher="none", limit=3, batch_size=3
+    )
+    single = json.loads((tmp_path / "one" / "human_alignment.json").read_text())
+    assert single["aggregated_over"] == "images" and single["maps"]["C_AGT"]["cosine"]["n"] == 3
+    assert single["maps"]["C_AGT"]["cosine"]["mean"] == pytest.approx(
+        report["maps"]["C_AGT"]["cosine"]["mean"]
+    )
+    assert list(single["references"]) == ["centre bias"] and "Mean ± std over images" in text
+
+
+def test_eval_human_names_osie_images_missing_from_the_store(trained_run: Path, tmp_path: Path) -> None:
+    datas = _tiny_osie(tmp_path / "data")
+    store = _store(tmp_path / "store", datas[:2])
+    with pytest.raises(KeyError, match=r"not in the interaction store .*1003\.jpg"):
+        run_eval_human(tmp_path / "data", tmp_path / "out", trained_run, teacher="none", limit=3, store=store)

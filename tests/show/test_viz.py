@@ -99,3 +99,13 @@ def test_viz_cli_with_oracle_teacher_per_head(trained_run: Path, images: list[Pa
     args = parser.parse_args(one_box)
     with pytest.raises(ValueError, match="1 boxes for 2 images"):
         args.func(args)
+
+
+def test_student_outputs_gives_the_logits_of_the_same_pass(trained_run: Path, images: list[Path]) -> None:
+    from lfi.show.viz import student_outputs
+
+    model, _ = load_trained(trained_run)
+    x = model_input([read_image(p)[0] for p in images], (32, 32))
+    maps, logits = student_outputs(model, x)
+    torch.testing.assert_close(logits, model(x))
+    assert list(maps) == ["C_VFM", "C_AGT", "C_F"] and logits.shape == (2, 4)

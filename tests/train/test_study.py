@@ -1,0 +1,113 @@
+"""`lfi study`: rows tuned on the held-out split, the best point chosen, seeds run; controls copy the choice.
+A fake runner stands in for `lfi train` (it writes metrics.csv with a val score that depends on the point)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lfi.config import ConfigError, load_config, save_config
+from lfi.show.study import differs, study_markdown
+from lfi.train.study import read_study, run_study
+from lfi.train.sweep import SweepRun
+
+
+def _val_score(cfg) -> float:
+    """Val top-1 of a fake run: best at lr 1e-3 for every row; the control row scores lower on test only."""
+    return 60.0 - abs(cfg.optim.lr - 1e-3) * 1e4 + cfg.loss.align_weight
+
+
+def fake_train(calls: list):
+    def runner(run: SweepRun, command: list[str], env: dict[str, str], log: Path) -> int:
+        calls.append(run.experiment)
+        cfg = load_config(run.config, run.overrides)
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        log.write_text("fake\n")
+        save_config(cfg, cfg.run_dir / "config.yaml")
+        val = _val_score(cfg)
+        (cfg.run_dir / "metrics.csv").write_text(f"epoch,val/acc1\n0,{val - 5}\n1,{val}\n")
+        test = val - 10 * (cfg.teacher.control != "none") + 0.1 * cfg.seed
+        metrics = {"task": cfg.task, "seed": cfg.seed, "epochs": 2, "test": {"val": {"acc1": test, "n": 10}}}
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return 0
+
+    return runner
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Path:
+    (tmp_path / "base.yaml").write_text(
+        f"experiment: x\noutput_dir: {tmp_path / 'runs'}\n"
+        "model: {name: vit_small_patch16_224, variant: vit}\ndata: {dataset: tinyimagenet}\n"
+    )
+    aligned = "{model.variant: iq_ic_gc, teacher.name: oracle, teacher.store: s}"
+    (tmp_path / "study.yaml").write_text(
+        "name: demo_study\nseeds: [0, 1, 2]\nrows:\n"
+        "  probe: {config: base.yaml, tune: {optim.lr: [3.0e-4, 1.0e-3, 3.0e-3]}}\n"
+        f"  ivit: {{config: base.yaml, set: {aligned}, tune: {{optim.lr: [1.0e-3, 3.0e-3], loss.align_weight: [0.5, 2.0]}}}}\n"
+        f"  shuffled: {{config: base.yaml, set: {{teacher.control: shuffled, model.variant: iq_ic_gc, teacher.name: oracle, teacher.store: s}}, like: ivit}}\n"
+    )  # fmt: skip
+    return tmp_path / "study.yaml"
+
+
+def test_rows_are_tuned_on_val_then_run_over_seeds(study_file: Path, tmp_path: Path) -> None:
+    calls: list[str] = []
+    result = run_study(read_study(study_file), jobs=2, runner=fake_train(calls), echo=None)
+    rows = result["rows"]
+    assert rows["probe"]["chosen"] == {"optim.lr": 1e-3}
+    assert rows["ivit"]["chosen"] == {"optim.lr": 1e-3, "loss.align_weight": 2.0}
+    assert rows["shuffled"]["chosen"] == rows["ivit"]["chosen"]  # the control runs with the method's choice
+    assert len(rows["ivit"]["grid"]) == 4 and all(g["score"] is not None for g in rows["ivit"]["grid"])
+    # 3 + 4 tuning runs, then seeds 1, 2 of each tuned row and all three seeds of the control
+    assert len(calls) == 7 + 2 + 2 + 3
+    for name in rows:
+        seeds = sorted(load_config(Path(d) / "config.yaml").seed for d in rows[name]["runs"])
+        assert seeds == [0, 1, 2]
+    shuffled = [load_config(Path(d) / "config.yaml") for d in rows["shuffled"]["runs"]]
+    assert {(c.teacher.control, c.loss.align_weight) for c in shuffled} == {("shuffled", 2.0)}
+
+    again: list[str] = []
+    run_study(read_study(study_file), runner=fake_train(again), echo=None)
+    assert again == []  # resumable: every finished run is skipped
+
+    text = study_markdown(json.loads((tmp_path / "runs" / "demo_study" / "study.json").read_text()), "ivit")
+    assert "**lr=0.001, align_weight=2.0: 62.00**" in text
+    assert "| shuffled | oracle | shuffled | lr=0.001, align_weight=2.0 |" in text
+    assert "-10.00" in text  # the control's test drop is outside the seeds' spread
+
+
+def test_only_runs_the_rows_named(study_file: Path) -> None:
+    calls: list[str] = []
+    result = run_study(read_study(study_file), only=["probe"], runner=fake_train(calls), echo=None)
+    assert set(result["rows"]) == {"probe"} and all(c.startswith("demo_study/probe/") for c in calls)
+
+
+def test_spread_rule() -> None:
+    assert differs([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) == "no difference"
+    assert differs([10.0, 10.1, 10.2], [1.0, 1.1, 1.2]) == "+9.00"
+    assert differs([1.0], [2.0, 3.0]) == "n < 2"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("rows: {}\n", "no rows"),
+        ("rows:\n  a: {config: base.yaml, like: b}\n", "must name a row"),
+        ("rows:\n  a: {config: base.yaml, tune: {optim.lr: []}}\n", "non-empty list"),
+        ("rows:\n  a: {config: base.yaml, grid: {}}\n", "unknown keys"),
+        ("seeds: [0, 0]\nrows:\n  a: {config: base.yaml}\n", "distinct"),
+    ],
+)
+def test_bad_study_files_are_named(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        read_study(path)
+
+
+def test_report_only_trains_nothing(study_file: Path) -> None:
+    calls: list[str] = []
+    result = run_study(read_study(study_file), runner=fake_train(calls), echo=None, train=False)
+    assert calls == [] and result["rows"]["probe"]["chosen"] is None
