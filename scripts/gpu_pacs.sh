@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Table 4 on DeiT-Tiny (issue 19): PACS leave-one-domain-out, four rows x four unseen domains x three seeds on one
+# Table 4 on DeiT-Tiny (issue 19): PACS leave-one-domain-out, six rows x four unseen domains x three seeds on one
 # GPU. Usage: scripts/gpu_pacs.sh DATA WORK [lfi sweep options and KEY=VALUE ...]
 # DATA holds pacs/PACS-112.zip and weights/deit_tiny_patch16_224[.bf16].safetensors. Makes the `vit` teacher's
 # maps of the training images (stores/pacs_vit14; DeiT-Tiny relevance, NOT the paper's LLaVA-1.5) and the
@@ -14,5 +14,5 @@ common=("data.root=$data" "model.checkpoint=$weights" "output_dir=$work/runs" "d
 for domain in art_painting cartoon photo sketch; do
   $lfi prepare configs/study/pacs/base.yaml "${common[@]}" "data.test_domains=[$domain]"
 done
-$lfi sweep configs/study/pacs/{vit_full,iq_gc,ivit_vit,shuffled}.yaml "${common[@]}" \
+$lfi sweep configs/study/pacs/{vit_full,probe,iq_gc,ivit_vit,shuffled,centre}.yaml "${common[@]}" \
   --set 'data.test_domains=[art_painting],[cartoon],[photo],[sketch]' --seeds 0,1,2 "$@"
