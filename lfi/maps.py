@@ -88,3 +88,15 @@ def attention_to_grid(
         keys = (heads * w.unsqueeze(-1)).sum(dim=-2)
     patches = keys[..., num_prefix_tokens:]
     return normalize_map(patches.reshape(*patches.shape[:-1], *grid))
+
+
+def centre_bias(size: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
+    """A centred Gaussian on an (h, w) grid over the whole image, L1-normalised, float32: the centre-bias
+    baseline of saliency benchmarks and the `centre` control of training (`lfi.data.controls`). sigma: a
+    fraction of each side (so the blob is stretched to the image's aspect, as Judd et al.'s centre prior);
+    cell centres sit at ((i + 0.5) / h, (j + 0.5) / w)."""
+    h, w = size
+    y = ((torch.arange(h, dtype=torch.float64) + 0.5) / h - 0.5) / sigma
+    x = ((torch.arange(w, dtype=torch.float64) + 0.5) / w - 0.5) / sigma
+    g = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
+    return (g / g.sum()).float()

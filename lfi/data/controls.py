@@ -4,7 +4,7 @@ A gain from aligning to a teacher's maps can come from the teacher's knowledge o
 from any prior that the maps share (mass near the centre, a smooth map, an extra loss that regularises the
 attention). The controls keep everything of an aligned run but the maps' content:
 
-    centre    every image gets the same centred Gaussian (sigma = CENTRE_SIGMA of the side): the centre prior
+    centre    every image gets the same centred Gaussian (`lfi.maps.centre_bias`, sigma 1/4 of each side)
     uniform   every image gets the uniform map: alignment that says nothing at all
     shuffled  each image gets another image's map from the same store (a seeded derangement of its keys):
               the teacher's maps, with their statistics, but not this image's object
@@ -20,20 +20,7 @@ from typing import Any
 import torch
 
 from lfi.config import CONTROLS
-from lfi.maps import normalize_map
-
-#: The centred Gaussian's standard deviation, as a share of the map's side (the saliency literature's centre
-#: bias is of this width; Judd et al. 2009 fit one to fixations in this range).
-CENTRE_SIGMA = 0.25
-
-
-def centre_map(grid: tuple[int, int], sigma: float = CENTRE_SIGMA) -> torch.Tensor:
-    """A centred Gaussian on `grid` (h, w), sigma a share of each side, summing to 1: (h, w) float32."""
-    h, w = grid
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h - 0.5
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w - 0.5
-    g = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
-    return normalize_map(g)
+from lfi.maps import centre_bias
 
 
 def derangement(keys: list[str], seed: int) -> dict[str, str]:
@@ -62,7 +49,7 @@ class ControlMaps:
         grid = tuple(store.grid)
         self._fixed = None
         if control == "centre":
-            self._fixed = centre_map(grid)
+            self._fixed = centre_bias(grid)
         elif control == "uniform":
             self._fixed = torch.full(grid, 1.0 / (grid[0] * grid[1]))
         self._other = derangement(store.keys(), seed) if control == "shuffled" else {}

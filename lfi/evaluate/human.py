@@ -174,17 +174,6 @@ def auc_judd(pred: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
     return out.reshape(lead)
 
 
-def centre_bias(size: tuple[int, int], sigma: float = 0.25) -> torch.Tensor:
-    """A centred Gaussian on an (h, w) grid over the whole image, L1-normalised: the centre-bias baseline of
-    saliency benchmarks. sigma: a fraction of each side (so the blob is stretched to the image's aspect, as
-    Judd et al.'s centre prior); cell centres sit at ((i + 0.5) / h, (j + 0.5) / w)."""
-    h, w = size
-    y = ((torch.arange(h, dtype=torch.float64) + 0.5) / h - 0.5) / sigma
-    x = ((torch.arange(w, dtype=torch.float64) + 0.5) / w - 0.5) / sigma
-    g = torch.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
-    return (g / g.sum()).float()
-
-
 def downsample_human(
     human: torch.Tensor, fixations: torch.Tensor, max_side: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,7 @@ until it is trained). Reference rows, the same for every run: C_VLM, a teacher's
 images (teacher 'vit': `lfi.extract.vit_teacher`, the VFM->VFM substitute, explaining its own top-1 class since
 OSIE has no labels); ``C_VLM (store)``, the maps of an interaction store holding the OSIE images (found by the
 hash of each image file's bytes, as `lfi viz` does); ``centre bias``, a centred Gaussian
-(`lfi.evaluate.human.centre_bias`). All are scored against the OSIE human maps and fixations by
+(`lfi.maps.centre_bias`). All are scored against the OSIE human maps and fixations by
 `lfi.evaluate.human` (cosine, CC, NSS, AUC-Judd). Several runs (seeds) are scored in one pass over the images,
 and reported as mean ± std over runs of each run's mean; one run as mean ± std over images. Written:
 human_alignment.json, .md (tables), .csv and the bar chart.
@@ -36,7 +36,6 @@ from lfi.evaluate.human import (
     RATIO_METRICS,
     AlignmentTable,
     aggregate,
-    centre_bias,
     evaluate_human_alignment,
     evaluate_many,
     layer_name,
@@ -44,6 +43,7 @@ from lfi.evaluate.human import (
     split_layer,
 )
 from lfi.extract.teacher import apply_contrast, build_teacher
+from lfi.maps import centre_bias
 from lfi.models import InteractionViT, create_vit, interactionize
 from lfi.show.human import human_alignment_figure
 from lfi.show.viz import load_trained, model_input, store_maps, student_maps

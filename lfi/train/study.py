@@ -180,7 +180,9 @@ def run_study(
     """Tune, select, run the seeds (module docstring); returns study.json's content, also written to
     <output_dir>/<study name>/study.json (output_dir of the first row's config after `overrides`).
     train=False trains nothing: the choices and tables of the runs finished so far."""
-    tuning = tuning_runs(study, overrides, only)
+    # a `like` row needs the choice of its row: that row's grid is planned too (finished runs are skipped)
+    tuned = None if only is None else [*only, *(study.rows[r].like for r in only if study.rows[r].like)]
+    tuning = tuning_runs(study, overrides, tuned)
     statuses: list[RunStatus] = []
     if train:
         statuses += run_sweep([r for runs in tuning.values() for r in runs], jobs, devices, runner, echo)

@@ -12,7 +12,6 @@ from lfi.evaluate.human import (
     AlignmentTable,
     aggregate,
     auc_judd,
-    centre_bias,
     common_grid,
     compare_to_human,
     cosine_similarity,
@@ -25,6 +24,7 @@ from lfi.evaluate.human import (
     score_ratio,
     split_layer,
 )
+from lfi.maps import centre_bias
 
 
 def cos_ref(a: np.ndarray, b: np.ndarray) -> float:

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from lfi.config import ConfigError
-from lfi.data.controls import ControlMaps, centre_map, derangement, with_control
+from lfi.data.controls import ControlMaps, derangement, with_control
 from lfi.data.interaction import read_stored_map
+from lfi.maps import centre_bias
 from lfi.train.build import build
 from lfi.train.data import stored_maps_of
 from tests.train.conftest import tiny_config
 
 
 def test_centre_map_is_a_centred_distribution() -> None:
-    m = centre_map((14, 14))
+    m = centre_bias((14, 14))
     assert m.shape == (14, 14)
     assert torch.isclose(m.sum(), torch.tensor(1.0))
     assert torch.allclose(m, m.flip(0)) and torch.allclose(m, m.flip(1))  # symmetric about the centre
@@ -46,7 +47,7 @@ def test_controls_over_a_real_store(tiny) -> None:
     assert torch.allclose(shuffled.sum(0), own.sum(0))  # the same maps, in other places
 
     centre, valid = stored_maps_of(ControlMaps(store, "centre"), keys)
-    assert valid.all() and torch.equal(centre, centre_map(store.grid).expand_as(centre))
+    assert valid.all() and torch.equal(centre, centre_bias(store.grid).expand_as(centre))
     uniform, _ = read_stored_map(ControlMaps(store, "uniform"), keys[0])
     assert torch.allclose(uniform, torch.full(store.grid, 1 / (store.grid[0] * store.grid[1])))
 

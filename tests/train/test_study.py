@@ -111,3 +111,15 @@ def test_report_only_trains_nothing(study_file: Path) -> None:
     calls: list[str] = []
     result = run_study(read_study(study_file), runner=fake_train(calls), echo=None, train=False)
     assert calls == [] and result["rows"]["probe"]["chosen"] is None
+
+
+def test_only_a_control_tunes_the_row_it_copies(study_file: Path) -> None:
+    calls: list[str] = []
+    result = run_study(read_study(study_file), only=["shuffled"], runner=fake_train(calls), echo=None)
+    assert set(result["rows"]) == {"shuffled"}
+    assert result["rows"]["shuffled"]["chosen"] == {"optim.lr": 1e-3, "loss.align_weight": 2.0}
+    tuned = [c for c in calls if c.startswith("demo_study/ivit/tune/")]
+    assert len(tuned) == 4 and not any(c.startswith("demo_study/ivit/seed") for c in calls)  # no seeds of ivit
+    assert sorted(c for c in calls if c.startswith("demo_study/shuffled/")) == [
+        f"demo_study/shuffled/seed{k}" for k in range(3)
+    ]
