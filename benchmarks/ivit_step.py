@@ -14,6 +14,8 @@ Variants:
                   gated implementation (a gated layer computes all of this layer's work and more).
   no_gate_one_sdpa  the same with both query sets in one SDPA call, (B, H, 2N, d), halves averaged.
   naive           I-ViT through the reference path (backend "reference").
+  linear_gate     I-ViT with the per-pair linear gate (`gate_hidden=0`, no hidden layer), which has no kernel:
+                  the reference path, so compare it with naive (the FFN gate on the same path) and fused.
   compiled        naive I-ViT under torch.compile.
 Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything). The backend is set when
 the model is built (IViTConfig.attention, see lfi.models.backends). The per-head gate (fused_per_head in
@@ -58,7 +60,7 @@ from profiling import attention_us, by_op, kernel_breakdown  # noqa: E402
 from lfi.models.ivit import interactionize  # noqa: E402
 from lfi.train.losses import classification_criterion  # noqa: E402
 
-VARIANTS = ("plain", "fused", "no_gate", "no_gate_one_sdpa", "naive", "compiled")
+VARIANTS = ("plain", "fused", "no_gate", "no_gate_one_sdpa", "naive", "linear_gate", "compiled")
 MODES = ("frozen", "full")
 COMPILE_RESERVE_S = 150  # do not start a torch.compile case with less time than this left
 
@@ -76,8 +78,9 @@ def build(variant: str, model_name: str, mode: str, device: torch.device) -> tup
     gated = not variant.startswith("no_gate")
     backend = "fused" if variant == "fused" else "reference"
     model = interactionize(
-        vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated, attention=backend
-    )
+        vit, inplace=True, freeze_backbone=mode == "frozen", gated_control=gated, attention=backend,
+        gate_hidden=0 if variant == "linear_gate" else 8,
+    )  # fmt: skip
     return model.to(device), True
 
 
@@ -252,9 +255,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
         # no torch.compile in a smoke run; no kernels on the CPU
         keep = (
-            ("plain", "naive", "no_gate", "no_gate_one_sdpa", "fused")
+            ("plain", "naive", "linear_gate", "no_gate", "no_gate_one_sdpa", "fused")
             if torch.cuda.is_available()
-            else ("plain", "naive", "no_gate", "no_gate_one_sdpa")
+            else ("plain", "naive", "linear_gate", "no_gate", "no_gate_one_sdpa")
         )
         args.variants = [v for v in args.variants if v in keep]
     if args.out is None:

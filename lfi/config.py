@@ -78,7 +78,8 @@ class ModelConfig:
         constraint), 'ic_original' (C_VLM supervises the original queries), 'iq_ic', 'iq_ic_gc' (I-ViT).
     freeze_backbone: train only P'_q, the gates and the task head (paper 5.1.2; needs a checkpoint).
     layers: blocks (encoder layers) to convert; None = all. align_layers: converted layers the loss reads;
-        None = the deeper half of them. gate_hidden: width of the gate's FFN.
+        None = the deeper half of them. gate_hidden: width of the gate's FFN; 0 = the per-pair linear gate
+        (no hidden layer; it has no fused kernel, so it runs on the reference attention path).
     """
 
     name: str = "vit_small_patch16_224"
@@ -346,7 +347,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "seed": (0, None, True, True),
     "model.num_queries": (1, None, True, True),
     "model.dropout": (0, 1, True, False),
-    "model.gate_hidden": (1, None, True, True),
+    "model.gate_hidden": (0, None, True, True),
     "loss.align_weight": (0, None, True, True),
     "loss.aux_weight": (0, None, True, True),
     "loss.kd_weight": (0, None, True, True),

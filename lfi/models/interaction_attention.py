@@ -46,13 +46,14 @@ class MapRequest:
 class GateWeights(NamedTuple):
     """Parameters of the gated control network's FFN (Eq. 5), applied at every query-key pair.
 
-    w1: (E, 2H), b1: (E,), w2: (2H, E), b2: (2H,), with H heads and hidden width E.
+    w1: (E, 2H), b1: (E,), w2: (2H, E), b2: (2H,), with H heads and hidden width E. The per-pair linear gate
+    (no hidden layer) has w1: (2H, 2H), b1: (2H,) and w2 = b2 = None.
     """
 
     w1: torch.Tensor
     b1: torch.Tensor
-    w2: torch.Tensor
-    b2: torch.Tensor
+    w2: torch.Tensor | None
+    b2: torch.Tensor | None
 
 
 def attention_logits(q: torch.Tensor, k: torch.Tensor, scale: float, attn_mask: torch.Tensor | None):
@@ -126,7 +127,10 @@ def gate_values(
     if isinstance(keys, torch.Tensor):
         keys = keys.to(c_agt.dtype)
     x = torch.cat([c_agt * keys, c_vfm * keys], dim=1).movedim(1, -1)  # (B, M, N, 2H)
-    g = torch.sigmoid(F.linear(F.gelu(F.linear(x, gate.w1, gate.b1)), gate.w2, gate.b2)).movedim(-1, 1)
+    z = F.linear(x, gate.w1, gate.b1)
+    if gate.w2 is not None:  # the FFN; without it the per-pair linear gate
+        z = F.linear(F.gelu(z), gate.w2, gate.b2)
+    g = torch.sigmoid(z).movedim(-1, 1)
     return g[:, :heads], g[:, heads:]
 
 

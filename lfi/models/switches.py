@@ -20,7 +20,7 @@ class InteractionSwitches:
         is the fixed average C_F = (C_AGT + C_VFM) / 2, the gate's own starting point.
     constraint (IC): which map the alignment loss supervises: "interaction" (C_AGT, the paper's method),
         "original" (C_VFM, Table 3 row 3, i.e. attention transfer) or "none".
-    gate_hidden: hidden width of the gate's FFN.
+    gate_hidden: hidden width of the gate's FFN; 0 = the per-pair linear gate (no hidden layer).
     attention: which implementation the converted layers run ("auto", "fused", "reference"; see
         lfi.models.backends); None reads $LFI_ATTENTION when the model is built (default "auto"). Not a
         switch of the method: every choice computes the same function.

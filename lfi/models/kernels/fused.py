@@ -78,6 +78,8 @@ def fused_unsupported_reason(
         return "no interaction queries: plain attention already runs through fused SDPA"
     if gate is None:
         return "no gate: C_F V = (C_AGT V + C_VFM V) / 2 runs as two fused SDPA calls, which are faster"
+    if gate.w2 is None:
+        return "the per-pair linear gate (gate_hidden=0) has no kernel: the reference path runs it"
     if dispatch and request is not None and request.names and request.rows is None:
         return "full maps requested: the reference path materialises them once anyway"
     if dispatch and not q.is_cuda:
