@@ -14,15 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lfi.show.curves import Curve, epochs_to_reach, run_curve
+from lfi.show.report import mean_std
 from lfi.train.runs import finished, load_run
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def _point(point: Mapping[str, Any] | None) -> str:
@@ -35,7 +29,7 @@ def row_results(run_dirs: Sequence[str], metric: str = "acc1") -> dict[str, Any]
     """Per test set the values of `metric` over the row's finished runs, and their last-epoch val/acc1."""
     tests: dict[str, list[float]] = {}
     val: list[float] = []
-    curves: list[list[tuple[int, float]]] = []
+    curves: list[Curve] = []
     teacher, control, epochs = set(), set(), set()
     for d in run_dirs:
         if not finished(d):
@@ -44,10 +38,9 @@ def row_results(run_dirs: Sequence[str], metric: str = "acc1") -> dict[str, Any]
         for name, m in run.metrics["test"].items():
             if isinstance(m, dict) and metric in m:
                 tests.setdefault(name, []).append(float(m[metric]))
-        curve = run.curve("val/acc1")
-        if curve:
-            val.append(float(curve[-1][1]))
-            curves.append(curve)
+        if run.curve("val/acc1"):
+            curves.append(run_curve(run, "val/acc1"))
+            val.append(curves[-1].values[-1])
         teacher.add(run.cfg.teacher.name)
         control.add(run.cfg.teacher.control)
         epochs.add(run.metrics.get("epochs"))
@@ -55,16 +48,16 @@ def row_results(run_dirs: Sequence[str], metric: str = "acc1") -> dict[str, Any]
             "epochs": "/".join(str(e) for e in sorted(epochs, key=str))}  # fmt: skip
 
 
-def epochs_to(curves: Sequence[Sequence[tuple[int, float]]], threshold: float) -> str:
-    """Epochs each seed's curve needs to first reach `threshold` (0-based epoch + 1), as mean ± std; a seed
+def epochs_to(curves: Sequence[Curve], threshold: float) -> str:
+    """Epochs each seed's curve needs to first reach `threshold` (`epochs_to_reach`), as mean ± std; a seed
     that never reaches it makes the row '>E (k of n)'."""
-    reached = [next((e + 1 for e, v in c if v >= threshold), None) for c in curves]
+    reached = [epochs_to_reach(c, threshold) for c in curves]
     if not reached:
         return "-"
     if None in reached:
-        most = max(e for c in curves for e, _ in c) + 1
+        most = max(c.epochs[-1] for c in curves) + 1
         return f">{most} ({sum(r is not None for r in reached)} of {len(reached)} seeds reach it)"
-    return _mean_std([float(r) for r in reached]).replace(".00", "")
+    return mean_std([float(r) for r in reached])
 
 
 def differs(a: Sequence[float], b: Sequence[float]) -> str:
@@ -100,8 +93,8 @@ def study_markdown(result: Mapping[str, Any], reference: str | None = None) -> s
     ref = results.get(reference, {"tests": {}})
     for name, row in rows.items():
         r = results[name]
-        cells = [name, r["teacher"], r["control"], _point(row["chosen"]), r["epochs"], _mean_std(r["val"])]
-        cells += [_mean_std(r["tests"].get(t, [])) for t in tests]
+        cells = [name, r["teacher"], r["control"], _point(row["chosen"]), r["epochs"], mean_std(r["val"])]
+        cells += [mean_std(r["tests"].get(t, [])) for t in tests]
         cells += [
             "-" if name == reference else differs(r["tests"].get(t, []), ref["tests"].get(t, []))
             for t in tests
