@@ -177,6 +177,11 @@ def read_boxes_file(text: str, origin: str, relpaths: set[str]) -> dict[str, lis
     return boxes
 
 
+def _mismatch(classes: list[str], folders: list[str]) -> tuple[list[str], list[str]]:
+    """(classes without a folder, folders that are not classes)."""
+    return [c for c in classes if c not in folders], [f for f in folders if f not in classes]
+
+
 class ImageFolder(ImageDataset):
     """One class per sub-folder of `root` (a folder or a zip; the module doc gives the layouts).
 
@@ -221,10 +226,7 @@ class ImageFolder(ImageDataset):
         self.classes_file = CLASSES_FILE in files
         if classes is not None:
             classes = list(classes)
-            missing, extra = (
-                [c for c in classes if c not in folders],
-                [f for f in folders if f not in classes],
-            )
+            missing, extra = _mismatch(classes, folders)
             if missing or extra:
                 raise ValueError(
                     f"{here}: class folders do not match the training classes {classes}: "
@@ -240,10 +242,7 @@ class ImageFolder(ImageDataset):
         elif self.classes_file:
             origin = f"{here}/{CLASSES_FILE}"
             classes = read_classes_file(source.read_text(CLASSES_FILE), origin)
-            missing, extra = (
-                [c for c in classes if c not in folders],
-                [f for f in folders if f not in classes],
-            )
+            missing, extra = _mismatch(classes, folders)
             if missing or extra:
                 raise ValueError(
                     f"{origin}: disagrees with the class folders: "
