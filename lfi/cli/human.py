@@ -7,11 +7,13 @@ from pathlib import Path
 
 
 def cmd_eval_human(args: argparse.Namespace) -> int:
-    from lfi.show.human_eval import run_eval_human
+    from lfi.evaluate.human import METRICS
+    from lfi.show.human_eval import LAYER_METRICS, run_eval_human
 
     text, written = run_eval_human(
         args.data, args.out, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size,
         store=args.store, resample=args.resample, eval_side=args.eval_side or None,
+        layer_metrics=METRICS if args.layer_auc else LAYER_METRICS,
     )  # fmt: skip
     print(text)
     print("wrote " + ", ".join(map(str, written)))
@@ -19,13 +21,14 @@ def cmd_eval_human(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """``lfi eval-human --run RUN_DIR [RUN_DIR ...] | --model NAME --checkpoint PATH [--data ROOT] [--limit N]
+    """``lfi eval-human --run RUN_DIR [RUN_DIR ...] [--run ...] | --model NAME --checkpoint PATH [--data ROOT] [--limit N]
     [--store STORE] --out DIR``."""
     p = subparsers.add_parser("eval-human", help="human alignment of C_VFM / C_VLM / C_AGT on OSIE (Fig. 6)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--run", type=Path, nargs="+",
-        help="run folder(s) of `lfi train` (classification); several (e.g. seeds): mean ± std over them",
+        "--run", type=Path, nargs="+", action="append",
+        help="run folder(s) of `lfi train` (classification) making one row; several (e.g. seeds): mean ± std "
+        "over them; repeat --run for more rows (ViT, I-ViT, controls), all scored in one pass",
     )  # fmt: skip
     source.add_argument("--model", help="timm model name (or deit_tiny, deit_small), converted to I-ViT")
     p.add_argument("--checkpoint", type=Path, help="safetensors weights for --model")
@@ -44,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-side", type=int, default=200,
         help="score on human maps of this longest side, fixations as votes per cell (default 200; 0 = full size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--layer-auc", action="store_true",
+        help="score AUC-Judd per layer too (default: cosine, CC, NSS per layer; AUC-Judd for the layer-mean maps)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", type=Path, required=True, help="output folder")

@@ -174,6 +174,15 @@ def auc_judd(pred: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
     return out.reshape(lead)
 
 
+#: metric -> f(pred, human map, fixations) on a common grid.
+_METRIC_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cosine": lambda p, h, _f: cosine_similarity(p, h),
+    "cc": lambda p, h, _f: pearson_cc(p, h),
+    "nss": lambda p, _h, f: nss(p, f),
+    "auc_judd": lambda p, _h, f: auc_judd(p, f),
+}
+
+
 def downsample_human(
     human: torch.Tensor, fixations: torch.Tensor, max_side: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,12 +219,18 @@ def score_maps(
     human: torch.Tensor,
     fixations: torch.Tensor,
     resample: Resample = DEFAULT_RESAMPLE,
+    layer_metrics: Sequence[str] = METRICS,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per-image scores: {map name: {metric: (N,) float64}}.
 
     maps: name -> (N, h, w) non-negative maps over the whole image; human: (N, H, W);
     fixations: (N, H, W) bool, or non-negative weights (votes, `downsample_human`).
+    layer_metrics: the metrics of the per-layer maps (``"<map>@L<k>"``); every other map gets all of `METRICS`.
+    Why: AUC-Judd ranks the pixels of one map at a time, most of the cost when 12 layers x 3 maps are scored.
     """
+    unknown = sorted(set(layer_metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"layer_metrics: unknown {unknown}; choose from {list(METRICS)}")
     if human.dim() != 3 or fixations.shape != human.shape:
         raise ValueError(
             f"human must be (N, H, W) and fixations the same shape, got {tuple(human.shape)} "
@@ -226,12 +241,8 @@ def score_maps(
         if pred.dim() != 3 or pred.shape[0] != human.shape[0]:
             raise ValueError(f"map {name!r}: expected ({human.shape[0]}, h, w), got {tuple(pred.shape)}")
         p, h, f = common_grid(pred.detach().cpu(), human.cpu(), fixations.cpu(), resample)
-        scores[name] = {
-            "cosine": cosine_similarity(p, h),
-            "cc": pearson_cc(p, h),
-            "nss": nss(p, f),
-            "auc_judd": auc_judd(p, f),
-        }
+        wanted = METRICS if split_layer(name)[1] is None else layer_metrics
+        scores[name] = {m: _METRIC_FNS[m](p, h, f) for m in METRICS if m in wanted}
     return scores
 
 
@@ -247,8 +258,9 @@ class AlignmentTable:
 
     @property
     def metrics(self) -> list[str]:
-        """The metrics the table holds, in `METRICS` order (tables made by hand may hold fewer)."""
-        have = next(iter(self.scores.values()), {})
+        """The metrics any map of the table holds, in `METRICS` order (a per-layer map, or a table made by
+        hand, may hold fewer)."""
+        have = list(dict.fromkeys(m for per_metric in self.scores.values() for m in per_metric))
         return [m for m in METRICS if m in have] + [m for m in have if m not in METRICS]
 
     @property
@@ -281,7 +293,7 @@ class AlignmentTable:
             "|---|" + "---|" * len(metrics) + "---|",
         ]
         for name, stats in summary.items():
-            cells = [f"{stats[m][0]:.4f} ± {stats[m][1]:.4f}" for m in metrics]
+            cells = [f"{stats[m][0]:.4f} ± {stats[m][1]:.4f}" if m in stats else "-" for m in metrics]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {self.images} |")
         lines.append(f"\nGrid: {self.resample}.")
         if {"C_AGT", "C_VFM"} <= summary.keys():
@@ -301,7 +313,8 @@ class AlignmentTable:
             writer = csv.writer(fh)
             writer.writerow(["map", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "images"])
             for name, stats in self.summary().items():
-                writer.writerow([name, *(f"{x:.6f}" for m in metrics for x in stats[m]), self.images])
+                cells = [f"{x:.6f}" if m in stats else "" for m in metrics for x in stats.get(m, (0, 0))]
+                writer.writerow([name, *cells, self.images])
         return path
 
     @staticmethod
@@ -310,13 +323,16 @@ class AlignmentTable:
         tables = list(tables)
         if not tables:
             raise ValueError("concat: no tables")
-        names, metrics = list(tables[0].scores), tables[0].metrics
+        first = tables[0].scores
         for t in tables:
-            if list(t.scores) != names or t.resample != tables[0].resample or t.metrics != metrics:
+            same = {n: list(v) for n, v in t.scores.items()} == {n: list(v) for n, v in first.items()}
+            if list(t.scores) != list(first) or t.resample != tables[0].resample or not same:
                 raise ValueError(
-                    f"concat: tables differ in maps ({list(t.scores)} vs {names}), metrics or grid policy"
+                    f"concat: tables differ in maps ({list(t.scores)} vs {list(first)}), metrics or grid policy"
                 )
-        scores = {n: {m: torch.cat([t.scores[n][m] for t in tables]) for m in metrics} for n in names}
+        scores = {
+            n: {m: torch.cat([t.scores[n][m] for t in tables]) for m in per} for n, per in first.items()
+        }
         return AlignmentTable(scores, tables[0].resample)
 
     def __str__(self) -> str:
@@ -328,9 +344,11 @@ def compare_to_human(
     human: torch.Tensor,
     fixations: torch.Tensor,
     resample: Resample = DEFAULT_RESAMPLE,
+    layer_metrics: Sequence[str] = METRICS,
 ) -> AlignmentTable:
-    """Score named maps {name: (N, h, w)} against human maps (N, H, W) and fixations (N, H, W) bool."""
-    return AlignmentTable(score_maps(maps, human, fixations, resample), resample)
+    """Score named maps {name: (N, h, w)} against human maps (N, H, W) and fixations (N, H, W) bool
+    (`score_maps`)."""
+    return AlignmentTable(score_maps(maps, human, fixations, resample, layer_metrics), resample)
 
 
 SampleMaps = Callable[[torch.Tensor, Sequence[Mapping[str, Any]]], Mapping[str, torch.Tensor]]
@@ -342,12 +360,13 @@ def evaluate_many(
     batch_size: int = 8,
     resample: Resample = DEFAULT_RESAMPLE,
     eval_side: int | None = None,
+    layer_metrics: Sequence[str] = METRICS,
 ) -> dict[str, AlignmentTable]:
     """Score several map sources (e.g. one per run, and the reference maps) in one pass over a dataset: each
     batch is decoded and its human maps made once. sources: {key: f(images uint8 (B, 3, H, W), samples) ->
     {name: (B, h, w)}}; samples are the batch's dicts (a source may read e.g. their ``name``).
     eval_side: score on a human grid of this longest side (`downsample_human`); None = full resolution.
-    Returns {key: AlignmentTable}."""
+    layer_metrics: the metrics of per-layer maps (`score_maps`). Returns {key: AlignmentTable}."""
     parts: dict[str, list[AlignmentTable]] = {k: [] for k in sources}
     for start in range(0, len(dataset), batch_size):
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -359,7 +378,7 @@ def evaluate_many(
         for key, source in sources.items():
             with torch.no_grad():
                 maps = source(images, batch)
-            parts[key].append(compare_to_human(maps, human, fixations, resample))
+            parts[key].append(compare_to_human(maps, human, fixations, resample, layer_metrics))
     return {k: AlignmentTable.concat(v) for k, v in parts.items()}
 
 
@@ -417,13 +436,13 @@ def aggregate(tables: Sequence[AlignmentTable]) -> dict[str, dict[str, dict[str,
             for name, per in first.scores.items()
         }
     for t in tables:
-        if list(t.scores) != list(first.scores):
+        if {n: list(v) for n, v in t.scores.items()} != {n: list(v) for n, v in first.scores.items()}:
             raise ValueError(
                 f"aggregate: runs score different maps ({list(t.scores)} vs {list(first.scores)})"
             )
     return {
-        name: {m: _stat([t.scores[name][m].mean().item() for t in tables]) for m in first.metrics}
-        for name in first.scores
+        name: {m: _stat([t.scores[name][m].mean().item() for t in tables]) for m in per_metric}
+        for name, per_metric in first.scores.items()
     }
 
 
@@ -448,7 +467,7 @@ def layer_ratios(
     for key, (n, d) in layers.items():
         out[key] = {}
         for m in RATIO_METRICS:
-            if m not in tables[0].metrics:
+            if m not in tables[0].scores[n] or m not in tables[0].scores[d]:
                 continue
             runs = [t.ratio(n, d, m) for t in tables]
             out[key][m] = {**_stat(runs), "runs": [None if math.isnan(r) else r for r in runs]}

@@ -38,6 +38,8 @@ from torchvision.transforms.v2 import functional as TF
 from lfi.extract.teacher import Sample, Teacher, TeacherOutput, register_teacher
 
 WEIGHTS_FILE = "deit_tiny_patch16_224.safetensors"
+#: The same weights in bfloat16 (half the bytes: what travels to a lent GPU), used when WEIGHTS_FILE is absent.
+WEIGHTS_FILE_BF16 = "deit_tiny_patch16_224.bf16.safetensors"
 SYNSETS_FILE = "imagenet_synset_words.txt"
 KIND = "VFM->VFM substitute teacher (ImageNet ViT relevance), not the paper's VLM"
 
@@ -47,6 +49,13 @@ def shared_weights_dir() -> Path:
     root = os.environ.get("LFI_DATA")
     base = Path(root) if root else Path(__file__).resolve().parents[3] / "shared" / "data"
     return base / "weights"
+
+
+def default_weights() -> Path:
+    """The shared DeiT-Tiny: the float32 file, else its bfloat16 copy (the path of the float32 one if neither)."""
+    folder = shared_weights_dir()
+    bf16 = folder / WEIGHTS_FILE_BF16
+    return bf16 if bf16.is_file() and not (folder / WEIGHTS_FILE).is_file() else folder / WEIGHTS_FILE
 
 
 def read_synsets(path: Path) -> list[tuple[str, list[str]]]:
@@ -101,7 +110,7 @@ class ViTRelevanceTeacher(Teacher):
     ) -> None:
         if back not in ("uniform", "others"):
             raise ValueError(f"vit teacher back must be 'uniform' or 'others', got {back!r}")
-        self.weights = Path(weights) if weights else shared_weights_dir() / WEIGHTS_FILE
+        self.weights = Path(weights) if weights else default_weights()
         self.synsets_path = Path(synsets) if synsets else self.weights.parent / SYNSETS_FILE
         for path, what in ((self.weights, "weights"), (self.synsets_path, "synsets")):
             if not path.is_file():

@@ -69,3 +69,42 @@ def human_alignment_figure(
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def human_rows_figure(
+    rows: Mapping[str, Mapping[str, Mapping[str, tuple[float, float]]]],
+    references: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    metrics: Sequence[str] = ("cosine", "cc", "nss", "auc_judd"),
+    title: str | None = "Comparison with human attention",
+    path: str | Path | None = None,
+) -> Figure:
+    """Several rows (e.g. trained students, each over seeds) side by side: one panel per metric, one group of
+    bars per row, one bar per map (C_VFM, C_AGT, C_F: the same colour in every group) with its std, and each
+    reference map (teacher, centre bias) as a horizontal line across the panel.
+    rows: {row: {map: {metric: (mean, std)}}}; references: {map: {metric: (mean, std)}}."""
+    if not rows:
+        raise ValueError("human_rows_figure: no rows")
+    maps = list(dict.fromkeys(m for per_row in rows.values() for m in per_row))
+    width = 0.8 / len(maps)
+    fig = Figure(figsize=(len(metrics) * (1.2 + 0.45 * len(rows)), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for k, name in enumerate(maps):
+            xs = [i for i, per_row in enumerate(rows.values()) if name in per_row]
+            stats = [per_row[name][metric] for per_row in rows.values() if name in per_row]
+            ax.bar([x + (k - (len(maps) - 1) / 2) * width for x in xs], [s[0] for s in stats], width,
+                   yerr=[s[1] for s in stats], capsize=2, color=f"C{k}", label=name)  # fmt: skip
+        for j, (name, per_metric) in enumerate((references or {}).items()):
+            ax.axhline(
+                per_metric[metric][0], color=f"C{len(maps) + j}", linestyle="--", linewidth=1, label=name
+            )
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), list(rows), rotation=45, ha="right")
+        ax.set_title(METRIC_LABELS.get(metric, metric))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=len(labels))
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        save_figure(fig, path)
+    return fig

@@ -13,8 +13,10 @@ OSIE has no labels); ``C_VLM (store)``, the maps of an interaction store holding
 hash of each image file's bytes, as `lfi viz` does); ``centre bias``, a centred Gaussian
 (`lfi.maps.centre_bias`). All are scored against the OSIE human maps and fixations by
 `lfi.evaluate.human` (cosine, CC, NSS, AUC-Judd). Several runs (seeds) are scored in one pass over the images,
-and reported as mean ± std over runs of each run's mean; one run as mean ± std over images. Written:
-human_alignment.json, .md (tables), .csv and the bar chart.
+and reported as mean ± std over runs of each run's mean; one run as mean ± std over images. Several rows
+(ViT, I-ViT, controls, each over its seeds) are scored in the same pass and compared in one table
+(`HumanComparison`); a plain ViT row has C_VFM only. Written: human_alignment.json, .md (tables), .csv and
+the bar chart.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from lfi.evaluate.human import (
 from lfi.extract.teacher import apply_contrast, build_teacher
 from lfi.maps import centre_bias
 from lfi.models import InteractionViT, create_vit, interactionize
-from lfi.show.human import human_alignment_figure
+from lfi.show.human import human_alignment_figure, human_rows_figure
 from lfi.show.viz import load_trained, model_input, store_maps, student_maps
 
 #: Short names accepted for a timm model.
@@ -61,6 +63,9 @@ STUDENT_MAPS = ("C_VFM", "C_AGT", "C_F")
 #: Longest side of the grid the human maps are scored on by default: OSIE's 800x600 at 1/4 (200x150); per
 #: layer, ~40 maps an image, full resolution is too slow for a CPU (`lfi.evaluate.human.downsample_human`).
 EVAL_SIDE = 200
+#: Metrics of the per-layer maps by default: the ratio's metrics; AUC-Judd (one ranking per map) would make
+#: a 12-layer run ~13x slower to score, and is reported for the maps averaged over the alignment layers.
+LAYER_METRICS = RATIO_METRICS
 
 
 @dataclass
@@ -131,20 +136,19 @@ def human_alignment(
 
 def student_map_function(student: Student, per_layer: bool = True) -> SampleFn:
     """uint8 (B, 3, H, W) -> {"C_VFM", "C_AGT", "C_F": (B, h, w)}, each the mean over the alignment layers and
-    heads, then (per_layer) ``"<map>@L<k>"`` for every converted block k (mean over heads), from one pass."""
-    if not student.model.config.interaction_queries:
-        raise ValueError(
-            f"{student.description}: no interaction queries (variant 'vit' or 'ic_original'), so no C_AGT to score"
-        )
+    heads, then (per_layer) ``"<map>@L<k>"`` for every converted block k (mean over heads), from one pass.
+    A plain ViT (variant 'vit' or 'ic_original': no interaction queries) has C_VFM only, read on the same
+    alignment layers, so that it is the baseline of an I-ViT converted the same way."""
     ivit, size = student.model, student.size
+    names = STUDENT_MAPS if ivit.config.interaction_queries else ("C_VFM",)
     converted = list(ivit.converted)
     align = [converted.index(layer) for layer in ivit.align_layers]
 
     def maps(images: torch.Tensor, _samples: Sequence[Mapping[str, Any]] = ()) -> dict[str, torch.Tensor]:
         ours = student_maps(ivit, model_input(list(images), (size, size)))  # (B, layers, heads, h, w)
-        out = {n: ours[n][:, align].mean((1, 2)) for n in STUDENT_MAPS}
+        out = {n: ours[n][:, align].mean((1, 2)) for n in names}
         if per_layer:
-            for n in STUDENT_MAPS:
+            for n in names:
                 for k, layer in enumerate(converted):
                     out[layer_name(n, layer)] = ours[n][:, k].mean(1)
         return out
@@ -258,14 +262,14 @@ class HumanReport:
         ]
         for name, stats in rows:
             n = next(iter(stats.values()))["n"]
-            lines.append(f"| {name} | " + " | ".join(_cell(stats[m]) for m in metrics) + f" | {n} |")
+            lines.append(f"| {name} | " + " | ".join(_cell(stats.get(m)) for m in metrics) + f" | {n} |")
         if d["layers"]:
             lines += ["", "Per layer (each block's class-token map alone, mean over heads):", ""]
             lines += ["| layer | map | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
             for layer, per_map in d["layers"].items():
                 for name, stats in per_map.items():
                     lines.append(
-                        f"| {layer} | {name} | " + " | ".join(_cell(stats[m]) for m in metrics) + " |"
+                        f"| {layer} | {name} | " + " | ".join(_cell(stats.get(m)) for m in metrics) + " |"
                     )
         ratios = d["ratio_agt_over_vfm"]
         if ratios:
@@ -285,7 +289,13 @@ class HumanReport:
         return "\n".join(lines)
 
 
-def _cell(stat: Mapping[str, Any]) -> str:
+def _runs_cell(n: int) -> str:
+    return f"{n} runs" if n > 1 else "1 run (std over images)"
+
+
+def _cell(stat: Mapping[str, Any] | None) -> str:
+    if stat is None:
+        return "-"  # not scored (AUC-Judd of a per-layer map, see `LAYER_METRICS`)
     if stat["mean"] is None:
         return "undefined"
     return f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if stat["std"] is not None else "")
@@ -310,9 +320,79 @@ def write_outputs(table: AlignmentTable, out: Path, header: str, teacher: str) -
     return [md, csv, out / "human_alignment.png", out / "human_alignment.pdf"]
 
 
-def write_report(report: HumanReport, out: Path, header: str, title: str) -> list[Path]:
-    """human_alignment.json, .md (header + tables), .csv (every row of every run's table when there is one run;
-    the aggregated rows otherwise) and the bar chart .png / .pdf (plain maps and references) in `out`."""
+@dataclass
+class HumanComparison:
+    """Several rows (e.g. ViT, I-ViT and controls, each a `HumanReport` over its seeds) scored on the same
+    images, and the reference maps, scored once."""
+
+    rows: dict[str, HumanReport]
+    references: AlignmentTable | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON file: images, grid, each row's `HumanReport.to_dict` (less what is shared) and references."""
+        first = next(iter(self.rows.values())).runs[0]
+        shared = ("images", "resample", "paper_ratio_cosine", "references")
+        return {
+            "images": first.images,
+            "resample": first.resample,
+            "paper_ratio_cosine": PAPER_RATIO,
+            "rows": [
+                {"row": label, **{k: v for k, v in r.to_dict().items() if k not in shared}}
+                for label, r in self.rows.items()
+            ],
+            "references": aggregate([self.references]) if self.references is not None else {},
+        }
+
+    def to_markdown(self) -> str:
+        d = self.to_dict()
+        metrics = [m for m in METRICS if m in next(iter(self.rows.values())).runs[0].metrics]
+        lines = [
+            f"Rows: mean ± std over each row's runs (each run's mean over the images); references: mean ± std over "
+            f"the images. {d['images']} images, grid {d['resample']}.",
+            "",
+            "| row | map | " + " | ".join(metrics) + " | n |",
+            "|---|---|" + "---|" * len(metrics) + "---|",
+        ]
+        for row in d["rows"]:
+            for name, stats in row["maps"].items():
+                cells = " | ".join(_cell(stats.get(m)) for m in metrics)
+                lines.append(f"| {row['row']} | {name} | {cells} | {_runs_cell(len(row['runs']))} |")
+        for name, stats in d["references"].items():
+            n = next(iter(stats.values()))["n"]
+            lines.append(
+                f"| reference | {name} | " + " | ".join(_cell(stats.get(m)) for m in metrics) + f" | {n} |"
+            )
+        with_ratio = [row for row in d["rows"] if row["ratio_agt_over_vfm"]]
+        if with_ratio:
+            layers = list(with_ratio[0]["ratio_agt_over_vfm"])
+            lines += [
+                "",
+                f"C_AGT / C_VFM cosine ratio (paper: {PAPER_RATIO}x), mean ± std over the runs of each row; 'mean' = "
+                "the maps averaged over the alignment layers, L<k> = block k alone:",
+                "",
+                "| row | " + " | ".join(layers) + " |",
+                "|---|" + "---|" * len(layers),
+            ]
+            for row in with_ratio:
+                ratios = row["ratio_agt_over_vfm"]
+                cells = [_ratio_cell(ratios[k]["cosine"]) if k in ratios else "" for k in layers]
+                lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+        for label, report in self.rows.items():
+            lines += ["", f"### {label}", "", report.to_markdown()]
+        return "\n".join(lines)
+
+    def figure_rows(self) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+        """{row: {map: {metric: (mean, std)}}} of the plain maps, for `human_rows_figure`."""
+        return {label: r.summary() for label, r in self.rows.items()}
+
+    def figure_references(self) -> dict[str, dict[str, tuple[float, float]]]:
+        return HumanReport([self.references], ["references"]).summary() if self.references is not None else {}
+
+
+def write_report(report: HumanReport | HumanComparison, out: Path, header: str, title: str) -> list[Path]:
+    """human_alignment.json, .md (header + tables), .csv and the bar chart .png / .pdf in `out`. One row (a
+    `HumanReport`): the csv has every map of its table when there is one run, the aggregated ones otherwise;
+    several (a `HumanComparison`): the csv has a ``row`` column and the chart a group of bars per row."""
     out.mkdir(parents=True, exist_ok=True)
     data = {"header": header, **report.to_dict()}
     js = out / "human_alignment.json"
@@ -320,37 +400,97 @@ def write_report(report: HumanReport, out: Path, header: str, title: str) -> lis
     md = out / "human_alignment.md"
     md.write_text(f"{header}\n\n{report.to_markdown()}\n")
     csv_path = out / "human_alignment.csv"
-    _write_summary_csv(report, csv_path)
-    summary = report.summary()
-    human_alignment_figure(summary, metrics=[m for m in METRICS if m in next(iter(summary.values()))],
-                           title=title, path=out / "human_alignment.png")  # fmt: skip
-    return [js, md, csv_path, out / "human_alignment.png", out / "human_alignment.pdf"]
+    png = out / "human_alignment.png"
+    if isinstance(report, HumanComparison):
+        _write_comparison_csv(report, csv_path)
+        human_rows_figure(report.figure_rows(), report.figure_references(), title=title, path=png)
+    else:
+        _write_summary_csv(report, csv_path)
+        summary = report.summary()
+        human_alignment_figure(summary, metrics=[m for m in METRICS if m in next(iter(summary.values()))],
+                               title=title, path=png)  # fmt: skip
+    return [js, md, csv_path, png, png.with_suffix(".pdf")]
+
+
+def _csv_rows(report: HumanReport, metrics: Sequence[str]) -> list[list[Any]]:
+    """[map, layer, <metric>_mean, <metric>_std ..., n] per map of the report's runs, then its references."""
+    rows = list(aggregate(report.runs).items())
+    if report.references is not None:
+        rows += list(aggregate([report.references]).items())
+    out = []
+    for name, stats in rows:
+        base, layer = split_layer(name)
+        cells = [_num(stats[m][s]) if m in stats else "" for m in metrics for s in ("mean", "std")]
+        out.append([base, "" if layer is None else layer, *cells, next(iter(stats.values()))["n"]])
+    return out
+
+
+def _csv_header(metrics: Sequence[str]) -> list[str]:
+    return ["map", "layer", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "n"]
 
 
 def _write_summary_csv(report: HumanReport, path: Path) -> None:
     import csv
 
     metrics = report.runs[0].metrics
-    rows = list(aggregate(report.runs).items())
-    if report.references is not None:
-        rows += list(aggregate([report.references]).items())
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["map", "layer", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "n"])
-        for name, stats in rows:
-            base, layer = split_layer(name)
-            cells = [_num(stats[m][s]) for m in metrics for s in ("mean", "std")]
-            writer.writerow([base, "" if layer is None else layer, *cells, stats[metrics[0]]["n"]])
+        writer.writerow(_csv_header(metrics))
+        writer.writerows(_csv_rows(report, metrics))
+
+
+def _write_comparison_csv(comparison: HumanComparison, path: Path) -> None:
+    import csv
+
+    metrics = next(iter(comparison.rows.values())).runs[0].metrics
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", *_csv_header(metrics)])
+        for label, report in comparison.rows.items():
+            writer.writerows([label, *r] for r in _csv_rows(report, metrics))
+        if comparison.references is not None:
+            refs = HumanReport([comparison.references], ["references"])
+            writer.writerows(["reference", *r] for r in _csv_rows(refs, metrics))
 
 
 def _num(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6f}"
 
 
+RunPath = str | Path
+
+
+def as_rows(run: RunPath | Sequence[RunPath] | Sequence[Sequence[RunPath]] | None) -> list[list[Path]]:
+    """Run folders as rows: one folder -> one row of one run; a list of folders -> one row (e.g. its seeds);
+    a list of lists -> one row per list."""
+    if run is None:
+        return []
+    if isinstance(run, str | Path):
+        return [[Path(run)]]
+    items = list(run)
+    if all(isinstance(r, str | Path) for r in items):
+        return [[Path(r) for r in items]] if items else []
+    return [[Path(r) for r in row] for row in items]  # type: ignore[union-attr]
+
+
+def row_labels(rows: Sequence[Sequence[Path]]) -> list[str]:
+    """A name per row: the folder its runs share, relative to the folder all the rows share ("probe" for
+    study/probe/seed0 and study/probe/seed1 beside study/full/seed0 ...); one row: that folder's name."""
+    import os
+
+    parents = [Path(os.path.commonpath([r.resolve() for r in row])) for row in rows]
+    root = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
+    labels = [p.relative_to(root).as_posix() if p != root else p.name for p in parents]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"eval-human: rows {repeated} are given more than once (each --run is one row)")
+    return labels
+
+
 def run_eval_human(
     data: str | Path,
     out: str | Path,
-    run: str | Path | Sequence[str | Path] | None = None,
+    run: RunPath | Sequence[RunPath] | Sequence[Sequence[RunPath]] | None = None,
     model: str | None = None,
     checkpoint: str | Path | None = None,
     limit: int = 100,
@@ -361,53 +501,92 @@ def run_eval_human(
     centre: bool = True,
     resample: str = DEFAULT_RESAMPLE,
     eval_side: int | None = EVAL_SIDE,
+    layer_metrics: Sequence[str] = LAYER_METRICS,
 ) -> tuple[str, list[Path]]:
-    """Score the students of `run` (one run folder or several, e.g. one per seed), or `model` + `checkpoint`,
-    on the first `limit` OSIE stimuli under `data`, with the reference maps (teacher `teacher`, the interaction
-    store `store` holding the OSIE images, the centre bias); write the outputs into `out`. Returns the report
-    (header and tables) and the files written. eval_side: the longest side of the grid the human maps and
-    fixations are scored on (`lfi.evaluate.human.downsample_human`), None = full resolution."""
+    """Score the students of `run` (`as_rows`: one run folder, several as one row, e.g. its seeds, or a list
+    of rows: ViT, I-ViT, controls ...), or `model` + `checkpoint`, on the first `limit` OSIE stimuli under
+    `data`, with the reference maps (teacher `teacher`, the interaction store `store` holding the OSIE images,
+    the centre bias), in one pass over the images; write the outputs into `out`. Returns the report (header and
+    tables) and the files written. eval_side: the longest side of the grid the human maps and fixations are
+    scored on (`lfi.evaluate.human.downsample_human`), None = full resolution. layer_metrics: the metrics of
+    the per-layer maps (`LAYER_METRICS`; the maps averaged over the alignment layers get all four)."""
     from lfi.data.osie import OSIE
 
-    runs = [run] if isinstance(run, str | Path) else list(run or [])
-    students = [load_student(r) for r in runs] if runs else [load_student(None, model, checkpoint)]
+    rows = as_rows(run)
+    labels = row_labels(rows) if rows else ["model"]
+    students = [[load_student(r) for r in row] for row in rows] or [[load_student(None, model, checkpoint)]]
     osie = OSIE(data)
     dataset = Subset(osie, range(min(limit, len(osie))))
     names = [osie.names[i] for i in dataset.indices]
     store_by_name = osie_store_maps(store, osie, names) if store is not None else None
-    grid = students[0].model.patch_grid((students[0].size,) * 2)
+    first = students[0][0]
+    grid = first.model.patch_grid((first.size,) * 2)
     sources: dict[str, SampleFn] = {
-        f"run {i}": student_map_function(s, per_layer) for i, s in enumerate(students)
+        f"{r} {i}": student_map_function(s, per_layer)
+        for r, row in enumerate(students)
+        for i, s in enumerate(row)
     }
-    refs = reference_map_function(teacher, store_by_name, grid if centre else None)
     if teacher != "none" or store_by_name is not None or centre:
-        sources["references"] = refs
-    tables = evaluate_many(dataset, sources, batch_size, resample, eval_side)  # type: ignore[arg-type]
-    report = HumanReport(
-        [tables[f"run {i}"] for i in range(len(students))],
-        [s.description for s in students],
-        tables.get("references"),
+        sources["references"] = reference_map_function(teacher, store_by_name, grid if centre else None)
+    tables = evaluate_many(dataset, sources, batch_size, resample, eval_side, layer_metrics)  # type: ignore[arg-type]
+    refs = tables.get("references")
+    reports = [
+        HumanReport([tables[f"{r} {i}"] for i in range(len(row))], [s.description for s in row])
+        for r, row in enumerate(students)
+    ]
+    report: HumanReport | HumanComparison
+    if len(reports) == 1:
+        report = HumanReport(reports[0].runs, reports[0].labels, refs)
+    else:
+        report = HumanComparison(dict(zip(labels, reports, strict=True)), refs)
+    header = _header(
+        data, osie.sigma, names, students, labels, teacher, store, grid if centre else None, eval_side
     )
-    layers = list(students[0].model.align_layers)
+    header += f"  \nPer-layer maps scored on: {', '.join(layer_metrics)}."
+    n_runs = sum(len(row) for row in students)
+    counted = f", {len(rows)} rows" if len(rows) > 1 else ""
+    counted += f", {n_runs} runs" if n_runs > 1 else ""
+    title = f"Human alignment, {len(names)} OSIE images{counted}; {VLM_CAPTIONS[teacher]}"
+    written = write_report(report, Path(out), header, title)
+    return f"{header}\n\n{report.to_markdown()}", written
+
+
+def _header(
+    data: str | Path,
+    sigma: float,
+    names: Sequence[str],
+    students: Sequence[Sequence[Student]],
+    labels: Sequence[str],
+    teacher: str,
+    store: str | Path | None,
+    centre_grid: tuple[int, int] | None,
+    eval_side: int | None,
+) -> str:
+    """What was scored, on what, and against which references: the first lines of the report."""
     refs_text = [VLM_CAPTIONS[teacher]]
     if store is not None:
         refs_text.append(f"{STORE_MAP}: interaction store {store}")
-    if centre:
+    if centre_grid is not None:
         refs_text.append(
-            f"{CENTRE}: centred Gaussian, sigma 1/4 of each side, on the {grid[0]}x{grid[1]} grid"
+            f"{CENTRE}: centred Gaussian, sigma 1/4 of each side, on the {centre_grid[0]}x{centre_grid[1]} grid"
         )
-    models = "; ".join(s.description for s in students)
+    if len(students) == 1:
+        models = "; ".join(s.description for s in students[0])
+        plural = "s" if len(students[0]) > 1 else ""
+    else:
+        models = "; ".join(
+            f"{label} = {len(row)} run{'s' if len(row) > 1 else ''}: " + ", ".join(s.description for s in row)
+            for label, row in zip(labels, students, strict=True)
+        )
+        plural = "s (rows)"
+    layers = sorted({tuple(s.model.align_layers) for row in students for s in row})
+    layer_text = " or ".join(str(list(x)) for x in layers)
     scored = (
         "full resolution" if eval_side is None else f"a longest side of {eval_side} px (fixations as votes)"
     )
-    plural = "s" if len(students) > 1 else ""
-    header = (
+    return (
         f"Human alignment on OSIE ({data}), first {len(names)} stimuli, human maps from eye fixations (Gaussian "
-        f"sigma {osie.sigma:g} px); NSS and AUC-Judd at the fixated pixels; scored at {scored}.  \n"
-        f"Model{plural}: {models}; C_VFM / C_AGT / C_F: class-token rows, mean over alignment layers {layers} "
-        f"and heads.  \nReferences: {'; '.join(refs_text)}."
+        f"sigma {sigma:g} px); NSS and AUC-Judd at the fixated pixels; scored at {scored}.  \n"
+        f"Model{plural}: {models}; C_VFM / C_AGT / C_F: class-token rows, mean over alignment layers {layer_text} "
+        f"and heads (a plain ViT: C_VFM only).  \nReferences: {'; '.join(refs_text)}."
     )
-    n_runs = f", {len(students)} runs" if len(students) > 1 else ""
-    title = f"Human alignment, {len(names)} OSIE images{n_runs}; {VLM_CAPTIONS[teacher]}"
-    written = write_report(report, Path(out), header, title)
-    return f"{header}\n\n{report.to_markdown()}", written

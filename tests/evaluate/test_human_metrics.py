@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from lfi.evaluate.human import (
+    METRICS,
     AlignmentTable,
     aggregate,
     auc_judd,
@@ -21,6 +23,7 @@ from lfi.evaluate.human import (
     layer_ratios,
     nss,
     pearson_cc,
+    score_maps,
     score_ratio,
     split_layer,
 )
@@ -319,3 +322,69 @@ def test_layer_names_aggregate_and_per_layer_ratios_over_runs() -> None:
     assert r["runs"] == [2.5, None] and r["mean"] == 2.5 and r["n"] == 1
     with pytest.raises(ValueError, match="different maps"):
         aggregate([seed0, _table({"C_VFM": [0.1], "C_AGT": [0.2]})])
+
+
+LAYER_METRICS = ("cosine", "cc", "nss")
+
+
+@pytest.mark.parametrize("resample", ["to_human", "to_model"])
+def test_score_maps_scores_per_layer_maps_on_layer_metrics_only(resample: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    pred, human = torch.rand(2, 6, 8, generator=g), torch.rand(2, 12, 16, generator=g)
+    fix = torch.rand(2, 12, 16, generator=g) > 0.7
+    fix[:, 0, 0], fix[:, 0, 1] = True, False
+    maps = {"C_AGT": pred, layer_name("C_AGT", 3): pred}
+    scores = score_maps(maps, human, fix, resample, layer_metrics=LAYER_METRICS)
+    assert list(scores["C_AGT@L3"]) == list(LAYER_METRICS) and list(scores["C_AGT"]) == list(METRICS)
+    for m in LAYER_METRICS:  # the same tensor scores the same under either name
+        torch.testing.assert_close(scores["C_AGT@L3"][m], scores["C_AGT"][m], rtol=0, atol=0)
+    assert list(score_maps(maps, human, fix, resample)["C_AGT@L3"]) == list(METRICS)  # default: all
+    with pytest.raises(ValueError, match="nss_typo"):
+        score_maps(maps, human, fix, resample, layer_metrics=("cosine", "nss_typo"))
+
+
+def test_evaluate_many_with_layer_metrics_concat_aggregate_ratios_markdown_csv(tmp_path) -> None:
+    g = torch.Generator().manual_seed(2)
+    samples = []
+    for _ in range(3):
+        human, fix = torch.rand(12, 16, generator=g), torch.rand(12, 16, generator=g) > 0.7
+        fix[0, 0], fix[0, 1] = True, False
+        image = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=g)
+        samples.append({"image": image, "human_map": human / human.sum(), "fixations": fix})
+
+    def source(c: int):
+        def maps(images: torch.Tensor, _batch: list) -> dict[str, torch.Tensor]:
+            x = images.float()
+            return {"C_VFM": x[:, c], "C_AGT": x.mean(1), "C_VFM@L1": x[:, c] ** 2, "C_AGT@L1": x[:, 2 - c]}
+
+        return maps
+
+    tables = evaluate_many(
+        samples, {"a": source(0), "b": source(1)}, batch_size=2, layer_metrics=LAYER_METRICS
+    )
+    a = tables["a"]
+    assert a.images == 3 and a.metrics == list(METRICS)
+    assert list(a.scores["C_AGT@L1"]) == list(LAYER_METRICS) and list(a.scores["C_AGT"]) == list(METRICS)
+    images = torch.stack([s["image"] for s in samples])
+    whole = compare_to_human(
+        source(0)(images, samples),
+        torch.stack([s["human_map"] for s in samples]),
+        torch.stack([s["fixations"] for s in samples]),
+        layer_metrics=LAYER_METRICS,
+    )
+    for name, per in whole.scores.items():  # batches of 2 + 1 join into the one-pass scores
+        assert list(a.scores[name]) == list(per)
+        for m, v in per.items():
+            torch.testing.assert_close(a.scores[name][m], v)
+    agg = aggregate([a, tables["b"]])
+    assert list(agg["C_AGT@L1"]) == list(LAYER_METRICS) and agg["C_AGT"]["auc_judd"]["n"] == 2
+    ratios = layer_ratios([a, tables["b"]])
+    assert list(ratios) == ["mean", "L1"] and list(ratios["L1"]) == list(LAYER_METRICS)
+    assert len(ratios["L1"]["cosine"]["runs"]) == 2
+    rows = {line.split(" | ")[0]: line for line in a.to_markdown().splitlines() if line.startswith("| C_")}
+    assert rows["| C_AGT@L1"].endswith("| - | 3 |") and " - " not in rows["| C_AGT"]
+    with a.write_csv(tmp_path / "h.csv").open() as fh:
+        header, *body = list(csv.reader(fh))
+    assert header[-3:] == ["auc_judd_mean", "auc_judd_std", "images"]
+    got = {row[0]: row for row in body}
+    assert got["C_AGT@L1"][-3:] == ["", "", "3"] and all(got["C_AGT"][1:])

@@ -9,7 +9,13 @@ import torch
 
 from lfi.extract.oracle import OracleTeacher
 from lfi.extract.teacher import apply_contrast
-from lfi.extract.vit_teacher import WEIGHTS_FILE, ViTRelevanceTeacher, shared_weights_dir
+from lfi.extract.vit_teacher import (
+    WEIGHTS_FILE,
+    WEIGHTS_FILE_BF16,
+    ViTRelevanceTeacher,
+    default_weights,
+    shared_weights_dir,
+)
 
 skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.data  # the weights live in the shared data folder
@@ -96,3 +102,16 @@ def test_tinyimagenet_val_image(teacher: ViTRelevanceTeacher, shared_data: Path)
 def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="weights"):
         ViTRelevanceTeacher(weights=tmp_path / "none.safetensors")
+
+
+def test_default_weights_take_the_bf16_copy_only_when_the_fp32_file_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv("LFI_DATA", str(tmp_path))
+    assert default_weights() == weights / WEIGHTS_FILE  # neither: the fp32 path, which the error names
+    (weights / WEIGHTS_FILE_BF16).write_bytes(b"")
+    assert default_weights() == weights / WEIGHTS_FILE_BF16
+    (weights / WEIGHTS_FILE).write_bytes(b"")
+    assert default_weights() == weights / WEIGHTS_FILE

@@ -21,7 +21,16 @@ from lfi.cli.human import register
 from lfi.config import config_to_dict
 from lfi.data.keys import image_key
 from lfi.extract.store import Record, StoreWriter
-from lfi.show.human_eval import human_alignment, load_student, map_function, run_eval_human, write_outputs
+from lfi.show.human_eval import (
+    as_rows,
+    human_alignment,
+    load_student,
+    map_function,
+    row_labels,
+    run_eval_human,
+    student_map_function,
+    write_outputs,
+)
 from lfi.train.build import build_model
 from tests.show.conftest import tiny_config, write_run
 
@@ -155,8 +164,9 @@ def test_eval_human_over_two_runs_with_a_store_per_layer(trained_run: Path, tmp_
         "C_AGT",
         "C_F",
     ]
+    assert set(report["maps"]["C_AGT"]) == {"cosine", "cc", "nss", "auc_judd"}
+    assert set(report["layers"]["L0"]["C_F"]) == {"cosine", "cc", "nss"}  # per layer: no AUC-Judd by default
     for stats in (report["maps"]["C_AGT"], report["layers"]["L0"]["C_F"]):
-        assert set(stats) == {"cosine", "cc", "nss", "auc_judd"}
         assert all(s["n"] == 2 and s["std"] == pytest.approx(0.0, abs=1e-12) for s in stats.values())
     assert 0.0 <= report["maps"]["C_AGT"]["auc_judd"]["mean"] <= 1.0
     ratios = report["ratio_agt_over_vfm"]
@@ -196,3 +206,102 @@ def test_eval_human_names_osie_images_missing_from_the_store(trained_run: Path, 
     store = _store(tmp_path / "store", datas[:2])
     with pytest.raises(KeyError, match=r"not in the interaction store .*1003\.jpg"):
         run_eval_human(tmp_path / "data", tmp_path / "out", trained_run, teacher="none", limit=3, store=store)
+
+
+def _plain_vit_run(tmp_path: Path) -> Path:
+    """A run folder of a plain ViT (variant 'vit': no interaction queries), with untrained weights."""
+    cfg = tiny_config(
+        tmp_path, experiment="plain", model={"variant": "vit"}, teacher={"name": "none", "store": None}
+    )
+    run = write_run(tmp_path, config_to_dict(cfg), {"id": {"acc1": 50.0, "n": 4}})
+    save_file(build_model(cfg, 2).state_dict(), str(run / "model.safetensors"))
+    return run
+
+
+def test_a_plain_vit_is_scored_on_c_vfm_at_the_alignment_layers(tmp_path: Path) -> None:
+    student = load_student(run=_plain_vit_run(tmp_path))
+    images = torch.stack([s["image"] for s in _samples(2)])
+    maps = student_map_function(student)(images, [])
+    layers = list(student.model.converted)
+    assert list(maps) == ["C_VFM", *(f"C_VFM@L{k}" for k in layers)]
+    aligned = torch.stack([maps[f"C_VFM@L{k}"] for k in student.model.align_layers]).mean(0)
+    torch.testing.assert_close(maps["C_VFM"], aligned)  # the plain map: the mean over the alignment layers
+
+
+def test_rows_are_labelled_by_the_folder_their_runs_share(tmp_path: Path) -> None:
+    rows = as_rows(
+        [[tmp_path / "s/probe/tune/seed0", tmp_path / "s/probe/seed1"], [tmp_path / "s/full/seed0"]]
+    )
+    assert row_labels(rows) == ["probe", "full/seed0"]
+    assert row_labels(as_rows([tmp_path / "s/probe/seed0", tmp_path / "s/probe/seed1"])) == ["probe"]
+    with pytest.raises(ValueError, match="more than once"):
+        row_labels(as_rows([[tmp_path / "a/x"], [tmp_path / "a/x"]]))
+
+
+def test_eval_human_compares_rows_each_as_if_scored_alone(trained_run: Path, tmp_path: Path) -> None:
+    _tiny_osie(tmp_path / "data")
+    study = tmp_path / "study"
+    for seed in ("seed0", "seed1"):
+        shutil.copytree(
+            trained_run, study / "ivit" / seed, ignore=shutil.ignore_patterns("checkpoints", "tb")
+        )
+    shutil.copytree(_plain_vit_run(tmp_path / "plain"), study / "vit" / "seed0")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "rows"
+    argv = ["eval-human", "--run", str(study / "vit/seed0"), "--run", str(study / "ivit/seed0"),
+            str(study / "ivit/seed1"), "--data", str(tmp_path / "data"), "--teacher", "none", "--limit", "3",
+            "--batch-size", "2", "--out", str(out)]  # fmt: skip
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    report = json.loads((out / "human_alignment.json").read_text())
+    assert [r["row"] for r in report["rows"]] == ["vit/seed0", "ivit"] and report["images"] == 3
+    vit, ivit = report["rows"]
+    assert list(vit["maps"]) == ["C_VFM"] and vit["ratio_agt_over_vfm"] == {}
+    assert list(ivit["maps"]) == ["C_VFM", "C_AGT", "C_F"] and len(ivit["runs"]) == 2
+    assert list(report["references"]) == ["centre bias"]
+    for row, folders in (
+        ("vit", ["vit/seed0"]),
+        ("ivit", ["ivit/seed0", "ivit/seed1"]),
+    ):  # a lone run: its folder
+        run_eval_human(
+            tmp_path / "data",
+            tmp_path / row,
+            [study / f for f in folders],
+            teacher="none",
+            limit=3,
+            batch_size=3,
+        )
+        alone = json.loads((tmp_path / row / "human_alignment.json").read_text())
+        together = report["rows"][0 if row == "vit" else 1]
+        for name, stats in alone["maps"].items():
+            for metric, stat in stats.items():
+                assert together["maps"][name][metric]["mean"] == pytest.approx(stat["mean"]), (
+                    row,
+                    name,
+                    metric,
+                )
+        cosine_ratios = {k: v["cosine"]["mean"] for k, v in alone["ratio_agt_over_vfm"].items()}
+        assert {k: v["cosine"]["mean"] for k, v in together["ratio_agt_over_vfm"].items()} == pytest.approx(
+            cosine_ratios
+        )
+        for name, stats in alone["references"].items():  # batches of 3 alone, of 2 together: rounding apart
+            assert {m: x["mean"] for m, x in report["references"][name].items()} == pytest.approx(
+                {m: x["mean"] for m, x in stats.items()}
+            )
+    md = (out / "human_alignment.md").read_text()
+    assert (
+        "| vit/seed0 | C_VFM | " in md
+        and "| 1 run (std over images) |" in md
+        and "| ivit | C_AGT |" in md
+        and "| reference | centre bias |" in md
+    )
+    assert "| ivit | " in md.split("C_AGT / C_VFM cosine ratio")[1] and "### ivit" in md
+    assert "| vit/seed0 | " not in md.split("C_AGT / C_VFM cosine ratio")[1].split("###")[0]
+    csv_rows = [line.split(",") for line in (out / "human_alignment.csv").read_text().splitlines()]
+    assert csv_rows[0][:3] == ["row", "map", "layer"] and {r[0] for r in csv_rows[1:]} == {
+        "vit/seed0",
+        "ivit",
+        "reference",
+    }
+    assert (out / "human_alignment.png").stat().st_size > 1000
