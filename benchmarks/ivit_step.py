@@ -19,7 +19,7 @@ Variants:
   compiled        naive I-ViT under torch.compile.
 Modes: "frozen" (IViTConfig.freeze_backbone=True) and "full" (fine-tune everything). The backend is set when
 the model is built (IViTConfig.attention, see lfi.models.backends). The per-head gate (fused_per_head in
-results/ivit_step_h200.json) was measured slower than the mixing gate and is no longer in the library.
+results/ivit_step_h200.json.gz) was measured slower than the mixing gate and is no longer in the library.
 
 Every case is isolated: an OOM or any other error is recorded and the run goes on; the JSON is rewritten
 after every case. Cases stop starting once --time-budget seconds have passed (recorded as skipped).
