@@ -232,17 +232,14 @@ class HumanReport:
             ],
         }
 
+    @property
+    def groups(self) -> list[list[AlignmentTable]]:
+        """The tables aggregated together: the runs, then the references (when there are some)."""
+        return [self.runs] + ([[self.references]] if self.references is not None else [])
+
     def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
         """{map: {metric: (mean, std)}} of the plain student maps then the references, for the bar chart."""
-        groups = [aggregate(self.runs)]
-        if self.references is not None:
-            groups.append(aggregate([self.references]))
-        out = {}
-        for agg in groups:
-            for name, stats in agg.items():
-                if split_layer(name)[1] is None:
-                    out[name] = {m: (s["mean"], s["std"] or 0.0) for m, s in stats.items()}
-        return out
+        return plain_summary(self.groups)
 
     def to_markdown(self) -> str:
         d = self.to_dict()
@@ -251,8 +248,8 @@ class HumanReport:
             "images" if self.over == "images" else f"{len(self.runs)} runs (each run's mean over the images)"
         )
         lines = [
-            f"Mean ± std over {over}; {d['images']} images, grid {d['resample']}. References do not depend on the "
-            "run: mean ± std over images.",
+            f"Mean ± std over {over}; {d['images']} images, grid {d['resample']}."
+            + (" References do not depend on the run: mean ± std over images." if d["references"] else ""),
             "",
             "| map | " + " | ".join(metrics) + " | n |",
             "|---|" + "---|" * len(metrics) + "---|",
@@ -287,6 +284,16 @@ class HumanReport:
             for layer, per_metric in ratios.items():
                 lines.append(f"| {layer} | " + " | ".join(_ratio_cell(per_metric[m]) for m in rm) + " |")
         return "\n".join(lines)
+
+
+def plain_summary(groups: Sequence[Sequence[AlignmentTable]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{map: {metric: (mean, std)}} of the maps that are not per layer, each group aggregated (`aggregate`)."""
+    out = {}
+    for tables in groups:
+        for name, stats in aggregate(tables).items():
+            if split_layer(name)[1] is None:
+                out[name] = {m: (s["mean"], s["std"] or 0.0) for m, s in stats.items()}
+    return out
 
 
 def _runs_cell(n: int) -> str:
@@ -386,7 +393,7 @@ class HumanComparison:
         return {label: r.summary() for label, r in self.rows.items()}
 
     def figure_references(self) -> dict[str, dict[str, tuple[float, float]]]:
-        return HumanReport([self.references], ["references"]).summary() if self.references is not None else {}
+        return plain_summary([[self.references]]) if self.references is not None else {}
 
 
 def write_report(report: HumanReport | HumanComparison, out: Path, header: str, title: str) -> list[Path]:
@@ -412,13 +419,10 @@ def write_report(report: HumanReport | HumanComparison, out: Path, header: str, 
     return [js, md, csv_path, png, png.with_suffix(".pdf")]
 
 
-def _csv_rows(report: HumanReport, metrics: Sequence[str]) -> list[list[Any]]:
-    """[map, layer, <metric>_mean, <metric>_std ..., n] per map of the report's runs, then its references."""
-    rows = list(aggregate(report.runs).items())
-    if report.references is not None:
-        rows += list(aggregate([report.references]).items())
+def _csv_rows(groups: Sequence[Sequence[AlignmentTable]], metrics: Sequence[str]) -> list[list[Any]]:
+    """[map, layer, <metric>_mean, <metric>_std ..., n] per map of each group of tables, aggregated."""
     out = []
-    for name, stats in rows:
+    for name, stats in (item for tables in groups for item in aggregate(tables).items()):
         base, layer = split_layer(name)
         cells = [_num(stats[m][s]) if m in stats else "" for m in metrics for s in ("mean", "std")]
         out.append([base, "" if layer is None else layer, *cells, next(iter(stats.values()))["n"]])
@@ -436,7 +440,7 @@ def _write_summary_csv(report: HumanReport, path: Path) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(_csv_header(metrics))
-        writer.writerows(_csv_rows(report, metrics))
+        writer.writerows(_csv_rows(report.groups, metrics))
 
 
 def _write_comparison_csv(comparison: HumanComparison, path: Path) -> None:
@@ -447,10 +451,9 @@ def _write_comparison_csv(comparison: HumanComparison, path: Path) -> None:
         writer = csv.writer(fh)
         writer.writerow(["row", *_csv_header(metrics)])
         for label, report in comparison.rows.items():
-            writer.writerows([label, *r] for r in _csv_rows(report, metrics))
+            writer.writerows([label, *r] for r in _csv_rows(report.groups, metrics))
         if comparison.references is not None:
-            refs = HumanReport([comparison.references], ["references"])
-            writer.writerows(["reference", *r] for r in _csv_rows(refs, metrics))
+            writer.writerows(["reference", *r] for r in _csv_rows([[comparison.references]], metrics))
 
 
 def _num(x: float | None) -> str:
