@@ -14,12 +14,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from PIL import Image
 from safetensors.torch import save_file
 
 from lfi.cli import main as lfi
 from lfi.config import load_config, save_config
 from lfi.data.source import open_source
+from lfi.show.save import to_palette
 from lfi.train.build import build_model
 
 OUT = Path(__file__).resolve().parent
@@ -34,8 +34,8 @@ def _run(argv: list[str]) -> None:
 
 
 def _palette(png: Path) -> None:
-    """Re-save a PNG with a 256-colour palette (about 5x smaller) and drop its PDF: docs keep small PNGs."""
-    Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
+    """Re-save a PNG with a 256-colour palette (`to_palette`) and drop its PDF: docs keep small PNGs."""
+    to_palette(png)
     png.with_suffix(".pdf").unlink()
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from lfi.data.base import ImageDataset
+from lfi.show.save import to_palette
 from lfi.train.runs import load_run
 
 FIGURE_IMAGES = 6  # rows of the per-run figure
@@ -80,12 +80,6 @@ def test_images(dataset: str, run_dir: Path, data: Path, per_class: int, folder:
 def teacher_of(run_dir: Path, picked: Picked) -> str:
     """The run's own teacher where it can be computed on new images: oracle (needs boxes), else vit."""
     return "oracle" if load_run(run_dir).cfg.teacher.name == "oracle" and picked.boxes is not None else "vit"
-
-
-def to_palette(png: Path) -> None:
-    """Re-save a PNG with 256 colours: the pages are committed (and travel to the GPU with the tree), and the
-    maps lose nothing visible; a PNG that already has a palette comes out the same."""
-    Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
 
 
 def describe(dataset: str, row: str, run_dir: Path, teacher: str, picked: Picked, figure: Path) -> str:

@@ -23,3 +23,12 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> list[Path]:
         fig.savefig(out, dpi=dpi, bbox_inches="tight")
         written.append(out)
     return written
+
+
+def to_palette(png: str | Path) -> Path:
+    """Re-save a PNG with a 256-colour palette, about 5x smaller and no visible loss for maps: what docs commit
+    (the repository travels to a lent GPU with the data). Re-saving a palette PNG keeps every pixel's colour."""
+    from PIL import Image
+
+    Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
+    return Path(png)

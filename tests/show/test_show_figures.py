@@ -131,3 +131,19 @@ def test_curves_cli(tmp_path: Path, capsys) -> None:
     assert args.func(args) == 0
     assert "ivit: 1 epochs to 80, 3.00x vs vit" in capsys.readouterr().out
     _written(tmp_path / "c")
+
+
+def test_to_palette_makes_a_palette_png_and_is_idempotent(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from lfi.show.save import to_palette
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8, generator=g).numpy()
+    png = tmp_path / "x.png"
+    Image.fromarray(rgb).save(png)
+    to_palette(png)
+    once = Image.open(png).convert("RGB").tobytes()
+    assert Image.open(png).mode == "P" and Image.open(png).size == (48, 40)
+    to_palette(png)  # a second pass keeps every pixel's colour
+    assert Image.open(png).convert("RGB").tobytes() == once
