@@ -6,6 +6,9 @@
 # training images (stores/tin_train_{oracle,vit}14) and the decoded-image caches (WORK/cache); then trains the
 # study into WORK/runs (a finished run is skipped: unpack an earlier call's runs there to go on).
 # Teachers: the box oracle and DeiT-Tiny relevance (`vit`), NOT the paper's LLaVA-1.5.
+# STUDENT=scratch: the student starts from random weights (its config's model.checkpoint: null), so the
+# pretrained weights serve the teachers alone (maps and KD), not the student. PREPARE: the config whose image
+# cache is built first (default: base.yaml beside STUDY_YAML).
 set -euo pipefail
 data=$1 work=$2 study=$3; shift 3
 lfi="python3 -m lfi.cli"
@@ -14,7 +17,9 @@ extract=(--data "$data" --dataset tinyimagenet --split train --grid 14 --batch-s
 [ -f stores/tin_train_oracle14/store.json ] || $lfi extract --teacher oracle "${extract[@]}" --out stores/tin_train_oracle14
 [ -f stores/tin_train_vit14/store.json ] || $lfi extract --teacher vit --weights "$weights" --device cuda "${extract[@]}" \
   --out stores/tin_train_vit14
-common=("data.root=$data" "model.checkpoint=$weights" "loss.kd.checkpoint=$weights"
+student=("model.checkpoint=$weights")
+[ "${STUDENT:-pretrained}" = scratch ] && student=()
+common=("data.root=$data" "${student[@]}" "loss.kd.checkpoint=$weights"
   "loss.kd.synsets=$data/weights/imagenet_synset_words.txt" "output_dir=$work/runs" "data.cache_dir=$work/cache")
-$lfi prepare configs/study/tinyimagenet/base.yaml "${common[@]}"
+$lfi prepare "${PREPARE:-$(dirname "$study")/base.yaml}" "${common[@]}"   # the cache of the study's images
 $lfi study "$study" "${common[@]}" "$@"

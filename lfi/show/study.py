@@ -1,21 +1,23 @@
 """A study's tables (`lfi study`): each row's tuning grid with its validation scores, and its seeds' results.
 
 <study root>/study.md   1. results: per row, the chosen point, the held-out val score and every test set's
-                           top-1 as mean ± sample std over the seeds (n), and the spread rule's verdict
-                           against a reference row
-                        2. tuning: every grid point of every row with its val score (the choice in bold)
+                           top-1 as mean ± sample std over the seeds (n), and Welch's t test against a
+                           reference row (Holm-corrected over the table's comparisons, `lfi.show.stats`)
+                        2. claims: the study file's claims (a row against another), each a Welch test,
+                           Holm-corrected over all claims and test sets together
+                        3. tuning: every grid point of every row with its val score (the choice in bold)
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lfi.show.curves import Curve, epochs_to_reach, run_curve
 from lfi.show.report import mean_std
+from lfi.show.stats import holm, verdict, welch
 from lfi.train.runs import finished, load_run
 
 
@@ -60,13 +62,42 @@ def epochs_to(curves: Sequence[Curve], threshold: float) -> str:
     return mean_std([float(r) for r in reached])
 
 
-def differs(a: Sequence[float], b: Sequence[float]) -> str:
-    """The report's rule: a difference of means inside the larger of the two seeds' std is 'no difference'."""
-    if len(a) < 2 or len(b) < 2:
-        return "n < 2"
-    gap = statistics.fmean(a) - statistics.fmean(b)
-    spread = max(statistics.stdev(a), statistics.stdev(b))
-    return "no difference" if abs(gap) <= spread else f"{gap:+.2f}"
+def welch_cells(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[str]:
+    """Welch's t for each (a, b) pair of seed scores, Holm-corrected over the pairs that can be tested (both
+    with >= 2 seeds); a pair that cannot is 'n < 2'. One cell per pair, in order."""
+    able = [i for i, (a, b) in enumerate(pairs) if len(a) >= 2 and len(b) >= 2]
+    tests = {i: welch(*pairs[i]) for i in able}
+    adjusted = dict(zip(able, holm([tests[i].p for i in able]), strict=True))
+    return [verdict(tests[i], adjusted[i]) if i in tests else "n < 2" for i in range(len(pairs))]
+
+
+def claims_markdown(
+    claims: Sequence[Mapping[str, str]], results: Mapping[str, Any], tests: Sequence[str]
+) -> list[str]:
+    """The claims table: each claim (row against row) on each test set, Holm over the whole table."""
+    cases = [(c, t) for c in claims for t in tests]
+    pairs = [
+        (results[c["row"]]["tests"].get(t, []), results[c["against"]]["tests"].get(t, [])) for c, t in cases
+    ]
+    testable = sum(len(a) >= 2 and len(b) >= 2 for a, b in pairs)
+    lines = ["| claim | row | against | test | row top-1 | against top-1 | verdict (Welch t, Holm over the "
+             f"{testable} testable) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (c, t), (a, b), cell in zip(cases, pairs, welch_cells(pairs), strict=True):
+        lines.append(
+            f"| {c['claim']} | {c['row']} | {c['against']} | {t} | {mean_std(a)} | {mean_std(b)} | {cell} |"
+        )
+    return lines
+
+
+def at_edge(grid: Mapping[str, Sequence[Any]], chosen: Mapping[str, Any] | None) -> list[str]:
+    """The numeric keys of a grid (>= 2 values) whose chosen value is its smallest or largest: a choice
+    there may be better outside the grid, so the grid must be extended before the choice is trusted."""
+    out = []
+    for key, values in grid.items():
+        nums = [v for v in values if isinstance(v, int | float)]
+        if chosen and len(nums) >= 2 and chosen.get(key) in (min(nums), max(nums)):
+            out.append(key)
+    return out
 
 
 def _grid_point(g: Mapping[str, Any], chosen: bool) -> str:
@@ -84,30 +115,43 @@ def study_markdown(result: Mapping[str, Any], reference: str | None = None) -> s
     lines = [f"# Study `{result['study']}`", "",
              f"Hyper-parameters chosen per row on `{result['select']}` at the last epoch (held-out split of train, "
              f"seed {result['seeds'][0]}); then seeds {result['seeds']}. Test sets were never used for a choice. "
-             f"Δ: difference of means to row `{reference}` where it exceeds the larger seed std, else 'no difference'.",
+             f"Δ: difference of means to row `{reference}` with its 95% interval, Welch's t over seeds (two-sided p) "
+             "and Holm's p over the table's comparisons; a difference is stated where Holm's p < 0.05. With three "
+             "seeds the test has little power: 'no difference shown' is not 'equal'.",
              "", "## Results (top-1 %, mean ± sample std over seeds)", ""]  # fmt: skip
     header = ["row", "teacher", "control", "chosen", "epochs", "held-out val", *(f"test {t}" for t in tests)]
     header += [f"Δ test {t}" for t in tests]
     header += [f"epochs to {threshold:g} val"] if threshold is not None else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ref = results.get(reference, {"tests": {}})
+    others = [n for n in rows if n != reference]
+    cells_of = iter(
+        welch_cells(
+            [(results[n]["tests"].get(t, []), ref["tests"].get(t, [])) for n in others for t in tests]
+        )
+    )
+    deltas = {n: [next(cells_of) for _ in tests] for n in others}
     for name, row in rows.items():
         r = results[name]
         cells = [name, r["teacher"], r["control"], _point(row["chosen"]), r["epochs"], mean_std(r["val"])]
         cells += [mean_std(r["tests"].get(t, [])) for t in tests]
-        cells += [
-            "-" if name == reference else differs(r["tests"].get(t, []), ref["tests"].get(t, []))
-            for t in tests
-        ]
+        cells += deltas.get(name, ["-"] * len(tests))
         cells += [epochs_to(r["curves"], threshold)] if threshold is not None else []
         lines.append("| " + " | ".join(cells) + " |")
+    claims = [c for c in result.get("claims") or [] if c["row"] in results and c["against"] in results]
+    if claims:
+        lines += ["", "## Claims", ""] + claims_markdown(claims, results, tests)
     lines += ["", "## Tuning (seed " + str(result["seeds"][0]) + ", last-epoch val top-1)", ""]
     for name, row in rows.items():
         if row.get("like"):
             lines.append(f"- `{name}`: takes the choice of `{row['like']}`")
             continue
         scores = ", ".join(_grid_point(g, g["point"] == row["chosen"]) for g in row["grid"])
-        lines.append(f"- `{name}`: {scores or 'no grid'}")
+        edge = at_edge(row.get("tune") or {}, row["chosen"])
+        lines.append(
+            f"- `{name}`: {scores or 'no grid'}"
+            + (f" (**at the edge** of {', '.join(edge)})" if edge else "")
+        )
     return "\n".join(lines) + "\n"
 
 

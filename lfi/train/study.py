@@ -5,6 +5,8 @@ A study file names its rows; each row is a config, the values it sets, and the g
     seeds: [0, 1, 2]
     select: val/acc1                     # a metrics.csv column, read at the last epoch (the tested weights)
     reference: probe                     # study.md's differences are to this row (default: the first)
+    claims:                              # study.md: each a Welch test over seeds, Holm over all claims
+      - {claim: "I-ViT beats ViT", row: ivit, against: probe}
     threshold: 60                        # study.md: epochs each row needs to reach this `select` value
     rows:
       probe:    {config: ../tinyimagenet_deit_tiny.yaml, set: {model.variant: vit},
@@ -59,6 +61,7 @@ class Study:
     select: str = "val/acc1"
     reference: str | None = None
     threshold: float | None = None
+    claims: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def tune_seed(self) -> int:
@@ -89,7 +92,7 @@ def read_study(path: str | Path) -> Study:
         raise FileNotFoundError(f"study file not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
     where = str(path)
-    keys = {"name", "seeds", "select", "rows", "reference", "threshold"}
+    keys = {"name", "seeds", "select", "rows", "reference", "threshold", "claims"}
     if set(data) - keys:
         raise ConfigError(f"{where}: unknown keys {sorted(set(data) - keys)}; expected {sorted(keys)}")
     rows: dict[str, Row] = {}
@@ -111,7 +114,21 @@ def read_study(path: str | Path) -> Study:
     if reference is not None and reference not in rows:
         raise ConfigError(f"{where}: reference={reference!r} is not a row")
     name, select = str(data.get("name", path.stem)), str(data.get("select", "val/acc1"))
-    return Study(name, rows, seeds, select, reference, data.get("threshold"))
+    claims = _read_claims(data.get("claims") or [], rows, where)
+    return Study(name, rows, seeds, select, reference, data.get("threshold"), claims)
+
+
+def _read_claims(claims: Any, rows: Mapping[str, Row], where: str) -> list[dict[str, str]]:
+    """Each claim {claim: text, row: a row, against: another row}; ConfigError names the bad one."""
+    if not isinstance(claims, list):
+        raise ConfigError(f"{where}: 'claims' must be a list of {{claim, row, against}} mappings")
+    for i, c in enumerate(claims):
+        if not isinstance(c, dict) or set(c) != {"claim", "row", "against"}:
+            raise ConfigError(f"{where}: claims[{i}] must be a mapping with exactly claim, row, against")
+        for key in ("row", "against"):
+            if c[key] not in rows:
+                raise ConfigError(f"{where}: claims[{i}].{key}={c[key]!r} is not a row")
+    return [{k: str(v) for k, v in c.items()} for c in claims]
 
 
 def _values(point: Mapping[str, Any]) -> list[str]:
@@ -200,6 +217,7 @@ def run_study(
         "seeds": study.seeds,
         "reference": study.reference,
         "threshold": study.threshold,
+        "claims": study.claims,
         "rows": {
             name: {
                 "config": str(row.config), "set": row.set, "tune": row.tune, "like": row.like,

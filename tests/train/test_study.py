@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lfi.config import ConfigError, load_config, save_config
-from lfi.show.study import differs, study_markdown
+from lfi.show.stats import welch
+from lfi.show.study import at_edge, study_markdown, welch_cells
 from lfi.train.study import read_study, run_study
 from lfi.train.sweep import SweepRun
 
@@ -84,10 +85,48 @@ def test_only_runs_the_rows_named(study_file: Path) -> None:
     assert set(result["rows"]) == {"probe"} and all(c.startswith("demo_study/probe/") for c in calls)
 
 
-def test_spread_rule() -> None:
-    assert differs([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) == "no difference"
-    assert differs([10.0, 10.1, 10.2], [1.0, 1.1, 1.2]) == "+9.00"
-    assert differs([1.0], [2.0, 3.0]) == "n < 2"
+def test_welch_holm_cells() -> None:
+    strong = ([10.0, 11.0, 12.0], [1.0, 2.0, 3.0])
+    cells = welch_cells([([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]), strong, ([1.0], [2.0, 3.0])])
+    assert cells[0].startswith("no difference shown (Δ -0.50")
+    p = welch(*strong).p
+    assert cells[1].startswith("+9.00 (Δ +9.00") and f"Holm {2 * p:.2g})" in cells[1]  # a family of two
+    assert cells[2] == "n < 2"  # not testable, and not counted in Holm's family
+    assert f"Holm {p:.2g})" in welch_cells([strong])[0]
+
+
+def test_choice_at_the_edge_of_its_grid() -> None:
+    grid = {"optim.lr": [5e-4, 1e-3, 2e-3], "loss.align_weight": [1.0, 3.0], "model.variant": ["a", "b"]}
+    assert at_edge(grid, {"optim.lr": 1e-3, "loss.align_weight": 3.0, "model.variant": "a"}) == [
+        "loss.align_weight"
+    ]
+    assert at_edge(grid, {"optim.lr": 5e-4, "loss.align_weight": 1.0}) == ["optim.lr", "loss.align_weight"]
+    assert at_edge({"optim.lr": [1e-3]}, {"optim.lr": 1e-3}) == []  # a one-point grid has no inside
+
+
+def test_claims_are_tested(study_file: Path, tmp_path: Path) -> None:
+    body = study_file.read_text().replace(
+        "rows:\n", "claims:\n  - {claim: the maps are why, row: ivit, against: shuffled}\nrows:\n", 1
+    )
+    study_file.write_text(body)
+    result = run_study(read_study(study_file), jobs=2, runner=fake_train([]), echo=None)
+    text = study_markdown(result)
+    assert "## Claims" in text
+    assert "| the maps are why | ivit | shuffled | val |" in text and "+10.00 (Δ +10.00" in text
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ("claims: {a: 1}\n", "'claims' must be a list"),
+        ("claims:\n  - {claim: x, row: ivit}\n", "claims\\[0\\] must be a mapping with exactly"),
+        ("claims:\n  - {claim: x, row: ivit, against: nope}\n", "claims\\[0\\].against='nope' is not a row"),
+    ],
+)
+def test_bad_claims_are_named(study_file: Path, claims: str, message: str) -> None:
+    study_file.write_text(study_file.read_text().replace("rows:\n", claims + "rows:\n", 1))
+    with pytest.raises(ConfigError, match=message):
+        read_study(study_file)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +158,9 @@ def test_only_a_control_tunes_the_row_it_copies(study_file: Path) -> None:
     assert set(result["rows"]) == {"shuffled"}
     assert result["rows"]["shuffled"]["chosen"] == {"optim.lr": 1e-3, "loss.align_weight": 2.0}
     tuned = [c for c in calls if c.startswith("demo_study/ivit/tune/")]
-    assert len(tuned) == 4 and not any(c.startswith("demo_study/ivit/seed") for c in calls)  # no seeds of ivit
+    assert len(tuned) == 4 and not any(
+        c.startswith("demo_study/ivit/seed") for c in calls
+    )  # no seeds of ivit
     assert sorted(c for c in calls if c.startswith("demo_study/shuffled/")) == [
         f"demo_study/shuffled/seed{k}" for k in range(3)
     ]
