@@ -64,7 +64,8 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def verdict(w: Welch, p_holm: float, alpha: float = ALPHA) -> str:
+def verdict(w: Welch, p_holm: float, alpha: float = ALPHA, digits: int = 2) -> str:
     """One cell: the difference, its interval, p and Holm's p, and what they allow one to say."""
-    said = f"{w.diff:+.2f}" if p_holm < alpha else "no difference shown"
-    return f"{said} (Δ {w.diff:+.2f} [{w.low:+.2f}, {w.high:+.2f}], p {w.p:.2g}, Holm {p_holm:.2g})"
+    f = f"+.{digits}f"
+    said = format(w.diff, f) if p_holm < alpha else "no difference shown"
+    return f"{said} (Δ {w.diff:{f}} [{w.low:{f}}, {w.high:{f}}], p {w.p:.2g}, Holm {p_holm:.2g})"

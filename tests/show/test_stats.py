@@ -49,3 +49,4 @@ def test_verdict_states_a_difference_only_under_holm() -> None:
     w = welch([10.0, 11.0, 12.0], [1.0, 2.0, 3.0])
     assert verdict(w, 0.01).startswith("+9.00 (Δ +9.00 [") and verdict(w, 0.01).endswith("Holm 0.01)")
     assert verdict(w, 0.2).startswith("no difference shown (Δ +9.00")
+    assert verdict(w, 0.2, digits=3).startswith("no difference shown (Δ +9.000 [")
