@@ -1,6 +1,6 @@
 """Welch + Holm verdicts for Fig. 6's claims, from `lfi eval-human`'s json (one value per seed: each seed's
 mean over the OSIE images). The `vit` teacher's C_AGT against the unaligned queries' and the controls' maps,
-on cosine, CC and NSS, on both datasets; Holm over the whole table.
+on cosine, CC, NSS and AUC-Judd, on both datasets; Holm over the whole table.
 
     python3 scripts/human_claims.py docs/results/h200/human > docs/results/h200/human/claims.md
 """
@@ -27,7 +27,7 @@ def main(root: Path) -> None:
         with gzip.open(root / dataset / "human_alignment.json.gz") as f:
             data = json.loads(f.read())
         rows = {r["row"].split("/")[0]: r for r in data["rows"]}
-        for metric in ("cosine", "cc", "nss"):
+        for metric in ("cosine", "cc", "nss", "auc_judd"):
             for other, cmap in AGAINST:
                 a, b = seeds(rows["ivit_vit"], "C_AGT", metric), seeds(rows[other], cmap, metric)
                 cases.append((dataset, metric, f"{other} {cmap}", a, b))
