@@ -164,3 +164,54 @@ def test_only_a_control_tunes_the_row_it_copies(study_file: Path) -> None:
     assert sorted(c for c in calls if c.startswith("demo_study/shuffled/")) == [
         f"demo_study/shuffled/seed{k}" for k in range(3)
     ]
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path("configs/study").glob("*/study.yaml")), ids=lambda p: p.parent.name
+)
+def test_study_files_load(path: Path) -> None:
+    """Every committed study reads, its claims name its rows, and every row's config loads with its values."""
+    study = read_study(path)
+    for row in study.rows.values():
+        point = {k: v[0] for k, v in row.tune.items()}
+        load_config(row.config, [f"{k}={json.dumps(v)}" for k, v in {**row.set, **point}.items()])
+
+
+def test_scratch_study_trains_the_student_from_random_weights() -> None:
+    """Table 2 in its own regime (issue 28): no student row loads pretrained weights; the teachers' do."""
+    study = read_study("configs/study/scratch/study.yaml")
+    for row in study.rows.values():
+        cfg = load_config(row.config, [f"{k}={json.dumps(v)}" for k, v in row.set.items()])
+        assert cfg.model.checkpoint is None and not cfg.model.freeze_backbone, row.name
+        assert (cfg.data.img_size, cfg.model.timm_kwargs["patch_size"]) == (64, 8), row.name
+    assert {r.like for r in study.rows.values() if r.set.get("teacher.control")} == {"ivit_vit"}
+
+
+@pytest.mark.parametrize(("student", "loads_weights"), [("scratch", False), ("pretrained", True)])
+def test_gpu_study_script_gives_the_student_weights_unless_scratch(
+    tmp_path: Path, student: str, loads_weights: bool
+) -> None:
+    """scripts/gpu_study.sh with a stand-in python3 that records its arguments: STUDENT=scratch passes no
+    model.checkpoint (the weights serve the teachers only), and the image cache is the study's own base.yaml."""
+    import os
+    import subprocess
+
+    for store in ("tin_train_oracle14", "tin_train_vit14"):
+        (tmp_path / "stores" / store).mkdir(parents=True)
+        (tmp_path / "stores" / store / "store.json").write_text("{}")
+    (tmp_path / "data" / "weights").mkdir(parents=True)
+    (tmp_path / "data" / "weights" / "deit_tiny_patch16_224.bf16.safetensors").write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "STUDENT": student}
+    script = Path("scripts/gpu_study.sh").resolve()
+    subprocess.run(
+        ["bash", str(script), "data", "work", "configs/study/scratch/study.yaml"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
+    prepare, study = (tmp_path / "calls").read_text().splitlines()
+    assert prepare.startswith("-m lfi.cli prepare configs/study/scratch/base.yaml ")
+    assert ("model.checkpoint=" in study) is loads_weights and "loss.kd.checkpoint=data/weights/" in study
