@@ -52,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from CKPT, or from the run folder's checkpoints/last.ckpt when no path is given",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
-    p = subparsers.add_parser("prepare", help="decode a config's images once into the cache of the GPU data path")
+    p = subparsers.add_parser(
+        "prepare",
+        help="decode a config's images once into the cache of the GPU data path (an existing one is re-hashed)",
+    )
     p.add_argument("config", help="experiment YAML")
     add_overrides(p)
     p.set_defaults(func=cmd_prepare)

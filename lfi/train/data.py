@@ -321,19 +321,20 @@ class LfiDataModule(L.LightningDataModule):
             return on_gpu and self.cfg.task == "classification" and not self.custom_transforms
         return flag
 
-    def image_cache(self, dataset: Dataset) -> ImageCache:
+    def image_cache(self, dataset: Dataset, verify: str = "stat") -> ImageCache:
         """`dataset` decoded once (`lfi.data.cache`): at its own size when its images are square, else at
-        data.img_size."""
+        data.img_size. verify: 'stat' (cheap, every run) or 'full' (also re-hash the cache, `lfi prepare`)."""
         d = self.cfg.data
         first = dataset[0]["image"]
         side = int(first.shape[-1]) if first.shape[-1] == first.shape[-2] else d.img_size
         folder = Path(d.cache_dir).expanduser() if d.cache_dir else DEFAULT_CACHE
-        return ImageCache.build(dataset, side, folder, workers=d.num_workers, progress=self.cfg.trainer.enable_progress_bar)
+        bar = self.cfg.trainer.enable_progress_bar
+        return ImageCache.build(dataset, side, folder, workers=d.num_workers, progress=bar, verify=verify)
 
-    def prepare_caches(self) -> dict[str, ImageCache]:
-        """Every split's image cache (what `lfi prepare` builds ahead of a GPU run)."""
+    def prepare_caches(self, verify: str = "full") -> dict[str, ImageCache]:
+        """Every split's image cache (what `lfi prepare` builds ahead of a GPU run, or checks in full)."""
         splits = {"train": self.data.train, "val": self.data.val, **{f"test/{k}": v for k, v in self.data.tests.items()}}
-        return {name: self.image_cache(dataset) for name, dataset in splits.items()}
+        return {name: self.image_cache(dataset, verify) for name, dataset in splits.items()}
 
     def _device_images(self, dataset: Dataset, with_maps: bool) -> DeviceImages:
         """`dataset`'s image cache moved to the run's device, with the teacher's maps when `with_maps`."""
