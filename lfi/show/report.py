@@ -93,7 +93,7 @@ PAPER_LLAVA_VLCS = {"PASCAL": 56.40, "CALTECH": 62.89, "LABELME": 52.58, "SUN": 
 
 # Config keys that do not change what an experiment measures: runs differing only here are pooled.
 _POOLED_KEYS = {
-    "seed", "experiment", "paper_row", "output_dir", "data.root", "data.cache_dir", "data.num_workers", "data.split_seed",
+    "seed", "experiment", "paper_row", "output_dir", "output_dir_allow_outside", "data.root", "data.cache_dir", "data.num_workers", "data.split_seed",
     "teacher.store", "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
     "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps", "trainer.log_maps_every_n_epochs",

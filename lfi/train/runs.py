@@ -84,7 +84,8 @@ def load_run(path: str | Path) -> Run:
     files = RunFiles(path)
     if not files.config.is_file():
         raise FileNotFoundError(f"{files.root}: no config.yaml: not a run folder of `lfi train`")
-    cfg = load_config(files.config)  # a ConfigError names the file and the key
+    # a run that exists is read wherever it lies: the output_dir roots only bound where runs are written
+    cfg = load_config(files.config, ["output_dir_allow_outside=true"])  # a ConfigError names the file and key
     metrics: dict[str, Any] = {}
     if files.metrics.is_file():
         try:
