@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from lfi.data.base import ImageDataset, Record
-from lfi.data.source import FileSource, _open_zip
+from lfi.data.source import FileSource, _open_zip, safe_members
 
 #: File endings read as images (torchvision's IMG_EXTENSIONS, plus GIF and JFIF, which PIL reads too).
 IMAGE_EXTENSIONS = (
@@ -86,7 +86,7 @@ class _Tree:
     @classmethod
     def of_zip(cls, path: Path) -> _Tree:
         with _open_zip(path) as zf:
-            names = zf.namelist()
+            names = safe_members(path, zf.namelist())
         return cls(
             [n for n in names if not n.endswith("/")], [n.rstrip("/") for n in names if n.endswith("/")]
         )
