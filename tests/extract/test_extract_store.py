@@ -344,3 +344,13 @@ def test_a_resumed_writer_keeps_the_store_identity(tmp_path: Path) -> None:
     _write(tmp_path, 4, writer="r001", start=4)  # a second run (resume) appends with the same identity
     assert json.loads((tmp_path / "store.json").read_text()) == first
     assert len(InteractionStore(tmp_path)) == 8
+
+
+def test_cli_store_verify_names_the_edited_field(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from lfi.cli import main
+
+    _write(tmp_path, 4)
+    _edit_store_json(tmp_path, teacher="vit")
+    assert main(["store", "verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEMS" in out and "field 'teacher': store.json has 'vit', the shard's copy has 'test'" in out

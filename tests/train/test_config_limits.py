@@ -88,3 +88,21 @@ def test_cli_refuses_an_escaping_output_dir_and_writes_nothing(tmp_path, monkeyp
     err = capsys.readouterr().err.strip()
     assert "'output_dir' '../escaped' is outside" in err and err.count("\n") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_a_finished_run_is_read_wherever_it_lies(tmp_path, monkeypatch):
+    """The roots bound where runs are written, not where `lfi report` / `lfi eval` read them from."""
+    from lfi.config import save_config
+    from lfi.train.runs import load_run
+
+    scratch = tmp_path / "scratch"
+    monkeypatch.setenv("LFI_RUNS_ROOT", str(scratch))
+    cfg = load_config(None, [f"output_dir={scratch / 'runs'}", "experiment=x"])
+    cfg.run_dir.mkdir(parents=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    monkeypatch.delenv("LFI_RUNS_ROOT")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="'output_dir'"):
+        load_config(cfg.run_dir / "config.yaml")
+    assert load_run(cfg.run_dir).cfg.output_dir == str(scratch / "runs")
