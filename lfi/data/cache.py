@@ -17,11 +17,13 @@ that fails a check is rebuilt with a one-line warning naming the file and what c
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -156,13 +158,14 @@ class ImageCache:
         folder = Path(folder).expanduser()
         path = folder / f"images-{dataset_digest(dataset, side)}.npy"
         sources = source_stats(dataset)  # before decoding: a file changed meanwhile leaves the cache stale
-        if path.is_file() or path.with_suffix(".json").is_file():
-            try:
-                return cls.open(path, sources, full=verify == "full")
-            except CacheInvalid as error:
-                warnings.warn(f"{error}; rebuilding it", stacklevel=2)
-        _decode(dataset, side, path, workers, progress, sources)
-        return cls.open(path, sources)
+        with _build_lock(path):  # processes that want one cache at once (DDP ranks) decode it once
+            if path.is_file() or path.with_suffix(".json").is_file():
+                try:
+                    return cls.open(path, sources, full=verify == "full")
+                except CacheInvalid as error:
+                    warnings.warn(f"{error}; rebuilding it", stacklevel=2)
+            _decode(dataset, side, path, workers, progress, sources)
+            return cls.open(path, sources)
 
     @classmethod
     def open(
@@ -188,6 +191,18 @@ class ImageCache:
         return cls(images, np.asarray(meta["labels"], dtype=np.int64), list(meta["keys"]), path)
 
 
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """flock on ``<cache>.lock`` while a cache is checked or built (released by the kernel if killed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def _decode(
     dataset: Dataset,
     side: int,
@@ -198,7 +213,6 @@ def _decode(
 ) -> None:
     """Decode `dataset` into `path` (N, 3, side, side) uint8 and write its manifest; each via a temporary
     file renamed into place, the array first (a kill in between leaves a manifest that no longer matches)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, side, side))

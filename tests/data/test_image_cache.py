@@ -106,3 +106,27 @@ def test_open_refuses_a_truncated_cache_naming_it(shapes) -> None:
     cache.path.with_suffix(".json").write_text(json.dumps(manifest))
     with pytest.raises(CacheInvalid, match=rf"{cache.path}: unreadable image cache"):
         ImageCache.open(cache.path)
+
+
+def test_concurrent_builds_decode_once_and_both_open(tmp_path: Path, monkeypatch) -> None:
+    """Two DDP ranks asking for one cache at once: one decodes under the lock, the other opens its result."""
+    import threading
+
+    import lfi.data.cache as cache_module
+
+    decode, calls = cache_module._decode, []
+    monkeypatch.setattr(cache_module, "_decode", lambda *a: (calls.append(1), decode(*a)))
+    data, results = ShortcutShapes("train", 12, size=16), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(ImageCache.build(data, 16, tmp_path, progress=False))
+            )
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 2 and len(calls) == 1 and all(_same_cache(r, data) for r in results)
