@@ -2,7 +2,8 @@
 
 Layout of a store folder (`lfi.extract.layout`)::
 
-    store.json                          metadata of the whole store (teacher, checkpoint, grid, ...)
+    store.json                          metadata of the whole store (teacher, checkpoint, grid, ...; store_uid
+                                        and store_id, made at creation: `layout.IDENTITY`)
     shards/<writer>-<uid>.safetensors   committed records; one file per flush of one writer
     shards/.tmp-*                       a flush in progress (or killed): ignored by readers
     .lock                               flock'ed by a writer while it commits a shard
@@ -18,9 +19,11 @@ by anyone, drops the records already there, writes a temporary file and `os.repl
 kill at any point leaves either a whole shard or none, and writers that run at once (torchrun ranks, or a
 job launched twice) never store a key twice.
 
-Reading: the index of the shard headers is built once, checking every shard's digest on the way (one
-sequential read); maps are then read through memory maps (`safetensors.safe_open`), opened lazily in each
-process, so DataLoader workers read at random without sharing file handles.
+Reading: the index of the shard headers is built once, checking every shard's digest and that its copy of
+store.json equals store.json on the way (one sequential read), so an edited store.json or a shard copied in
+from another store is refused, naming the file and the field; maps are then read through memory maps
+(`safetensors.safe_open`), opened lazily in each process, so DataLoader workers read at random without sharing
+file handles.
 """
 
 from __future__ import annotations
