@@ -17,7 +17,7 @@ from torch import nn
 
 from lfi.config import Config, ConfigError
 from lfi.data.controls import with_control
-from lfi.train.data import DETECTION_STRIDE, ExperimentData, LfiDataModule, Transform, build_data
+from lfi.train.data import ExperimentData, LfiDataModule, Transform, build_data
 from lfi.train.losses import (
     AlignmentLoss,
     Criterion,
@@ -136,14 +136,14 @@ def build_criterion(cfg: Config, model: nn.Module, data: ExperimentData) -> Crit
         if cfg.teacher.store is None:  # the oracle, on the fly from each transformed image's ground truth
             maps = functools.partial(_oracle_batch_maps, source=cfg.teacher.source)
         else:
-            maps = functools.partial(stored_maps, stride=DETECTION_STRIDE)
+            maps = stored_maps
         terms["align"] = DenseAlignment(maps, loss.rows, AlignmentLoss(loss.direction))
         weights["align"] = loss.align_weight
     return Criterion(terms, weights)
 
 
-def _oracle_batch_maps(batch: dict, source: str) -> list:
-    return oracle_maps(batch["targets"], source)
+def _oracle_batch_maps(batch: dict, source: str) -> tuple[list, None]:
+    return oracle_maps(batch["targets"], source), None  # each over exactly its transformed image
 
 
 def open_store(cfg: Config) -> Any:

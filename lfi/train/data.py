@@ -31,9 +31,6 @@ from lfi.data.subsets import holdout_split, ratio_subset
 
 Transform = Callable[[dict], dict]
 
-#: Grid of stored detection maps after the transforms: image // 32, the encoder's stride for ResNets.
-DETECTION_STRIDE = 32
-
 
 @dataclass
 class ExperimentData:
@@ -231,8 +228,8 @@ class _Transformed(Dataset):
 class LfiDataModule(L.LightningDataModule):
     """Loaders over `data` for cfg.task; training samples get their map from `store` when one is given.
 
-    grid: the student's patch grid (gh, gw) for classification (detection maps follow each image's size at
-    the encoder's stride). Transforms default to the task's recipe: classification at cfg.data.img_size
+    grid: the student's patch grid (gh, gw) for classification (detection maps stay on the teacher's grid
+    until the loss knows the encoder's). Transforms default to the task's recipe: classification at cfg.data.img_size
     (random resized crop + flip when cfg.data.augment; eval: resize + centre crop), detection DETR's
     multi-scale resize and flip.
     """
@@ -289,7 +286,8 @@ class LfiDataModule(L.LightningDataModule):
             train = WithOriginalSize(train)
         if self.store is None:
             return SeededSamples(train, self.train_tf, self.cfg.seed)
-        grid = DETECTION_STRIDE if self.cfg.task != "classification" else self.grid
+        # detection: the teacher's own map and its window; the loss puts it on the encoder's grid
+        grid = self.grid if self.cfg.task == "classification" else None
         return SeededSamples(WithInteractionMaps(train, self.store, self.train_tf, grid), None, self.cfg.seed)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:

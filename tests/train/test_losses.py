@@ -71,12 +71,15 @@ def test_gradient_pulls_student_toward_teacher(direction):
     assert stepped < loss
 
 
-def test_teacher_is_resampled_to_the_student_grid():
+def test_teacher_on_another_grid_is_an_error_not_resampled():
+    """The data path puts the teacher on the student's grid once (issue 29); the loss resamples nothing."""
     q = torch.zeros(1, 24, 24)
-    q[:, :12, :12] = 1 / 144  # mass in the top-left quarter
-    p = torch.full((1, 2, 2), 0.01)
-    p[0, 0, 0] = 0.97
-    assert AlignmentLoss()(p, q).item() == pytest.approx(-np.log(0.97), rel=1e-5)
+    q[:, :12, :12] = 1 / 144
+    p = torch.full((1, 2, 2), 0.25)
+    with pytest.raises(
+        ValueError, match=r"student maps \(1, 2, 2\) and teacher maps \(1, 24, 24\) are on different grids"
+    ):
+        AlignmentLoss()(p, q)
 
 
 def test_invalid_teacher_maps_are_left_out():
@@ -106,6 +109,7 @@ def test_criterion_reports_each_term_and_weights_them():
     logits, labels = torch.randn(3, 5), torch.tensor([0, 3, 4])
     maps = {6: student().float(), 7: student().float()}
     q = teacher_with_zeros().float()
+
     def criterion(a, w=1.0):
         return classification_criterion(align_weight=w, aligned=a)
 
