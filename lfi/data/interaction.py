@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from lfi.data.base import Samples
 from lfi.data.transforms import InteractionMap, map_to_grid
 
 
@@ -34,7 +35,7 @@ def read_stored_map(store: Any, key: str) -> tuple[torch.Tensor, bool]:
     return value.map.float(), bool(value.valid)
 
 
-class WithInteractionMaps(Dataset):
+class WithInteractionMaps(Samples):
     """Wrap a dataset whose samples carry 'image' and 'key': attach the stored map, transform jointly.
 
     Each item is the transformed sample with
@@ -56,22 +57,18 @@ class WithInteractionMaps(Dataset):
         transforms: Callable[[dict], dict] | None,
         grid: tuple[int, int] | None,
     ) -> None:
-        self.dataset = dataset
-        self.store = store
-        self.transforms = transforms
-        self.grid = grid
+        super().__init__(dataset, transforms)
+        self.store, self.grid = store, grid
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        sample = dict(self.dataset[index])
-        sample.pop("data", None)
+    def prepare(self, sample: dict, index: int) -> dict:
         stored, valid = read_stored_map(self.store, sample["key"])
         sample["map"] = InteractionMap.over(stored, tuple(sample["image"].shape[-2:]))
-        if self.transforms is not None:
-            sample = self.transforms(sample)
-        moved = sample["map"]
+        sample["map_valid"] = valid  # the teacher's flag (a bool: v2 passes it by), until the grid is known
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        moved, valid = sample["map"], sample["map_valid"]
         if self.grid is None:
             sample["map"], sample["map_box"] = moved.visible(), moved.box()
             has_mass = torch.tensor(True)  # decided on the encoder's grid, by the loss
