@@ -21,6 +21,8 @@ from lfi.maps import attention_to_grid, crop_to_grid, is_valid_map
 
 Direction = Literal["teacher_student", "student_teacher"]
 Rows = Literal["all", "objects"]
+#: What `DenseAlignment` reads: batch -> (one teacher map per image, their windows (B, 4) or None).
+TeacherMaps = Callable[[Mapping[str, Any]], tuple[Sequence[torch.Tensor], torch.Tensor | None]]
 
 
 class AlignmentLoss(nn.Module):
@@ -146,7 +148,7 @@ class DenseAlignment(nn.Module):
 
     def __init__(
         self,
-        teacher_maps: Callable[[Mapping[str, Any]], tuple[Sequence[torch.Tensor], torch.Tensor | None]],
+        teacher_maps: TeacherMaps,
         rows: Rows = "all",
         alignment: AlignmentLoss | None = None,
     ) -> None:
@@ -279,4 +281,33 @@ def classification_criterion(
         terms["align"], weights["align"] = MapAlignment(AlignmentLoss(direction)), align_weight
     if kd_teacher is not None:
         terms["kd"], weights["kd"] = Distillation(kd_teacher, kd_temperature), kd_weight
+    return Criterion(terms, weights)
+
+
+def detection_criterion(
+    hf_config: Any,
+    masks: bool = False,
+    aux_weight: float = 1.0,
+    teacher_maps: TeacherMaps | None = None,
+    rows: Rows = "all",
+    direction: Direction = "teacher_student",
+    align_weight: float = 1.0,
+) -> Criterion:
+    """The criterion of an (I-)DETR: task + aux (HF's terms, weighted by the coefficients of its config
+    `hf_config`; masks: the segmentation terms too) [+ dense align when `teacher_maps` is given]."""
+    coefficients = {
+        "loss_ce": 1.0,
+        "loss_bbox": hf_config.bbox_loss_coefficient,
+        "loss_giou": hf_config.giou_loss_coefficient,
+    }
+    if masks:
+        coefficients |= {
+            "loss_mask": hf_config.mask_loss_coefficient,
+            "loss_dice": hf_config.dice_loss_coefficient,
+        }
+    terms: dict[str, nn.Module] = {"task": DetrLoss(coefficients)}
+    weights = {"task": 1.0, "aux": aux_weight}
+    if teacher_maps is not None:
+        terms["align"] = DenseAlignment(teacher_maps, rows, AlignmentLoss(direction))
+        weights["align"] = align_weight
     return Criterion(terms, weights)

@@ -131,3 +131,22 @@ def test_criterion_reports_each_term_and_weights_them():
     assert set(criterion(False)({"logits": logits}, {"label": labels})) == {"task", "loss"}
     with pytest.raises(KeyError, match="no 'map'"):
         criterion(True)(outputs, {"label": labels})
+
+
+def test_detection_criterion_weights_hf_terms_and_alignment():
+    from transformers import DetrConfig
+
+    from lfi.train.losses import DenseAlignment, DetrLoss, detection_criterion
+
+    hf = DetrConfig(bbox_loss_coefficient=4, giou_loss_coefficient=3, mask_loss_coefficient=2)
+    plain = detection_criterion(hf, aux_weight=0.5)
+    assert set(plain.terms) == {"task"} and plain.weight_dict == {"task": 1.0, "aux": 0.5}
+    assert plain.terms["task"].coefficients == {"loss_ce": 1.0, "loss_bbox": 4, "loss_giou": 3}
+    aligned = detection_criterion(
+        hf, masks=True, teacher_maps=lambda batch: ([], None), rows="objects", align_weight=2.0
+    )
+    assert (
+        isinstance(aligned.terms["task"], DetrLoss) and aligned.terms["task"].coefficients["loss_mask"] == 2
+    )
+    assert isinstance(aligned.terms["align"], DenseAlignment) and aligned.terms["align"].rows == "objects"
+    assert aligned.weight_dict["align"] == 2.0
