@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -115,7 +114,3 @@ def write_study_report(result: Mapping[str, Any], root: str | Path, reference: s
     path = Path(root) / "study.md"
     path.write_text(study_markdown(result, reference))
     return path
-
-
-def load_study_result(root: str | Path) -> dict[str, Any]:
-    return json.loads((Path(root) / "study.json").read_text())

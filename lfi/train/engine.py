@@ -149,10 +149,6 @@ def evaluate(
     return evaluator.compute(sync=False)  # this process alone (rank 0 evaluates the test sets by itself)
 
 
-def _batch_size(batch: dict[str, Any]) -> int:
-    return int(batch["image"].shape[0])
-
-
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> min_ratio at `total` steps."""
     if step < warmup:
