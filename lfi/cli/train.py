@@ -1,4 +1,7 @@
-"""`lfi train CONFIG [KEY=VALUE ...] [--resume [CKPT]]`: train any task from a config (Lightning)."""
+"""`lfi train CONFIG [KEY=VALUE ...] [--resume [CKPT]]`: train any task from a config (Lightning).
+
+A finished run folder, or one with a checkpoint, is refused without --resume. SIGTERM / SIGINT save a
+checkpoint, print the `--resume` command and exit 143 / 130."""
 
 from __future__ import annotations
 
