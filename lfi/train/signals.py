@@ -91,9 +91,11 @@ class StopOnSignal(L.Callback):
         self._install()
         self.deferred = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        stepped = last or (args[-1] + 1) % trainer.accumulate_grad_batches == 0  # args[-1]: batch_idx
+        stepped = last or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         # one decision for every process (a collective only with several), at optimizer steps only
         if stepped and trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             trainer.save_checkpoint(self.checkpoint)

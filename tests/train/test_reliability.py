@@ -66,7 +66,10 @@ _DRAW = random.Random(32)
 MID_EPOCH = [e * STEPS_PER_EPOCH + _DRAW.randrange(1, STEPS_PER_EPOCH) for e in range(EPOCHS)]
 
 
-@pytest.mark.parametrize("kill_at", MID_EPOCH)
+@pytest.mark.parametrize(
+    "kill_at",
+    [pytest.param(s, marks=() if s // STEPS_PER_EPOCH == 1 else pytest.mark.slow) for s in MID_EPOCH],
+)  # epoch 1's draw in the quick suite, every epoch's with -m slow
 def test_metrics_csv_after_kill_and_resume_equals_uninterrupted(straight, tmp_path, kill_at):
     """Killed at a mid-epoch step and resumed: metrics.csv equals the uninterrupted run's row for row (the
     resumed epoch's train averages cover the whole epoch; the rows of earlier epochs are kept). A plain
