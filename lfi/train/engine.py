@@ -88,8 +88,8 @@ class LfiModule(L.LightningModule):
             bad = [n for n, v in zip(self.loss_names, sums.tolist(), strict=False) if not math.isfinite(v)]
             raise NonFiniteLoss(
                 f"{self.cfg.run_dir}: non-finite training loss ({', '.join(bad)}) in epoch {self.current_epoch}: "
-                "the run is stopped, not finished (no metrics.json); checkpoints/last.ckpt holds the last "
-                "step with finite losses. Lower optim.lr or the loss weights and train into a new experiment"
+                "the run is stopped, not finished (no metrics.json), and no checkpoint holds that step. "
+                "Lower optim.lr or the loss weights and train into a new experiment"
             )
         return sums
 

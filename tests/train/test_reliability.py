@@ -290,6 +290,25 @@ def test_signal_saves_a_checkpoint_exits_non_zero_and_prints_the_resume_command(
     same_run(run_dir, straight_dir)
 
 
+def test_the_hint_names_the_resume_command_or_says_there_is_nothing_to_resume(tmp_path):
+    """The exit codes are the shell's (128 + signal); before the first checkpoint the hint is the command
+    itself, without --resume (which would fail: no checkpoint)."""
+    from argparse import Namespace
+
+    from lfi.cli.train import resume_hint
+    from lfi.train.signals import Interrupted
+
+    args = Namespace(config="my run.yaml", overrides=["trainer.max_epochs=3"])
+    saved, early = Interrupted(signal.SIGINT, tmp_path / "last.ckpt", 7), Interrupted(signal.SIGTERM, None)
+    assert (saved.exit_code, early.exit_code) == (130, 143)
+    assert resume_hint(args, saved).endswith(
+        "continue with: lfi train 'my run.yaml' trainer.max_epochs=3 --resume"
+    )
+    assert resume_hint(args, early) == (
+        "no checkpoint was written yet; start again with: lfi train 'my run.yaml' trainer.max_epochs=3"
+    )
+
+
 # ------------------------------------------------------------------------------------------ sweeps
 
 # a sweep (`subprocess_runner`) whose run is `lfi train` with a trainer that never ends
