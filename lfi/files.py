@@ -27,8 +27,8 @@ def fsync_write(path: Path, data: bytes) -> None:
 
 
 def _tmp_name(path: Path) -> Path:
-    # hidden, in the same folder (os.replace is atomic within one file system), and not ending in the
-    # real suffix, so that globs such as `*.safetensors` or `**/metrics.json` never pick up a half-written file
+    # hidden, in the same folder (os.replace is atomic within one file system), and not ending in the real
+    # suffix, so that globs such as `*.safetensors` or `**/metrics.json` never pick up a half-written file
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 

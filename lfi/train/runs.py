@@ -78,7 +78,8 @@ def check_run_folder(files: RunFiles, resume: bool) -> None:
     if finished(files.root):
         what = "--resume has nothing to continue" if resume else "training again would overwrite it"
         raise FileExistsError(
-            f"{files.root} is finished (metrics.json exists): {what}; train into a new experiment name to run it again"
+            f"{files.root} is finished (metrics.json exists): {what}; "
+            "train into a new experiment name to run it again"
         )
     if not resume and files.last_checkpoint.is_file():
         raise FileExistsError(
@@ -89,8 +90,8 @@ def check_run_folder(files: RunFiles, resume: bool) -> None:
 
 @contextlib.contextmanager
 def hold_run_folder(files: RunFiles) -> Iterator[None]:
-    """One writer per run folder: hold `<run>/.lock` for the block; a second `lfi train` into the same folder
-    (e.g. a sweep run again while the first one's trainer still runs) is refused at once, naming the folder."""
+    """One writer per run folder: hold `<run>/.lock` for the block; a second `lfi train` into the same
+    folder (e.g. a sweep run again while the first one's trainer still runs) is refused at once, naming it."""
     busy = f"{files.root} is being written by another `lfi train`; wait for it to end or stop it"
     with exclusive_lock(files.lock, busy):
         yield

@@ -11,9 +11,9 @@ its own dotted overrides (`KEY=VALUE`, as `lfi train` takes them) and its own ex
 
 `run_sweep` trains each run in its own process (``python -m lfi.cli train CONFIG OVERRIDES...``), `jobs` at a
 time, its output in ``<run folder>/train.log``; the processes end with the sweep, even a killed one
-(`die_with_parent`), and each run folder has one writer (its ``.lock``). It can be run again after an interruption: a finished run
-(metrics.json) is skipped, an unfinished one with checkpoints/last.ckpt continues with ``--resume``, any
-other starts afresh. The table over the sweep's run folders is written by `lfi.show.sweep` (train does not
+(`die_with_parent`), and each run folder has one writer (its ``.lock``). It can be run again after an
+interruption: a finished run (metrics.json) is skipped, an unfinished one with checkpoints/last.ckpt
+continues with ``--resume``, any other starts afresh. The table over the sweep's run folders is written by `lfi.show.sweep` (train does not
 import show).
 """
 
