@@ -26,6 +26,8 @@ from typing import Any, Union
 
 import yaml
 
+from lfi.files import atomic_write
+
 TASKS = ("classification", "detection", "segmentation")
 #: The rows of the paper's Table 3 (`lfi.models.TABLE3`): 'vit' is the unconverted model.
 VARIANTS = ("vit", "iq_gc", "ic_original", "iq_ic", "iq_ic_gc")
@@ -585,5 +587,5 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """The resolved config as YAML (loads back with `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """The resolved config as YAML (loads back with `load_config`), written atomically."""
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -24,6 +24,8 @@ from importlib import metadata as _pkg_metadata
 from pathlib import Path
 from typing import Any
 
+from lfi.files import fsync_write as fsync_write  # the one definition, re-exported for the store's writers
+
 FORMAT = 2  # 2: the digest covers keys, info and store metadata (format 1 covered the tensors only)
 META_FILE = "store.json"
 SHARD_DIR = "shards"
@@ -254,13 +256,6 @@ def store_lock(root: Path | str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def append_failure(root: Path | str, entry: dict[str, Any]) -> None:

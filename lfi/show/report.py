@@ -34,6 +34,7 @@ from typing import Any
 from safetensors import safe_open
 
 from lfi.config import Config, config_to_dict
+from lfi.files import atomic_write
 from lfi.show.curves import monitor, run_curve
 from lfi.train.runs import Run, load_run
 
@@ -470,6 +471,5 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, threshold: flo
         parts.append(table_markdown(table, groups, convergence_for(table, groups, out, threshold)))
         parts.append("")
     text = "\n".join(parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write(out, text)
     return text
