@@ -121,7 +121,7 @@ def main() -> None:
     for row in args.rows:
         overrides = [
             *ROWS[row], f"data.root={args.data}", f"model.checkpoint={args.weights}", f"data.batch_size={args.batch}",
-            f"data.num_workers={args.workers}", f"data.cache_dir={args.cache_dir}", f"output_dir={args.runs}",
+            f"data.num_workers={args.workers}", f"data.cache_dir={args.cache_dir}", f"output_dir={args.runs}", "output_dir_allow_outside=true",
             f"trainer.max_epochs={args.epochs}", f"trainer.accelerator={device.type}",
             "trainer.enable_progress_bar=false", "trainer.log_maps_every_n_epochs=0",
             *([f"teacher.store={args.store}"] if row == "ivit" else []),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from pathlib import Path, PurePath
 from typing import Any, Union
 
 import yaml
+
+from lfi.files import atomic_write
 
 TASKS = ("classification", "detection", "segmentation")
 #: The rows of the paper's Table 3 (`lfi.models.TABLE3`): 'vit' is the unconverted model.
@@ -232,13 +235,18 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    """One experiment. Its run folder is output_dir/experiment (see `lfi.train.runs`)."""
+    """One experiment. Its run folder is output_dir/experiment (see `lfi.train.runs`).
+
+    output_dir stays under the working directory or $LFI_RUNS_ROOT (`check_run_folder`), so that a typo or a
+    borrowed config never writes elsewhere; output_dir_allow_outside: true lifts that for this config.
+    """
 
     task: str = "classification"
     experiment: str = "run"
     paper_row: str = ""
     seed: int = 0
     output_dir: str = "runs"
+    output_dir_allow_outside: bool = False
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -342,47 +350,60 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-#: Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive); None = unbounded.
-RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
-    "seed": (0, None, True, True),
-    "model.num_queries": (1, None, True, True),
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+#: DataLoader workers: 4 per usable CPU (at least 8, the configs' value); thousands set off the OOM killer.
+MAX_WORKERS = max(8, 4 * _usable_cpus())
+_SEED_MAX = 2**32 - 1  # what numpy and Lightning accept as a seed
+_BIG = 10**9  # counts of steps or batches: no run gets near it, a typo with extra digits does
+
+#: Numeric ranges: dotted key -> (low, high, low inclusive, high inclusive). Every int and float field of the
+#: schema has one (tests/train/test_config.py checks), with an upper bound far above any sane value, so that
+#: a typo (lr=1e300, align_weight=1e308, num_workers=10000) is refused at load, not found mid-run.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "seed": (0, _SEED_MAX, True, True),
+    "model.num_queries": (1, 10_000, True, True),
     "model.dropout": (0, 1, True, False),
-    "model.gate_hidden": (0, None, True, True),
-    "loss.align_weight": (0, None, True, True),
-    "loss.aux_weight": (0, None, True, True),
-    "loss.kd_weight": (0, None, True, True),
+    "model.gate_hidden": (0, 4096, True, True),
+    "loss.align_weight": (0, 1000, True, True),
+    "loss.aux_weight": (0, 1000, True, True),
+    "loss.kd_weight": (0, 1000, True, True),
     "loss.label_smoothing": (0, 1, True, False),
-    "loss.kd.temperature": (0, None, False, True),
-    "loss.kd.input_size": (1, None, True, True),
-    "data.img_size": (1, None, True, True),
+    "loss.kd.temperature": (0, 100, False, True),
+    "loss.kd.input_size": (1, 4096, True, True),
+    "data.img_size": (1, 4096, True, True),
     "data.ratio": (0, 1, False, True),
-    "data.max_size": (1, None, True, True),
-    "data.batch_size": (1, None, True, True),
-    "data.num_workers": (0, None, True, True),
-    "data.split_seed": (0, None, True, True),
-    "data.test_limit": (1, None, True, True),
+    "data.max_size": (1, 8192, True, True),
+    "data.batch_size": (1, 65_536, True, True),
+    "data.num_workers": (0, MAX_WORKERS, True, True),
+    "data.split_seed": (0, _SEED_MAX, True, True),
+    "data.test_limit": (1, _BIG, True, True),
     "data.val_fraction": (0, 1, True, False),
-    "data.classes_subset": (2, None, True, True),
+    "data.classes_subset": (2, 100_000, True, True),
     "data.shortcut": (0, 1, True, True),
     "data.shortcut_width": (0, 0.5, False, True),
-    "optim.lr": (0, None, False, True),
-    "optim.lr_backbone": (0, None, True, True),
-    "optim.lr_interaction": (0, None, False, True),
-    "optim.weight_decay": (0, None, True, True),
-    "optim.warmup_epochs": (0, None, True, True),
+    "optim.lr": (0, 1, False, True),
+    "optim.lr_backbone": (0, 1, True, True),
+    "optim.lr_interaction": (0, 1, False, True),
+    "optim.weight_decay": (0, 10, True, True),
+    "optim.warmup_epochs": (0, 100_000, True, True),
     "optim.min_lr_ratio": (0, 1, True, True),
-    "optim.lr_drop": (1, None, True, True),
-    "trainer.max_epochs": (1, None, True, True),
-    "trainer.num_nodes": (1, None, True, True),
-    "trainer.accumulate_grad_batches": (1, None, True, True),
-    "trainer.gradient_clip_val": (0, None, False, True),
-    "trainer.log_every_n_steps": (1, None, True, True),
-    "trainer.check_val_every_n_epoch": (1, None, True, True),
-    "trainer.limit_train_batches": (0, None, False, True),
-    "trainer.limit_val_batches": (0, None, True, True),
-    "trainer.checkpoint_every_n_steps": (1, None, True, True),
-    "trainer.log_maps_every_n_epochs": (0, None, True, True),
+    "optim.lr_drop": (1, 100_000, True, True),
+    "trainer.max_epochs": (1, 100_000, True, True),
+    "trainer.max_steps": (-1, _BIG, True, True),
+    "trainer.num_nodes": (1, 1024, True, True),
+    "trainer.accumulate_grad_batches": (1, 4096, True, True),
+    "trainer.gradient_clip_val": (0, 1e6, False, True),
+    "trainer.log_every_n_steps": (1, _BIG, True, True),
+    "trainer.check_val_every_n_epoch": (1, 100_000, True, True),
+    "trainer.limit_train_batches": (0, _BIG, False, True),
+    "trainer.limit_val_batches": (0, _BIG, True, True),
+    "trainer.checkpoint_every_n_steps": (1, _BIG, True, True),
+    "trainer.log_maps_every_n_epochs": (0, 100_000, True, True),
 }
+MAX_SCALE = 8192  # data.scales, like data.max_size
 
 #: Choices: dotted key -> allowed values (data.dataset depends on the task and is checked on its own).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -406,17 +427,15 @@ def get_dotted(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def _in_range(value: float, low: float | None, high: float | None, low_in: bool, high_in: bool) -> bool:
+def _in_range(value: float, low: float, high: float, low_in: bool, high_in: bool) -> bool:
     if isinstance(value, float) and not math.isfinite(value):
         return False
-    above = low is None or (value >= low if low_in else value > low)
-    below = high is None or (value <= high if high_in else value < high)
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
     return above and below
 
 
-def _range_text(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
-    if high is None:
-        return f"{'>=' if low_in else '>'} {low}"
+def _range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
     return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
 
 
@@ -433,17 +452,39 @@ def check_ranges(cfg: Config, origin: str) -> None:
     betas = cfg.optim.betas
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"{origin}: 'optim.betas' must be two numbers in [0, 1), got {betas!r}")
-    if any(s < 1 for s in cfg.data.scales) or not cfg.data.scales:
-        raise ConfigError(f"{origin}: 'data.scales' must be a non-empty list of sizes >= 1, got {cfg.data.scales}")
+    if not cfg.data.scales or not all(_in_range(v, 1, MAX_SCALE, True, True) for v in cfg.data.scales):
+        raise ConfigError(
+            f"{origin}: 'data.scales' must be a non-empty list of sizes in [1, {MAX_SCALE}], got {cfg.data.scales}"
+        )
+
+
+def output_roots() -> list[Path]:
+    """Where run folders may be written: the working directory, and $LFI_RUNS_ROOT when it is set."""
+    roots = [Path.cwd()]
+    if os.environ.get("LFI_RUNS_ROOT"):
+        roots.append(Path(os.path.abspath(os.environ["LFI_RUNS_ROOT"])))
+    return roots
 
 
 def check_run_folder(cfg: Config, origin: str) -> None:
-    """The run folder stays inside output_dir: experiment is a relative path without '..'."""
+    """The run folder output_dir/experiment stays where it is meant to: experiment is a relative name below
+    output_dir (no '..', not absolute, not '.'), and output_dir is under `output_roots()` unless
+    output_dir_allow_outside. Paths are compared as written (normalised, symlinks not followed), so a
+    `runs` link to another disk is fine."""
     parts = PurePath(cfg.experiment).parts
-    if not cfg.experiment or PurePath(cfg.experiment).is_absolute() or ".." in parts:
+    if not parts or PurePath(cfg.experiment).is_absolute() or ".." in parts:
         raise ConfigError(
-            f"{origin}: 'experiment' must be a relative name inside output_dir (no '..', not absolute), "
+            f"{origin}: 'experiment' must be a relative name inside output_dir (no '..', not absolute, not '.'), "
             f"got {cfg.experiment!r}"
+        )
+    if cfg.output_dir_allow_outside:
+        return
+    roots = output_roots()
+    target = Path(os.path.normpath(roots[0] / cfg.output_dir))
+    if not any(target == root or root in target.parents for root in roots):
+        raise ConfigError(
+            f"{origin}: 'output_dir' {cfg.output_dir!r} is outside {' and '.join(map(str, roots))}: run folders "
+            "stay there; use a folder inside, set LFI_RUNS_ROOT, or set output_dir_allow_outside=true"
         )
 
 
@@ -546,5 +587,5 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    """The resolved config as YAML (loads back with `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    """The resolved config as YAML (loads back with `load_config`), written atomically."""
+    atomic_write(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -52,6 +52,32 @@ def resample_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return normalize_map(out.reshape(*lead, *size)).to(m.dtype)
 
 
+def crop_to_grid(maps: torch.Tensor, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Teacher maps -> the student's grid, resampled once: the part of each map under a box, by exact area
+    averaging (each map cell is constant over its area), re-normalised. The one road of both data paths
+    (`lfi.data.transforms` on the CPU, `lfi.data.gpu` on the device) and of dense alignment.
+
+    maps: (B, h, w) non-negative, each over its whole image; boxes: (B, 4) x0, y0, x1, y1 in map cells
+    (fractional) of the region the grid spans, e.g. an augmentation's crop; x0 > x1 (y0 > y1) mirrors it (a
+    flipped crop). Outside the map there is no mass (padding). Returns (B, *grid), float32; all zeros where
+    the box holds no mass.
+    """
+    rows = _cell_overlaps(boxes[:, 1], boxes[:, 3], grid[0], maps.shape[-2])  # (B, gh, h)
+    cols = _cell_overlaps(boxes[:, 0], boxes[:, 2], grid[1], maps.shape[-1])  # (B, gw, w)
+    return normalize_map(rows @ maps.float() @ cols.transpose(1, 2))
+
+
+def _cell_overlaps(lo: torch.Tensor, hi: torch.Tensor, n_out: int, n_in: int) -> torch.Tensor:
+    """(B,) interval ends -> (B, n_out, n_in): the length of output cell i (the interval lo..hi split in n_out,
+    reversed where hi < lo) inside map cell [j, j + 1]."""
+    t = torch.linspace(0, 1, n_out + 1, device=lo.device)
+    edges = lo.float()[:, None] + (hi - lo).float()[:, None] * t  # (B, n_out + 1)
+    start = torch.minimum(edges[:, :-1], edges[:, 1:])[..., None]
+    end = torch.maximum(edges[:, :-1], edges[:, 1:])[..., None]
+    cells = torch.arange(n_in, device=lo.device, dtype=torch.float32)
+    return (torch.minimum(end, cells + 1) - torch.maximum(start, cells)).clamp_min(0)
+
+
 def attention_to_grid(
     rows: torch.Tensor,
     num_prefix_tokens: int,

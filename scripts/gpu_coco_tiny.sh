@@ -3,6 +3,7 @@
 # (oracle box teacher). Usage: scripts/gpu_coco_tiny.sh COCO_ROOT OUT_DIR [KEY=VALUE ...]
 set -uo pipefail
 root=$1 out=$2; shift 2
+export LFI_RUNS_ROOT="$out"  # run folders go under $out (lfi.config.output_roots)
 for row in base cvlm; do
   start=$(date +%s)
   timeout 270 python3 -m lfi.cli train "configs/detection/coco_tiny_$row.yaml" "data.root=$root" \

@@ -6,6 +6,7 @@
 # image caches once, then sweeps into WORK/runs (resumable: finished runs are skipped).
 set -euo pipefail
 data=$1 work=$2; shift 2
+export LFI_RUNS_ROOT="$work"  # run folders go under $work (lfi.config.output_roots)
 lfi="python3 -m lfi.cli"
 weights=$(ls "$data"/weights/deit_tiny_patch16_224*.safetensors | head -1)
 [ -f stores/pacs_vit14/store.json ] || $lfi extract --teacher vit --weights "$weights" --device cuda --data "$data" \

@@ -11,6 +11,7 @@
 # cache is built first (default: base.yaml beside STUDY_YAML).
 set -euo pipefail
 data=$1 work=$2 study=$3; shift 3
+export LFI_RUNS_ROOT="$work"  # run folders go under $work (lfi.config.output_roots)
 lfi="python3 -m lfi.cli"
 weights=$(ls "$data"/weights/deit_tiny_patch16_224*.safetensors | head -1)
 extract=(--data "$data" --dataset tinyimagenet --split train --grid 14 --batch-size 256 --workers 15)

@@ -6,6 +6,7 @@
 # run it again and finished runs are skipped. Writes OUT_DIR/runs/study/table3/sweep.md.
 set -euo pipefail
 data=$1 out=$2; shift 2
+export LFI_RUNS_ROOT="$out"  # run folders go under $out (lfi.config.output_roots)
 lfi="python3 -m lfi.cli"
 weights=$(ls "$data"/weights/deit_tiny_patch16_224*.safetensors | head -1)
 [ -d "$out/store" ] || $lfi extract --teacher oracle --data "$data" --dataset tinyimagenet --split train \

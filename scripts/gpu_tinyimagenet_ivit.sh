@@ -3,6 +3,7 @@
 # Usage: scripts/gpu_tinyimagenet_ivit.sh DATA_ROOT OUT_DIR EPOCHS
 set -uo pipefail
 data=$1 out=$2 epochs=$3
+export LFI_RUNS_ROOT="$out"  # run folders go under $out (lfi.config.output_roots)
 lfi="python3 -m lfi.cli"
 weights=$data/weights/deit_tiny_patch16_224.safetensors
 $lfi extract --teacher oracle --data "$data" --dataset tinyimagenet --split train --out "$out/store" \

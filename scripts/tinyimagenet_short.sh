@@ -5,6 +5,7 @@
 # DATA_ROOT holds tiny-imagenet-200/*.zip and weights/deit_tiny_patch16_224.safetensors.
 set -euo pipefail
 data=$1 out=$2 epochs=${3:-10}
+export LFI_RUNS_ROOT="$out"  # run folders go under $out (lfi.config.output_roots)
 lfi="python3 -m lfi.cli"
 weights=$data/weights/deit_tiny_patch16_224.safetensors
 $lfi extract --teacher oracle --data "$data" --dataset tinyimagenet --split train --out "$out/store" \

@@ -19,6 +19,15 @@ def shared_data_root() -> Path:
     return Path(os.environ.get("LFI_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runs_root(tmp_path_factory: pytest.TempPathFactory):
+    """Tests write run folders under pytest's temporary folder: name it a root they may be written to
+    (`lfi.config.output_roots`), as a user names theirs with LFI_RUNS_ROOT."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LFI_RUNS_ROOT", str(tmp_path_factory.getbasetemp()))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

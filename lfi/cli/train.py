@@ -1,26 +1,48 @@
-"""`lfi train CONFIG [KEY=VALUE ...] [--resume [CKPT]]`: train any task from a config (Lightning)."""
+"""`lfi train CONFIG [KEY=VALUE ...] [--resume [CKPT]]`: train any task from a config (Lightning).
+
+A finished run folder, or one with a checkpoint, is refused without --resume. SIGTERM / SIGINT save a
+checkpoint, print the `--resume` command and exit 143 / 130."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
+from typing import Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from lfi.config import load_config
     from lfi.train.engine import train
+    from lfi.train.signals import Interrupted
+    from lfi.train.sweep import die_with_parent
 
+    die_with_parent()  # a run of `lfi sweep` ends with the sweep, even a killed one
     cfg = load_config(args.config, args.overrides)
     callbacks = []
     if cfg.trainer.log_maps_every_n_epochs and cfg.task == "classification":
         from lfi.show.tensorboard import LogInteractionMaps
 
         callbacks.append(LogInteractionMaps(every_n_epochs=cfg.trainer.log_maps_every_n_epochs))
-    result = train(cfg, resume=args.resume, callbacks=callbacks)
+    try:
+        result = train(cfg, resume=args.resume, callbacks=callbacks)
+    except Interrupted as stop:
+        print(f"lfi train: {stop}; {resume_hint(args, stop)}", file=sys.stderr)
+        return stop.exit_code
     if result.metrics:
         print(json.dumps(result.metrics["test"], indent=2))
         print(f"run folder: {result.run_dir}")
     return 0
+
+
+def resume_hint(args: argparse.Namespace, stop: Any) -> str:
+    """How to go on after `stop` (an `Interrupted`): the exact `lfi train ... --resume` command, or, before
+    the first checkpoint, the command itself (the folder holds nothing to resume)."""
+    again = ["lfi", "train", args.config, *args.overrides]
+    if stop.checkpoint is None:
+        return f"no checkpoint was written yet; start again with: {shlex.join(again)}"
+    return f"checkpoint {stop.checkpoint}; continue with: {shlex.join([*again, '--resume'])}"
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -52,7 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue from CKPT, or from the run folder's checkpoints/last.ckpt when no path is given",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
-    p = subparsers.add_parser("prepare", help="decode a config's images once into the cache of the GPU data path")
+    p = subparsers.add_parser(
+        "prepare",
+        help="decode a config's images once into the cache of the GPU data path (an existing one is re-hashed)",
+    )
     p.add_argument("config", help="experiment YAML")
     add_overrides(p)
     p.set_defaults(func=cmd_prepare)

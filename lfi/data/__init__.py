@@ -27,7 +27,6 @@ _EXPORTS = {
     "detection_transforms": "lfi.data.pipelines",
     "image_key": "lfi.data.keys",
     "map_to_grid": "lfi.data.transforms",
-    "map_to_image_geometry": "lfi.data.transforms",
     "ratio_subset": "lfi.data.subsets",
 }
 

@@ -15,6 +15,7 @@ A sample is a dict:
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +103,29 @@ def make_boxes(boxes: torch.Tensor | list, height: int, width: int) -> tv_tensor
     """(K, 4) XYXY absolute -> tv_tensors.BoundingBoxes on canvas (H, W); K = 0 gives shape (0, 4)."""
     t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     return tv_tensors.BoundingBoxes(t, format="XYXY", canvas_size=(height, width))
+
+
+class Samples(Dataset):
+    """The samples of `dataset`, each a fresh dict without its raw bytes ('data' is read for extraction
+    only), through `transform`: the base of the wrappers that change samples on their way to a model
+    (`lfi.data.detection.WithOriginalSize`, `lfi.data.interaction.WithInteractionMaps`,
+    `lfi.train.data.SeededSamples`). Subclasses add to `prepare`, which runs before the transform."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[dict], dict] | None = None) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def prepare(self, sample: dict, index: int) -> dict:
+        """The sample before the transform; the identity here."""
+        return sample
+
+    def __getitem__(self, index: int) -> dict:
+        sample = dict(self.dataset[index])
+        sample.pop("data", None)
+        sample = self.prepare(sample, index)
+        return self.transform(sample) if self.transform is not None else sample
 
 
 class ImageDataset(Dataset):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 
 # Per-image fields of a detection sample that go into its target dict rather than into batch tensors.
-_PER_IMAGE = ("image", "map", "map_valid")
+_PER_IMAGE = ("image", "map", "map_box", "map_valid")
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -47,8 +47,9 @@ def collate_detection(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     pixel_mask  bool (B, Hmax, Wmax): True on real pixels
     targets     list of B dicts: every other field (boxes (K, 4) XYXY absolute, labels (K,), iscrowd,
                 masks (K, H, W), image_id, key, ...) plus 'size' = (H, W) before padding
-    map         float (B, ghmax, gwmax), zero-padded (padding has no mass), with map_valid (B,) bool,
-                when the samples carry maps (from `WithInteractionMaps`)
+    map         the teacher's maps as `WithInteractionMaps(grid=None)` leaves them: float (B, h, w), or a
+                list where their grids differ, with map_box (B, 4) (each map's window over its image) and
+                map_valid (B,) bool, when the samples carry maps
     """
     if not batch:
         raise ValueError("collate_detection: empty batch")
@@ -66,8 +67,8 @@ def collate_detection(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ],
     }
     if "map" in batch[0]:
-        gh = max(s["map"].shape[-2] for s in batch)
-        gw = max(s["map"].shape[-1] for s in batch)
-        out["map"] = torch.stack([_pad_to(s["map"], gh, gw) for s in batch])
+        maps = [_plain(s["map"]) for s in batch]
+        out["map"] = torch.stack(maps) if len({m.shape for m in maps}) == 1 else maps
+        out["map_box"] = torch.stack([s["map_box"] for s in batch])
         out["map_valid"] = torch.stack([torch.as_tensor(s["map_valid"]) for s in batch])
     return out

@@ -13,20 +13,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from lfi.data.base import Samples
 
-class WithOriginalSize(Dataset):
+
+class WithOriginalSize(Samples):
     """Adds 'orig_size' (H, W) before any transform (predictions are scored in original coordinates), and
     turns a classification sample (int 'label', one box per object) into a detection one (labels (K,))."""
 
-    def __init__(self, dataset: Dataset, transforms: Any = None) -> None:
-        self.dataset, self.transforms = dataset, transforms
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        sample = dict(self.dataset[index])
-        sample.pop("data", None)
+    def prepare(self, sample: dict, index: int) -> dict:
         sample["orig_size"] = tuple(int(v) for v in sample["image"].shape[-2:])
         if "labels" not in sample:
             if "label" not in sample:
@@ -36,7 +30,7 @@ class WithOriginalSize(Dataset):
             )
             sample.pop("class_name", None)
         sample.setdefault("image_id", index)
-        return self.transforms(sample) if self.transforms is not None else sample
+        return sample
 
 
 def fraction_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:

@@ -9,7 +9,7 @@ Training: random resized crop (scale (0.08, 1), ratio (3/4, 4/3), torchvision's 
 whole image's centre) and a horizontal flip, drawn per image from a generator seeded by (seed, epoch,
 batch), so a resumed run draws the same crops. Crops are resampled with `torchvision.ops.roi_align`
 (bilinear, several samples per output pixel when shrinking); the map's crop is the image's crop in the map's
-coordinates, resampled onto the student's patch grid and renormalised. Evaluation: the central crop_pct of
+coordinates, resampled once onto the student's patch grid by `lfi.maps.crop_to_grid`, as on the CPU path. Evaluation: the central crop_pct of
 the image resized to `size` (timm's Resize(size / crop_pct) + CenterCrop(size) on square images).
 Compared with the CPU pipeline (`lfi.data.pipelines`), crop corners are not rounded to whole pixels.
 """
@@ -25,7 +25,7 @@ import torch
 from torchvision.ops import roi_align
 
 from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
-from lfi.maps import normalize_map
+from lfi.maps import crop_to_grid, is_valid_map
 
 
 @dataclass
@@ -165,11 +165,10 @@ class DeviceBatches:
         self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, side: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
-        maps = self.data.maps[index][:, None]  # (B, 1, th, tw)
+        maps = self.data.maps[index]  # (B, th, tw), each over its whole image
         th, tw = maps.shape[-2:]
-        scale = torch.tensor([tw / side, th / side, tw / side, th / side], device=boxes.device)
-        grid = crop_resize(maps, boxes * scale, self.grid)[:, 0].clamp_min(0)
-        grid = torch.where(flip[:, None, None], grid.flip(-1), grid)
-        has_mass = grid.flatten(1).sum(1) > 0
-        valid = self.data.valid[index] & has_mass
-        return normalize_map(grid) * valid[:, None, None], valid
+        window = boxes * torch.tensor([tw / side, th / side, tw / side, th / side], device=boxes.device)
+        window = torch.where(flip[:, None], window[:, [2, 1, 0, 3]], window)  # a flip mirrors the window
+        grid = crop_to_grid(maps, window, self.grid)
+        valid = self.data.valid[index] & is_valid_map(grid)
+        return grid * valid[:, None, None], valid

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from lfi.data.base import ImageDataset, Record
-from lfi.data.source import FileSource, _open_zip
+from lfi.data.source import FileSource, _open_zip, safe_members
 
 #: File endings read as images (torchvision's IMG_EXTENSIONS, plus GIF and JFIF, which PIL reads too).
 IMAGE_EXTENSIONS = (
@@ -86,7 +86,7 @@ class _Tree:
     @classmethod
     def of_zip(cls, path: Path) -> _Tree:
         with _open_zip(path) as zf:
-            names = zf.namelist()
+            names = safe_members(path, zf.namelist())
         return cls(
             [n for n in names if not n.endswith("/")], [n.rstrip("/") for n in names if n.endswith("/")]
         )
@@ -182,6 +182,93 @@ def _mismatch(classes: list[str], folders: list[str]) -> tuple[list[str], list[s
     return [c for c in classes if c not in folders], [f for f in folders if f not in classes]
 
 
+def _open_tree(root: Path) -> _Tree:
+    """The file tree of a folder or a zip of class folders."""
+    if root.is_file():
+        if root.suffix.lower() != ".zip":
+            raise ValueError(f"{root}: expected a folder or a .zip of class folders (<class>/<image>)")
+        return _Tree.of_zip(root)
+    if root.is_dir():
+        return _Tree.of_folder(root)
+    raise FileNotFoundError(f"{root}: no such folder or zip (expected one sub-folder of images per class)")
+
+
+def _check_class_root(here: str, folders: list[str], files: list[str]) -> None:
+    """The class root holds class folders and no loose images."""
+    loose = [f for f in files if is_image_name(f)]
+    if loose or not folders:
+        found = (
+            f"images directly in it ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''})"
+            if loose
+            else "no sub-folders"
+        )
+        raise ValueError(
+            f"{here}: {found}; expected one sub-folder of images per class ({here}/<class>/<image>)"
+        )
+
+
+def _resolve_classes(
+    classes: Sequence[str] | None, folders: list[str], here: str, source: FileSource, listed: bool
+) -> list[str]:
+    """The class list: the given (training) classes, else classes.txt (`listed`), else the folders; each
+    checked against the class folders."""
+    if classes is not None:
+        classes = list(classes)
+        missing, extra = _mismatch(classes, folders)
+        if missing or extra:
+            raise ValueError(
+                f"{here}: class folders do not match the training classes {classes}: "
+                + "; ".join(
+                    (
+                        [f"no folder for {missing} (every class of training needs its folder here)"]
+                        if missing
+                        else []
+                    )
+                    + ([f"{extra} are not training classes"] if extra else [])
+                )
+            )
+        return classes
+    if not listed:
+        return folders
+    origin = f"{here}/{CLASSES_FILE}"
+    classes = read_classes_file(source.read_text(CLASSES_FILE), origin)
+    missing, extra = _mismatch(classes, folders)
+    if missing or extra:
+        raise ValueError(
+            f"{origin}: disagrees with the class folders: "
+            + "; ".join(
+                ([f"no folder for listed classes {missing}"] if missing else [])
+                + ([f"folders {extra} are not listed"] if extra else [])
+            )
+        )
+    return classes
+
+
+def _image_records(tree: _Tree, base: str, here: str, classes: list[str]) -> list[Record]:
+    """One record (relpath, label) per image of each class folder; a class without images, or a file that
+    is not an image, is an error."""
+    records, not_images = [], []
+    for label, name in enumerate(classes):
+        paths = tree.files_under(f"{base}/{name}" if base else name)
+        images = [p for p in paths if is_image_name(p)]
+        not_images += [f"{name}/{p}" for p in paths if not is_image_name(p)]
+        if not images:
+            raise ValueError(
+                f"{here}/{name}: class folder {name!r} holds no images (expected files ending in "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
+        records += [Record(f"{name}/{p}", label) for p in images]
+    if not_images:
+        shown = ", ".join(not_images[:3]) + (
+            f" and {len(not_images) - 3} more" if len(not_images) > 3 else ""
+        )
+        raise ValueError(
+            f"{here}: files that are not images in class folders: {shown}; expected only files ending in "
+            f"{', '.join(IMAGE_EXTENSIONS)} (move the others out)"
+        )
+    return records
+
+
 class ImageFolder(ImageDataset):
     """One class per sub-folder of `root` (a folder or a zip; the module doc gives the layouts).
 
@@ -198,80 +285,16 @@ class ImageFolder(ImageDataset):
         return_bytes: bool = False,
     ) -> None:
         root = Path(root)
-        if root.is_file():
-            if root.suffix.lower() != ".zip":
-                raise ValueError(f"{root}: expected a folder or a .zip of class folders (<class>/<image>)")
-            tree = _Tree.of_zip(root)
-        elif root.is_dir():
-            tree = _Tree.of_folder(root)
-        else:
-            raise FileNotFoundError(
-                f"{root}: no such folder or zip (expected one sub-folder of images per class)"
-            )
+        tree = _open_tree(root)
         base = _find_class_root(tree, root, split, classes or ())
         here = _where(root, base)
         prefix = f"{base}/" if base else ""
         source = FileSource([root], prefix=prefix) if root.is_file() else FileSource(folder=root / base)
         folders, files = tree.subdirs(base), tree.files_in(base)
-        loose = [f for f in files if is_image_name(f)]
-        if loose or not folders:
-            found = (
-                f"images directly in it ({', '.join(loose[:3])}{', ...' if len(loose) > 3 else ''})"
-                if loose
-                else "no sub-folders"
-            )
-            raise ValueError(
-                f"{here}: {found}; expected one sub-folder of images per class ({here}/<class>/<image>)"
-            )
+        _check_class_root(here, folders, files)
         self.classes_file = CLASSES_FILE in files
-        if classes is not None:
-            classes = list(classes)
-            missing, extra = _mismatch(classes, folders)
-            if missing or extra:
-                raise ValueError(
-                    f"{here}: class folders do not match the training classes {classes}: "
-                    + "; ".join(
-                        (
-                            [f"no folder for {missing} (every class of training needs its folder here)"]
-                            if missing
-                            else []
-                        )
-                        + ([f"{extra} are not training classes"] if extra else [])
-                    )
-                )
-        elif self.classes_file:
-            origin = f"{here}/{CLASSES_FILE}"
-            classes = read_classes_file(source.read_text(CLASSES_FILE), origin)
-            missing, extra = _mismatch(classes, folders)
-            if missing or extra:
-                raise ValueError(
-                    f"{origin}: disagrees with the class folders: "
-                    + "; ".join(
-                        ([f"no folder for listed classes {missing}"] if missing else [])
-                        + ([f"folders {extra} are not listed"] if extra else [])
-                    )
-                )
-        else:
-            classes = folders
-        records, not_images = [], []
-        for label, name in enumerate(classes):
-            paths = tree.files_under(f"{base}/{name}" if base else name)
-            images = [p for p in paths if is_image_name(p)]
-            not_images += [f"{name}/{p}" for p in paths if not is_image_name(p)]
-            if not images:
-                raise ValueError(
-                    f"{here}/{name}: class folder {name!r} holds no images (expected files ending in "
-                    f"{', '.join(IMAGE_EXTENSIONS)})"
-                )
-            records += [Record(f"{name}/{p}", label) for p in images]
-        if not_images:
-            shown = ", ".join(not_images[:3]) + (
-                f" and {len(not_images) - 3} more" if len(not_images) > 3 else ""
-            )
-            raise ValueError(
-                f"{here}: files that are not images in class folders: {shown}; expected only files ending in "
-                f"{', '.join(IMAGE_EXTENSIONS)} (move the others out)"
-            )
+        classes = _resolve_classes(classes, folders, here, source, self.classes_file)
+        records = _image_records(tree, base, here, classes)
         self.has_boxes = BOXES_FILE in files
         if self.has_boxes:
             boxes = read_boxes_file(

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from lfi.data.transforms import map_to_grid, map_to_image_geometry
+from lfi.data.base import Samples
+from lfi.data.transforms import InteractionMap, map_to_grid
 
 
 def _store_where(store: Any) -> str:
@@ -34,18 +35,19 @@ def read_stored_map(store: Any, key: str) -> tuple[torch.Tensor, bool]:
     return value.map.float(), bool(value.valid)
 
 
-class WithInteractionMaps(Dataset):
+class WithInteractionMaps(Samples):
     """Wrap a dataset whose samples carry 'image' and 'key': attach the stored map, transform jointly.
 
     Each item is the transformed sample with
         map        float32 (gh, gw) on the student's patch grid, sums to 1, or all zeros when invalid
         map_valid  bool tensor (): False if the teacher's map was invalid or the crop left no mass
     and without 'data' (raw bytes are only needed for extraction). The stored map (teacher grid, covering
-    the whole image) is stretched to the image's geometry before `transforms`, so every geometric
-    augmentation moves image, boxes, masks and map with the same parameters.
+    the whole image) goes through `transforms` as an `InteractionMap`, so every geometric augmentation moves
+    image, boxes, masks and map with the same parameters; it is resampled once, onto `grid`.
 
-    grid: (gh, gw), or an int patch size: grid = image size after transforms // patch (detection, where
-    sizes vary).
+    grid: (gh, gw), or None (detection, where the encoder's grid is known only in the forward pass): then
+    map is the teacher's own (h, w) map, untouched, and map_box (4,) its window over the transformed image
+    (x0, y0, x1, y1 in map cells, `lfi.maps.crop_to_grid`), for the loss to place on the encoder's grid.
     """
 
     def __init__(
@@ -53,29 +55,25 @@ class WithInteractionMaps(Dataset):
         dataset: Dataset,
         store: Any,
         transforms: Callable[[dict], dict] | None,
-        grid: tuple[int, int] | int,
+        grid: tuple[int, int] | None,
     ) -> None:
-        self.dataset = dataset
-        self.store = store
-        self.transforms = transforms
-        self.grid = grid
+        super().__init__(dataset, transforms)
+        self.store, self.grid = store, grid
 
-    def __len__(self) -> int:
-        return len(self.dataset)
+    def prepare(self, sample: dict, index: int) -> dict:
+        stored, valid = read_stored_map(self.store, sample["key"])
+        sample["map"] = InteractionMap.over(stored, tuple(sample["image"].shape[-2:]))
+        sample["map_valid"] = valid  # the teacher's flag (a bool: v2 passes it by), until the grid is known
+        return sample
 
     def __getitem__(self, index: int) -> dict:
-        sample = dict(self.dataset[index])
-        sample.pop("data", None)
-        stored, valid = read_stored_map(self.store, sample["key"])
-        h, w = sample["image"].shape[-2:]
-        sample["map"] = map_to_image_geometry(stored, (h, w))
-        if self.transforms is not None:
-            sample = self.transforms(sample)
-        if isinstance(self.grid, int):
-            grid = (sample["image"].shape[-2] // self.grid, sample["image"].shape[-1] // self.grid)
+        sample = super().__getitem__(index)
+        moved, valid = sample["map"], sample["map_valid"]
+        if self.grid is None:
+            sample["map"], sample["map_box"] = moved.visible(), moved.box()
+            has_mass = torch.tensor(True)  # decided on the encoder's grid, by the loss
         else:
-            grid = self.grid
-        sample["map"], has_mass = map_to_grid(sample["map"], grid)
+            sample["map"], has_mass = map_to_grid(moved, self.grid)
         if not valid:
             sample["map"] = torch.zeros_like(sample["map"])
         sample["map_valid"] = has_mass & valid

@@ -9,10 +9,11 @@ can be pickled into DataLoader workers without sharing a file handle across a fo
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -24,6 +25,22 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
             f"{path}: not a readable zip archive ({e}); it is truncated or damaged: re-copy it "
             "(compare it with the dataset's checksums)"
         ) from e
+
+
+def safe_members(path: Path, names: Sequence[str]) -> list[str]:
+    """The member names of zip `path` that stay inside it; each absolute one (``/x``, ``C:/x``) or one with a
+    ``..`` part is left out with a warning naming the archive and the member (never read, never written)."""
+    safe = []
+    for name in names:
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            warnings.warn(
+                f"{path}: member {name!r} points outside the archive (absolute or '..'); left out",
+                stacklevel=2,
+            )
+        else:
+            safe.append(name)
+    return safe
 
 
 class FileSource:
@@ -43,7 +60,7 @@ class FileSource:
         self._where: dict[str, list[int]] = {}  # relpath -> zip indices; folder files are not indexed
         for i, z in enumerate(self.zips):
             with _open_zip(z) as zf:
-                for name in zf.namelist():
+                for name in safe_members(z, zf.namelist()):
                     if name.startswith(prefix) and not name.endswith("/"):
                         self._where.setdefault(name[len(prefix) :], []).append(i)
         self._open: dict[int, zipfile.ZipFile] = {}

@@ -139,7 +139,7 @@ def demo_config(
 ) -> Config:
     """One model of the demo, as an `lfi train` config; every model shares the student, optimiser and budget."""
     return config_from_dict({
-        "experiment": name, "output_dir": str(out), "seed": seed,
+        "experiment": name, "output_dir": str(out), "output_dir_allow_outside": True, "seed": seed,  # out: --out
         "paper_row": "demo (not a paper row)",
         # only the aligned model reads maps, and a run records the teacher it used
         "teacher": {"name": "oracle", "store": str(store)} if variant == "iq_ic_gc" else {"name": "none"},

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from lfi.files import atomic_write
+
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, int]:
     """logits (B, K), labels (B,) -> {k: number of samples whose label is in the top-k} (k capped at K)."""
@@ -57,8 +59,5 @@ class AccuracyEvaluator:
 
 
 def write_metrics(metrics: Mapping[str, Any], path: str | Path) -> Path:
-    """Write one run's metrics as indented JSON; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return path
+    """Write one run's metrics as indented JSON, atomically; returns the path."""
+    return atomic_write(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

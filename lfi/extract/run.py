@@ -143,6 +143,70 @@ def _records(teacher: Teacher, samples: list[Sample], keys: list[str], empty: Em
     ]
 
 
+@dataclass
+class _Run:
+    """One extraction process: where its failures go and what it counted, for its report."""
+
+    out: Path | str
+    writer: str
+    on_error: str
+    skipped: int = 0
+    empty: int = 0
+    invalid: int = 0
+    failed: int = 0
+
+    def fail(self, index: int, key: str | None, path: str, error: Exception) -> None:
+        """List a sample that cannot be read or mapped in the store's failed.jsonl (on_error="skip")."""
+        self.failed += 1
+        entry = {"index": index, "key": key, "path": path, "error": f"{type(error).__name__}: {error}"}
+        append_failure(self.out, {**entry, "writer": self.writer})
+
+    def pick(
+        self, batch: Sequence[tuple[int, Any]], committed: set[str], seen: set[str]
+    ) -> tuple[list[Sample], list[str], list[int]]:
+        """The samples of a loader batch to map now, with their keys and dataset indices: read, and neither
+        committed to the store nor met before in this run (`seen` is updated)."""
+        todo, keys, where = [], [], []
+        for index, sample in batch:
+            if isinstance(sample, _Failure):
+                if self.on_error == "error":
+                    raise ValueError(
+                        f"{sample.error} (dataset index {index}); `lfi extract --on-error skip` lists such "
+                        f"images in {Path(self.out) / FAILED_FILE} and goes on"
+                    ) from sample.error
+                self.fail(index, None, sample.path, sample.error)
+                continue
+            key = sample_key(sample)
+            if key in committed or key in seen:
+                self.skipped += 1
+                continue
+            seen.add(key)
+            todo.append(sample)
+            keys.append(key)
+            where.append(index)
+        return todo, keys, where
+
+    def records(
+        self, teacher: Teacher, todo: list[Sample], keys: list[str], where: list[int], empty: EmptyPolicy
+    ) -> list[Record]:
+        """The teacher's records of `todo` in one batch; with on_error="skip", a batch that fails is mapped
+        again one image at a time, to find and list the culprit(s)."""
+        if not todo:
+            return []
+        if self.on_error == "error":
+            return _records(teacher, todo, keys, empty)
+        try:
+            return _records(teacher, todo, keys, empty)
+        except Exception:
+            records: list[Record] = []
+            for sample, key, index in zip(todo, keys, where, strict=True):
+                try:
+                    records += _records(teacher, [sample], [key], empty)
+                except Exception as e:
+                    self.fail(index, key, sample.get("relpath", ""), e)
+            return records
+
+
 def extract(
     teacher: Teacher,
     dataset: Dataset | Sequence[Sample],
@@ -176,17 +240,9 @@ def extract(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     indices = list(range(rank, n, world_size))
     start = time.monotonic()
-    skipped = n_empty = invalid = failed = 0
-    writer = f"r{rank:03d}"
-
-    def fail(index: int, key: str | None, path: str, error: Exception) -> None:
-        nonlocal failed
-        failed += 1
-        entry = {"index": index, "key": key, "path": path, "error": f"{type(error).__name__}: {error}"}
-        append_failure(out, {**entry, "writer": writer})
-
+    run = _Run(out, f"r{rank:03d}", on_error)
     with StoreWriter(
-        out, store_metadata(teacher, empty, metadata), writer=writer, shard_size=shard_size
+        out, store_metadata(teacher, empty, metadata), writer=run.writer, shard_size=shard_size
     ) as w:
         seen: set[str] = set()  # keys of this run, committed or still buffered
         loader = DataLoader(
@@ -199,47 +255,20 @@ def extract(
             total=len(indices), unit="img", desc=f"extract r{rank}", position=rank, disable=not progress
         )
         for batch in loader:
-            committed = w.done_keys()  # re-read: another process on this store may have committed more
-            todo, keys, where = [], [], []
-            for index, sample in batch:
-                if isinstance(sample, _Failure):
-                    if on_error == "error":
-                        raise ValueError(
-                            f"{sample.error} (dataset index {index}); `lfi extract --on-error skip` lists such "
-                            f"images in {Path(out) / FAILED_FILE} and goes on"
-                        ) from sample.error
-                    fail(index, None, sample.path, sample.error)
-                    continue
-                key = sample_key(sample)
-                if key in committed or key in seen:
-                    skipped += 1
-                    continue
-                seen.add(key)
-                todo.append(sample)
-                keys.append(key)
-                where.append(index)
-            records: list[Record] = []
-            if todo and on_error == "error":
-                records = _records(teacher, todo, keys, empty)
-            elif todo:
-                try:
-                    records = _records(teacher, todo, keys, empty)
-                except Exception:  # find the culprit(s): one image at a time
-                    for sample, key, index in zip(todo, keys, where, strict=True):
-                        try:
-                            records += _records(teacher, [sample], [key], empty)
-                        except Exception as e:
-                            fail(index, key, sample.get("relpath", ""), e)
-            for record in records:
+            # re-read the committed keys: another process on this store may have committed more
+            todo, keys, where = run.pick(batch, w.done_keys(), seen)
+            for record in run.records(teacher, todo, keys, where, empty):
                 w.add(record)
-                n_empty += record.empty
-                invalid += not record.valid
+                run.empty += record.empty
+                run.invalid += not record.valid
             bar.update(len(batch))
-            bar.set_postfix(written=w.committed, skipped=skipped, failed=failed, refresh=False)
+            bar.set_postfix(written=w.committed, skipped=run.skipped, failed=run.failed, refresh=False)
         bar.close()
     # records another process committed between our check and our flush were dropped by the writer
-    counts = _all_reduce([len(indices), skipped + w.dropped, w.committed, n_empty, invalid, failed])
-    return ExtractReport(*counts, seconds=time.monotonic() - start, empty_policy=empty, store=str(out))
+    counts = [len(indices), run.skipped + w.dropped, w.committed, run.empty, run.invalid, run.failed]
+    return ExtractReport(
+        *_all_reduce(counts), seconds=time.monotonic() - start, empty_policy=empty, store=str(out)
+    )
 
 
 def check_oracle_source(dataset: str, source: str) -> None:

@@ -4,8 +4,8 @@
     student = load_student(run="runs/table1/ivit_s")                      # or model="deit_tiny", checkpoint=...
     table = human_alignment(OSIE("../shared/data"), student, teacher="vit", limit=100)
 
-C_VFM, C_AGT and C_F: the student's class-token maps, mean over its alignment layers and heads, and (in
-`run_eval_human`) each converted block's map alone (mean over heads), named ``C_AGT@L<k>`` (a timm model is
+C_VFM, C_AGT and C_F: the student's class-token maps as trained (`lfi.maps.attention_to_grid`), mean over its
+alignment layers, and (in `run_eval_human`) each converted block's map alone, named ``C_AGT@L<k>`` (a timm model is
 converted by `lfi.interactionize` first: freshly converted, P'_q = P_q, so C_AGT = C_VFM and their ratio is 1
 until it is trained). Reference rows, the same for every run: C_VLM, a teacher's map computed on the same
 images (teacher 'vit': `lfi.extract.vit_teacher`, the VFM->VFM substitute, explaining its own top-1 class since
@@ -109,12 +109,12 @@ def map_function(student: Student, teacher: str) -> Callable[[torch.Tensor], dic
 
     def maps(images: torch.Tensor) -> dict[str, torch.Tensor]:
         ours = student_maps(ivit, model_input(list(images), (size, size)), layers=ivit.align_layers)
-        out = {"C_VFM": ours["C_VFM"].mean((1, 2))}  # (B, layers, heads, h, w) -> (B, h, w)
+        out = {"C_VFM": ours["C_VFM"].mean(1)}  # (B, layers, h, w) -> (B, h, w)
         if vit_teacher is not None:
             keys = [f"image {i}" for i in range(len(images))]
             t = vit_teacher([{"image": im, "relpath": k} for im, k in zip(images, keys, strict=True)])
             out["C_VLM"] = apply_contrast(t.fore, t.back, "skip", keys).maps
-        out["C_AGT"] = ours["C_AGT"].mean((1, 2))
+        out["C_AGT"] = ours["C_AGT"].mean(1)
         return out
 
     return maps
@@ -135,8 +135,8 @@ def human_alignment(
 
 
 def student_map_function(student: Student, per_layer: bool = True) -> SampleFn:
-    """uint8 (B, 3, H, W) -> {"C_VFM", "C_AGT", "C_F": (B, h, w)}, each the mean over the alignment layers and
-    heads, then (per_layer) ``"<map>@L<k>"`` for every converted block k (mean over heads), from one pass.
+    """uint8 (B, 3, H, W) -> {"C_VFM", "C_AGT", "C_F": (B, h, w)}, each the trained map (`student_maps`) averaged
+    over the alignment layers, then (per_layer) ``"<map>@L<k>"`` for every converted block k, from one pass.
     A plain ViT (variant 'vit' or 'ic_original': no interaction queries) has C_VFM only, read on the same
     alignment layers, so that it is the baseline of an I-ViT converted the same way."""
     ivit, size = student.model, student.size
@@ -145,12 +145,12 @@ def student_map_function(student: Student, per_layer: bool = True) -> SampleFn:
     align = [converted.index(layer) for layer in ivit.align_layers]
 
     def maps(images: torch.Tensor, _samples: Sequence[Mapping[str, Any]] = ()) -> dict[str, torch.Tensor]:
-        ours = student_maps(ivit, model_input(list(images), (size, size)))  # (B, layers, heads, h, w)
-        out = {n: ours[n][:, align].mean((1, 2)) for n in names}
+        ours = student_maps(ivit, model_input(list(images), (size, size)))  # (B, layers, h, w)
+        out = {n: ours[n][:, align].mean(1) for n in names}
         if per_layer:
             for n in names:
                 for k, layer in enumerate(converted):
-                    out[layer_name(n, layer)] = ours[n][:, k].mean(1)
+                    out[layer_name(n, layer)] = ours[n][:, k]
         return out
 
     return maps
@@ -261,7 +261,7 @@ class HumanReport:
             n = next(iter(stats.values()))["n"]
             lines.append(f"| {name} | " + " | ".join(_cell(stats.get(m)) for m in metrics) + f" | {n} |")
         if d["layers"]:
-            lines += ["", "Per layer (each block's class-token map alone, mean over heads):", ""]
+            lines += ["", "Per layer (each block's class-token map alone, as trained):", ""]
             lines += ["| layer | map | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
             for layer, per_map in d["layers"].items():
                 for name, stats in per_map.items():
@@ -590,6 +590,6 @@ def _header(
     return (
         f"Human alignment on OSIE ({data}), first {len(names)} stimuli, human maps from eye fixations (Gaussian "
         f"sigma {sigma:g} px); NSS and AUC-Judd at the fixated pixels; scored at {scored}.  \n"
-        f"Model{plural}: {models}; C_VFM / C_AGT / C_F: class-token rows, mean over alignment layers {layer_text} "
-        f"and heads (a plain ViT: C_VFM only).  \nReferences: {'; '.join(refs_text)}."
+        f"Model{plural}: {models}; C_VFM / C_AGT / C_F: class-token rows as trained (heads averaged, "
+        f"then the prefix dropped), mean over alignment layers {layer_text} (a plain ViT: C_VFM only).  \nReferences: {'; '.join(refs_text)}."
     )

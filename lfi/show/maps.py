@@ -1,8 +1,8 @@
 """Interaction maps over their images (paper Fig. 5): C_VFM, C_VLM, C_AGT, C_F and a human map side by side.
 
-Independent of the model code: maps come in as tensors, either one map (h, w) or one per layer and head
-(layers, heads, h, w). `class_token_map` turns attention rows as the I-ViT forward returns them
-((B, heads, N, N) or class-token rows (B, heads, 1, N)) into such patch-grid maps.
+Independent of the model code: maps come in as tensors, one map (h, w), one per layer (layers, h, w) or one
+per layer and head (layers, heads, h, w); `lfi.show.viz.student_maps` makes the student's with
+`lfi.maps.attention_to_grid`, the map that was trained.
 
 Each map is drawn over its whole image: cell (i, j) of an (h, w) map covers the image's patch (i, j), so maps
 of any grid line up with the image (the image must not have been cropped for the model). Each overlay is
@@ -20,7 +20,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from lfi.maps import normalize_map
 from lfi.show.save import save_figure
 
 CMAP = "jet"  # the usual attention-overlay colour map; blue (low) stays readable over photographs
@@ -30,43 +29,32 @@ PANEL_INCHES = 2.2
 Cell = tuple[str, torch.Tensor]  # (column title, map (h, w))
 
 
-def class_token_map(
-    attn: torch.Tensor, grid: tuple[int, int], num_prefix: int = 1, query: int = 0
-) -> torch.Tensor:
-    """Attention of one query token over the patch tokens, as a map on the patch grid.
-
-    attn: (..., Q, N) attention rows, softmax over N = num_prefix + h * w keys (Q = N for full maps, 1 for
-    class-token rows); query: which row (0 = the class token). The prefix keys (class, register tokens) are
-    dropped and the row is L1-renormalised. Returns (..., h, w) = (..., *grid). Stack per-layer results on a
-    new axis to get the (layers, heads, h, w) maps the figures take.
-    """
-    h, w = grid
-    if attn.shape[-1] != num_prefix + h * w:
-        raise ValueError(
-            f"class_token_map: {attn.shape[-1]} keys, expected num_prefix + h * w = {num_prefix} + {h * w}"
-        )
-    if not -attn.shape[-2] <= query < attn.shape[-2]:
-        raise ValueError(f"class_token_map: query {query} out of range for {attn.shape[-2]} rows")
-    row = attn[..., query, num_prefix:]
-    return normalize_map(row.reshape(*row.shape[:-1], h, w).float())
-
-
 def select_map(
     m: torch.Tensor, layer: int | None = None, head: int | None = None, name: str = "map"
 ) -> torch.Tensor:
-    """(h, w) or (layers, heads, h, w) -> (h, w): the given layer / head, or the mean over those left as None.
+    """(h, w), (layers, h, w) or (layers, heads, h, w) -> (h, w): the given layer (None = mean over layers)
+    and, for per-head maps, the given head.
 
-    A 2-D map (e.g. C_VLM, one per image) is returned as it is whatever `layer` and `head` say.
+    A 2-D map (e.g. C_VLM, one per image) is returned as it is whatever `layer` and `head` say. Per-head maps
+    need a head: the student's map is `lfi.maps.attention_to_grid` over all heads (`lfi.show.viz.student_maps`),
+    which the mean of the per-head maps is not.
     """
     if m.dim() == 2:
         return m
-    if m.dim() != 4:
-        raise ValueError(f"{name}: expected (h, w) or (layers, heads, h, w), got {tuple(m.shape)}")
+    if m.dim() not in (3, 4):
+        raise ValueError(
+            f"{name}: expected (h, w), (layers, h, w) or (layers, heads, h, w), got {tuple(m.shape)}"
+        )
+    if (m.dim() == 4) != (head is not None):
+        raise ValueError(
+            f"{name}: head {head} of maps {tuple(m.shape)}; a head needs per-head maps (layers, heads, h, w), "
+            "and per-head maps a head (their mean is not the student's map)"
+        )
     for axis, index, what in ((0, layer, "layer"), (1, head, "head")):
         if index is not None and not -m.shape[axis] <= index < m.shape[axis]:
             raise ValueError(f"{name}: {what} {index} out of range (has {m.shape[axis]})")
     m = m.mean(0) if layer is None else m[layer]
-    return m.mean(0) if head is None else m[head]
+    return m if head is None else m[head]
 
 
 def _to_hwc(image: torch.Tensor) -> torch.Tensor:
@@ -131,13 +119,15 @@ def interaction_figure(
 ) -> Figure:
     """One image and its maps overlaid, one column per map (in `maps` order), then the human map if given.
 
-    image: (3, H, W) uint8 or float in [0, 1]; maps: name -> (h, w) or (layers, heads, h, w), e.g. C_VFM,
-    C_VLM, C_AGT, C_F; human: (H, W) or (h, w). per: "mean" (one row, averaged over layers and heads),
-    "layer" (a row per layer, averaged over heads) or "head" (a row per head of `layer`). 2-D maps repeat in
-    every row. Writes PNG and PDF when `path` is given.
+    image: (3, H, W) uint8 or float in [0, 1]; maps: name -> (h, w), (layers, h, w) or, for per="head",
+    (layers, heads, h, w), e.g. C_VFM, C_VLM, C_AGT, C_F; human: (H, W) or (h, w). per: "mean" (one row,
+    averaged over layers), "layer" (a row per layer) or "head" (a row per head of `layer`). 2-D maps repeat
+    in every row. Writes PNG and PDF when `path` is given.
     """
     img = _to_hwc(image)
-    deep = [m for m in maps.values() if m.dim() == 4]
+    deep = [m for m in maps.values() if m.dim() > 2]
+    if per == "head" and deep and deep[0].dim() != 4:
+        raise ValueError(f"per='head' needs per-head maps (layers, heads, h, w), got {tuple(deep[0].shape)}")
     if per == "mean" or not deep:
         selections = [("mean", None, None)]
     elif per == "layer":
@@ -170,8 +160,9 @@ def interaction_grid(
 ) -> Figure:
     """Several images, one row each (the layout of Fig. 5): the image, then its maps, then its human map.
 
-    images[i]: (3, H, W); maps[i]: name -> (h, w) or (layers, heads, h, w), the same names for every image;
-    humans[i]: (H, W) or None; layer / head: which to show, None = mean. Writes PNG and PDF given `path`.
+    images[i]: (3, H, W); maps[i]: name -> (h, w), (layers, h, w) or (layers, heads, h, w) (then give a head),
+    the same names for every image; humans[i]: (H, W) or None; layer: which to show, None = mean over layers.
+    Writes PNG and PDF given `path`.
     """
     if len(maps) != len(images) or (humans is not None and len(humans) != len(images)):
         raise ValueError(f"interaction_grid: {len(images)} images but {len(maps)} map dicts / humans differ")

@@ -34,6 +34,7 @@ from typing import Any
 from safetensors import safe_open
 
 from lfi.config import Config, config_to_dict
+from lfi.files import atomic_write
 from lfi.show.curves import monitor, run_curve
 from lfi.train.runs import Run, load_run
 
@@ -93,7 +94,7 @@ PAPER_LLAVA_VLCS = {"PASCAL": 56.40, "CALTECH": 62.89, "LABELME": 52.58, "SUN": 
 
 # Config keys that do not change what an experiment measures: runs differing only here are pooled.
 _POOLED_KEYS = {
-    "seed", "experiment", "paper_row", "output_dir", "data.root", "data.cache_dir", "data.num_workers", "data.split_seed",
+    "seed", "experiment", "paper_row", "output_dir", "output_dir_allow_outside", "data.root", "data.cache_dir", "data.num_workers", "data.split_seed",
     "teacher.store", "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
     "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps", "trainer.log_maps_every_n_epochs",
@@ -470,6 +471,5 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, threshold: flo
         parts.append(table_markdown(table, groups, convergence_for(table, groups, out, threshold)))
         parts.append("")
     text = "\n".join(parts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write(out, text)
     return text

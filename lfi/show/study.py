@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lfi.files import atomic_write
 from lfi.show.curves import Curve, epochs_to_reach, run_curve
 from lfi.show.report import mean_std
 from lfi.show.stats import holm, verdict, welch
@@ -156,10 +156,4 @@ def study_markdown(result: Mapping[str, Any], reference: str | None = None) -> s
 
 
 def write_study_report(result: Mapping[str, Any], root: str | Path, reference: str | None = None) -> Path:
-    path = Path(root) / "study.md"
-    path.write_text(study_markdown(result, reference))
-    return path
-
-
-def load_study_result(root: str | Path) -> dict[str, Any]:
-    return json.loads((Path(root) / "study.json").read_text())
+    return atomic_write(Path(root) / "study.md", study_markdown(result, reference))

@@ -7,7 +7,8 @@ not import `lfi.show`.
 
 At the end of a validation epoch the callback runs a fixed batch (the first `num_images` images of the first
 validation batch it saw, so epochs are comparable) through the student and logs the Fig. 5 grid of their
-class-token maps, averaged over the alignment layers and heads, under the tag ``interaction_maps``.
+class-token maps as trained (`lfi.maps.attention_to_grid`), averaged over the alignment layers, under the tag
+``interaction_maps``.
 """
 
 from __future__ import annotations

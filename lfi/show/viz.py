@@ -28,8 +28,9 @@ from torchvision.transforms.v2 import functional as TF
 from lfi.data.base import decode_rgb
 from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
 from lfi.extract.teacher import apply_contrast, build_teacher
+from lfi.maps import attention_to_grid
 from lfi.models import InteractionViT, MapRequest
-from lfi.show.maps import class_token_map, interaction_figure, interaction_grid
+from lfi.show.maps import interaction_figure, interaction_grid
 from lfi.show.save import save_figure
 from lfi.train.runs import Run, load_model, load_run
 
@@ -78,31 +79,33 @@ def model_input(
 
 @torch.no_grad()
 def student_maps(
-    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None
+    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None, per_head: bool = False
 ) -> dict[str, torch.Tensor]:
-    """One forward pass -> {"C_VFM", ["C_AGT", "C_F"]: (B, layers, heads, gh, gw)} class-token maps.
+    """One forward pass -> {"C_VFM", ["C_AGT", "C_F"]: (B, layers, gh, gw)} class-token maps, each the map
+    that was trained (`lfi.maps.attention_to_grid`: heads averaged, prefix dropped, renormalised).
 
     layers: the converted blocks to read (default: all of them); a plain ViT variant has only C_VFM.
+    per_head: each head's own map instead, (B, layers, heads, gh, gw) (their mean is not the trained map).
     """
-    return student_outputs(model, x, layers)[0]
+    return student_outputs(model, x, layers, per_head)[0]
 
 
 @torch.no_grad()
 def student_outputs(
-    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None
+    model: InteractionViT, x: torch.Tensor, layers: Sequence[int] | None = None, per_head: bool = False
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """`student_maps` and the logits (B, classes) of the same forward pass."""
     names = ("vfm", "agt", "fused") if model.config.interaction_queries else ("vfm",)
+    # without a class token the full maps come back and, as in training, their patch rows are averaged
     rows = 1 if model.has_class_token else None
     out = model(x, MapRequest.of(*names, rows=rows), layers=tuple(layers) if layers is not None else None)
     grid = model.patch_grid(tuple(x.shape[-2:]))
-    # without a class token the rows are all patch queries: their mean stands in for the class-token row
-    per_layer = [
-        {n: class_token_map(m[n] if rows else m[n].mean(2, keepdim=True), grid, model.num_prefix_tokens)
-         for n in names}
-        for m in out.maps.values()
-    ]  # fmt: skip
-    maps = {MAP_TITLES[n]: torch.stack([p[n] for p in per_layer], dim=1).cpu() for n in names}
+    maps = {}
+    for n in names:
+        stacked = torch.stack([m[n] for m in out.maps.values()], dim=1)  # (B, layers, heads, R, N)
+        if per_head:  # a head axis of one under each head: attention_to_grid then averages nothing
+            stacked = stacked.unsqueeze(-3)
+        maps[MAP_TITLES[n]] = attention_to_grid(stacked, model.num_prefix_tokens, grid).cpu()
     return maps, out.logits.float().cpu()
 
 
@@ -203,24 +206,14 @@ def run_viz(
     images, datas = [im for im, _ in loaded], [d for _, d in loaded]
     names = [Path(p).name for p in image_paths]
     size = (cfg.data.img_size, cfg.data.img_size)
-    maps, logits = student_outputs(model, model_input(images, size))
-    vlm_name = teacher if teacher else cfg.teacher.name
-    vlm: list[torch.Tensor] | None = None
-    if teacher is None:
-        if cfg.teacher.store is None:
-            raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
-        from lfi.extract.store import InteractionStore
-
-        vlm = store_maps(InteractionStore(cfg.teacher.store), datas, names)
-    elif teacher != "none":
-        vlm = list(teacher_maps(teacher, images, names, boxes))
-    per_image = []
-    for i in range(len(images)):
-        named = {"C_VFM": maps["C_VFM"][i]}
-        if vlm is not None:
-            named[vlm_title(vlm_name)] = vlm[i]
-        named.update({k: v[i] for k, v in maps.items() if k != "C_VFM"})
-        per_image.append(named)
+    x = model_input(images, size)
+    maps, logits = student_outputs(model, x)
+    # a chosen head, or a row per head, reads each head's own map; otherwise the trained (head-averaged) one
+    heads = student_maps(model, x, per_head=True) if per == "head" or head is not None else None
+    vlm = _vlm_maps(run_dir, cfg.teacher.store, teacher, images, datas, names, boxes)
+    title_vlm = vlm_title(teacher if teacher else cfg.teacher.name)
+    figure_maps = heads if per == "head" or (per == "mean" and head is not None) else maps
+    per_image = _per_image(figure_maps, vlm, title_vlm)
     title = f"{Path(run_dir).name}: {cfg.model.name}, variant {cfg.model.variant}"
     images = [thumbnail(im) for im in images]  # the maps cover the whole image, so they fit any size
     written: list[Path] = []
@@ -236,10 +229,42 @@ def run_viz(
     if html is not None:
         classes = list(run.metrics.get("classes") or [])
         truth = list(labels) if labels is not None else [infer_label(p, classes) for p in image_paths]
-        written.append(
-            _write_html(html, images, per_image, names, logits, classes, truth, layer, head, title)
-        )
+        shown = _per_image(heads if head is not None else maps, vlm, title_vlm)
+        written.append(_write_html(html, images, shown, names, logits, classes, truth, layer, head, title))
     return written
+
+
+def _vlm_maps(
+    run_dir: str | Path,
+    store: str | Path | None,
+    teacher: str | None,
+    images: Sequence[torch.Tensor],
+    datas: Sequence[bytes],
+    names: Sequence[str],
+    boxes: Sequence[torch.Tensor] | None,
+) -> list[torch.Tensor] | None:
+    """C_VLM (h, w) of each image for `run_viz`: from the run's store (teacher None), computed now, or None."""
+    if teacher is None:
+        if store is None:
+            raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
+        from lfi.extract.store import InteractionStore
+
+        return store_maps(InteractionStore(store), datas, names)
+    return None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))
+
+
+def _per_image(
+    maps: dict[str, torch.Tensor], vlm: Sequence[torch.Tensor] | None, vlm_name: str
+) -> list[dict[str, torch.Tensor]]:
+    """{title: (B, ...) maps} and C_VLM -> one {title: map} per image, in the column order of Fig. 5."""
+    per_image = []
+    for i in range(len(maps["C_VFM"])):
+        named = {"C_VFM": maps["C_VFM"][i]}
+        if vlm is not None:
+            named[vlm_name] = vlm[i]
+        named.update({k: v[i] for k, v in maps.items() if k != "C_VFM"})
+        per_image.append(named)
+    return per_image
 
 
 def _write_html(

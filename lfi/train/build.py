@@ -17,14 +17,8 @@ from torch import nn
 
 from lfi.config import Config, ConfigError
 from lfi.data.controls import with_control
-from lfi.train.data import DETECTION_STRIDE, ExperimentData, LfiDataModule, Transform, build_data
-from lfi.train.losses import (
-    AlignmentLoss,
-    Criterion,
-    DenseAlignment,
-    DetrLoss,
-    classification_criterion,
-)
+from lfi.train.data import ExperimentData, LfiDataModule, Transform, build_data
+from lfi.train.losses import Criterion, classification_criterion, detection_criterion
 from lfi.train.tasks import ClassificationTask, DetectionTask, oracle_maps, stored_maps
 
 
@@ -126,24 +120,23 @@ def build_criterion(cfg: Config, model: nn.Module, data: ExperimentData) -> Crit
             kd_temperature=loss.kd.temperature,
             aligned=cfg.aligned,
         )
-    hf = model.detr.config
-    coefficients = {"loss_ce": 1.0, "loss_bbox": hf.bbox_loss_coefficient, "loss_giou": hf.giou_loss_coefficient}
-    if cfg.task == "segmentation":
-        coefficients |= {"loss_mask": hf.mask_loss_coefficient, "loss_dice": hf.dice_loss_coefficient}
-    terms: dict[str, nn.Module] = {"task": DetrLoss(coefficients)}
-    weights = {"task": 1.0, "aux": loss.aux_weight}
-    if cfg.aligned:
-        if cfg.teacher.store is None:  # the oracle, on the fly from each transformed image's ground truth
-            maps = functools.partial(_oracle_batch_maps, source=cfg.teacher.source)
-        else:
-            maps = functools.partial(stored_maps, stride=DETECTION_STRIDE)
-        terms["align"] = DenseAlignment(maps, loss.rows, AlignmentLoss(loss.direction))
-        weights["align"] = loss.align_weight
-    return Criterion(terms, weights)
+    maps = None
+    if cfg.aligned:  # the store's maps, or the oracle's on the fly from each transformed image's ground truth
+        oracle = functools.partial(_oracle_batch_maps, source=cfg.teacher.source)
+        maps = stored_maps if cfg.teacher.store is not None else oracle
+    return detection_criterion(
+        model.detr.config,
+        masks=cfg.task == "segmentation",
+        aux_weight=loss.aux_weight,
+        teacher_maps=maps,
+        rows=loss.rows,
+        direction=loss.direction,
+        align_weight=loss.align_weight,
+    )
 
 
-def _oracle_batch_maps(batch: dict, source: str) -> list:
-    return oracle_maps(batch["targets"], source)
+def _oracle_batch_maps(batch: dict, source: str) -> tuple[list, None]:
+    return oracle_maps(batch["targets"], source), None  # each over exactly its transformed image
 
 
 def open_store(cfg: Config) -> Any:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from lfi.config import Config, DataConfig
+from lfi.data.base import Samples
 from lfi.data.cache import DEFAULT_FOLDER as DEFAULT_CACHE
 from lfi.data.cache import ImageCache
 from lfi.data.collate import collate_classification, collate_detection
@@ -30,9 +31,6 @@ from lfi.data.pipelines import classification_transforms, detection_transforms
 from lfi.data.subsets import holdout_split, ratio_subset
 
 Transform = Callable[[dict], dict]
-
-#: Grid of stored detection maps after the transforms: image // 32, the encoder's stride for ResNets.
-DETECTION_STRIDE = 32
 
 
 @dataclass
@@ -138,24 +136,20 @@ def stored_maps_of(store: object, keys: list[str]) -> tuple[torch.Tensor, torch.
     return torch.stack(maps), torch.tensor(valid)
 
 
-class SeededSamples(Dataset):
+class SeededSamples(Samples):
     """Indexed by (epoch, index): the sample `index` of `dataset`, transformed with the random state seeded
     by (seed, epoch, index), so that its augmentation does not depend on the worker, the worker count or a
     resume. The global random state of the process is left as it was."""
 
     def __init__(self, dataset: Dataset, transform: Transform | None, seed: int) -> None:
-        self.dataset, self.transform, self.seed = dataset, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
+        super().__init__(dataset, transform)
+        self.seed = seed
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         epoch, index = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-            sample = dict(self.dataset[index])
-            sample.pop("data", None)
-            return self.transform(sample) if self.transform is not None else sample
+            return super().__getitem__(index)
 
 
 class ResumableSampler(Sampler):
@@ -213,26 +207,11 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
-class _Transformed(Dataset):
-    """A sample dataset with a transform applied to each sample dict (raw bytes dropped)."""
-
-    def __init__(self, dataset: Dataset, transform: Transform) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        sample = dict(self.dataset[index])
-        sample.pop("data", None)
-        return self.transform(sample)
-
-
 class LfiDataModule(L.LightningDataModule):
     """Loaders over `data` for cfg.task; training samples get their map from `store` when one is given.
 
-    grid: the student's patch grid (gh, gw) for classification (detection maps follow each image's size at
-    the encoder's stride). Transforms default to the task's recipe: classification at cfg.data.img_size
+    grid: the student's patch grid (gh, gw) for classification (detection maps stay on the teacher's grid
+    until the loss knows the encoder's). Transforms default to the task's recipe: classification at cfg.data.img_size
     (random resized crop + flip when cfg.data.augment; eval: resize + centre crop), detection DETR's
     multi-scale resize and flip.
     """
@@ -289,7 +268,8 @@ class LfiDataModule(L.LightningDataModule):
             train = WithOriginalSize(train)
         if self.store is None:
             return SeededSamples(train, self.train_tf, self.cfg.seed)
-        grid = DETECTION_STRIDE if self.cfg.task != "classification" else self.grid
+        # detection: the teacher's own map and its window; the loss puts it on the encoder's grid
+        grid = self.grid if self.cfg.task == "classification" else None
         return SeededSamples(WithInteractionMaps(train, self.store, self.train_tf, grid), None, self.cfg.seed)
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
@@ -321,19 +301,20 @@ class LfiDataModule(L.LightningDataModule):
             return on_gpu and self.cfg.task == "classification" and not self.custom_transforms
         return flag
 
-    def image_cache(self, dataset: Dataset) -> ImageCache:
+    def image_cache(self, dataset: Dataset, verify: str = "stat") -> ImageCache:
         """`dataset` decoded once (`lfi.data.cache`): at its own size when its images are square, else at
-        data.img_size."""
+        data.img_size. verify: 'stat' (cheap, every run) or 'full' (also re-hash the cache, `lfi prepare`)."""
         d = self.cfg.data
         first = dataset[0]["image"]
         side = int(first.shape[-1]) if first.shape[-1] == first.shape[-2] else d.img_size
         folder = Path(d.cache_dir).expanduser() if d.cache_dir else DEFAULT_CACHE
-        return ImageCache.build(dataset, side, folder, workers=d.num_workers, progress=self.cfg.trainer.enable_progress_bar)
+        bar = self.cfg.trainer.enable_progress_bar
+        return ImageCache.build(dataset, side, folder, workers=d.num_workers, progress=bar, verify=verify)
 
-    def prepare_caches(self) -> dict[str, ImageCache]:
-        """Every split's image cache (what `lfi prepare` builds ahead of a GPU run)."""
+    def prepare_caches(self, verify: str = "full") -> dict[str, ImageCache]:
+        """Every split's image cache (what `lfi prepare` builds ahead of a GPU run, or checks in full)."""
         splits = {"train": self.data.train, "val": self.data.val, **{f"test/{k}": v for k, v in self.data.tests.items()}}
-        return {name: self.image_cache(dataset) for name, dataset in splits.items()}
+        return {name: self.image_cache(dataset, verify) for name, dataset in splits.items()}
 
     def _device_images(self, dataset: Dataset, with_maps: bool) -> DeviceImages:
         """`dataset`'s image cache moved to the run's device, with the teacher's maps when `with_maps`."""
@@ -355,7 +336,7 @@ class LfiDataModule(L.LightningDataModule):
             from lfi.data.detection import WithOriginalSize
 
             return WithOriginalSize(dataset, self.eval_tf)
-        return _Transformed(dataset, self.eval_tf)
+        return Samples(dataset, self.eval_tf)
 
     def _eval_loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader | DeviceBatches:
         if self.on_device():

@@ -9,6 +9,7 @@ and fills the run folder (`lfi.train.runs`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -29,9 +30,15 @@ from torch import nn
 
 from lfi.config import Config, save_config
 from lfi.evaluate.classification import cross_domain_summary, write_metrics
+from lfi.files import atomic_path
 from lfi.train.build import Built, build
 from lfi.train.data import ExperimentData, Transform
-from lfi.train.runs import RunFiles, finished
+from lfi.train.runs import RunFiles, check_run_folder, hold_run_folder
+from lfi.train.signals import StopOnSignal
+
+
+class NonFiniteLoss(ValueError):
+    """A training loss became NaN or infinite: the run stops with this error instead of finishing."""
 
 
 class LfiModule(L.LightningModule):
@@ -70,10 +77,26 @@ class LfiModule(L.LightningModule):
             self.log("train/loss_step", values[-1], on_step=True, prog_bar=bar)
         return losses["loss"]
 
+    def reduced_loss_sums(self) -> torch.Tensor:
+        """(len(loss_names) + 1,) this epoch's loss sums and step count so far, summed over every process
+        (a collective: call it on every process). Raises NonFiniteLoss if a loss was NaN or infinite."""
+        sums = self.loss_sums
+        if len(sums):
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        # NaN and inf survive in the sums, so one check (one host sync) covers every step since the last
+        if not bool(torch.isfinite(sums).all()):
+            bad = [n for n, v in zip(self.loss_names, sums.tolist(), strict=False) if not math.isfinite(v)]
+            raise NonFiniteLoss(
+                f"{self.cfg.run_dir}: non-finite training loss ({', '.join(bad)}) in epoch {self.current_epoch}: "
+                "the run is stopped, not finished (no metrics.json), and no checkpoint holds that step. "
+                "Lower optim.lr or the loss weights and train into a new experiment"
+            )
+        return sums
+
     def epoch_losses(self) -> dict[str, float]:
         """This epoch's mean of every loss term over every process (one reduction per epoch)."""
         if self._epoch_means is None or self._epoch_means[0] != self.current_epoch:
-            sums = self.trainer.strategy.reduce(self.loss_sums.clone(), reduce_op="sum") if len(self.loss_sums) else self.loss_sums
+            sums = self.reduced_loss_sums()
             means = {f"train/{n}": float(v) for n, v in zip(self.loss_names, sums[:-1] / sums[-1].clamp_min(1), strict=True)}
             self._epoch_means = (self.current_epoch, means)
         return self._epoch_means[1]
@@ -96,13 +119,17 @@ class LfiModule(L.LightningModule):
         self.log_dict({f"val/{k}": float(v) for k, v in metrics.items() if k != "n"}, sync_dist=False)
         self.evaluator = None
 
-    # exact resume: where in the epoch the checkpoint was taken, and the global random state
+    # exact resume: where in the epoch the checkpoint was taken, the global random state and the epoch's
+    # loss sums so far (summed over the processes: on resume rank 0 carries them, so the reduction of the
+    # epoch's means at its end counts every step once, whatever the number of processes)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lfi_resume"] = {
             "epoch": self.current_epoch,
             "consumed_batches": self.consumed_batches,
             "cpu_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "loss_names": list(self.loss_names),
+            "loss_sums": self.reduced_loss_sums().cpu(),  # a NaN loss stops here: no checkpoint holds it
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -113,6 +140,9 @@ class LfiModule(L.LightningModule):
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        sums = state.get("loss_sums", torch.zeros(0))  # absent in checkpoints of earlier versions
+        self.loss_names = list(state.get("loss_names", []))
+        self.loss_sums = (sums if self.trainer.is_global_zero else torch.zeros_like(sums)).to(self.device)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over parameter groups (`parameter_groups`), with the schedule of cfg.optim."""
@@ -147,10 +177,6 @@ def evaluate(
         task.evaluate(model, move_data_to_device(batch, device), evaluator)
     model.train(was_training)
     return evaluator.compute(sync=False)  # this process alone (rank 0 evaluates the test sets by itself)
-
-
-def _batch_size(batch: dict[str, Any]) -> int:
-    return int(batch["image"].shape[0])
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -194,12 +220,20 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 class EpochCSV(L.Callback):
     """metrics.csv in the run folder: one row per epoch (epoch, step, every epoch-level train/ and val/
-    metric, lr, wall seconds). A resumed run drops the rows of epochs it redoes, then appends."""
+    metric, lr, wall seconds since the run began, resumes included). A resumed run drops the rows of epochs
+    it redoes, then appends."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.start = path, time.perf_counter()
 
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def state_dict(self) -> dict[str, float]:
+        return {"wall_s": time.perf_counter() - self.start}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.start = time.perf_counter() - state_dict.get("wall_s", 0.0)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # here, not in on_fit_start: Lightning restores current_epoch from the checkpoint after on_fit_start
         if trainer.is_global_zero and self.path.is_file():
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
@@ -226,12 +260,10 @@ class EpochCSV(L.Callback):
         columns: list[str] = []
         for r in rows:
             columns += [k for k in r if k not in columns]
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
 
 def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | None = None) -> L.Trainer:
@@ -312,29 +344,32 @@ def train(
 ) -> RunResult:
     """Train cfg's student, evaluate it on every test set and fill the run folder (`lfi.train.runs`).
 
-    A finished run (metrics.json written) is not trained again by --resume: its metrics are returned.
+    A finished run folder is refused, and so is one with a checkpoint unless `resume` (`check_run_folder`);
+    one process at a time writes a run folder (`hold_run_folder`). SIGINT / SIGTERM stop the run at the end of
+    the step with a checkpoint and raise `Interrupted` (`lfi.train.signals`); a NaN or infinite loss raises
+    NonFiniteLoss. Either way no metrics.json is written.
     """
     quiet_lightning()
     files = RunFiles(cfg.run_dir)
-    if resume and finished(files.root):
-        raise FileExistsError(
-            f"{files.root} is finished (metrics.json exists): --resume has nothing to continue; "
-            "train into a new experiment name to run it again"
-        )
+    check_run_folder(files, bool(resume))  # before the data are built: fail fast
     ckpt_path = resolve_resume(files, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    built = build(cfg, data, store, train_transforms, eval_transforms)
-    module = LfiModule(cfg, built)
-    trainer = build_trainer(cfg, files, built.task.monitor, callbacks)
-    if trainer.is_global_zero:
-        files.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, files.config)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
-    train_s = time.perf_counter() - start
-    metrics: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        metrics = _finish(cfg, module, trainer, built, files, train_s)
+    stop = StopOnSignal(files.last_checkpoint)
+    with stop:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        built = build(cfg, data, store, train_transforms, eval_transforms)
+        module = LfiModule(cfg, built)
+        trainer = build_trainer(cfg, files, built.task.monitor, [*(callbacks or []), stop])
+        with hold_run_folder(files) if trainer.is_global_zero else contextlib.nullcontext():
+            check_run_folder(files, bool(resume))  # again under the lock: another writer may have just ended
+            if trainer.is_global_zero:
+                save_config(cfg, files.config)
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
+            train_s = time.perf_counter() - start
+            stop.raise_if_signalled()
+            metrics: dict[str, Any] = {}
+            if trainer.is_global_zero:
+                metrics = _finish(cfg, module, trainer, built, files, train_s)
     return RunResult(module, metrics, files.root)
 
 
@@ -369,8 +404,9 @@ def _finish(cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, fi
         "eval_seconds": round(time.perf_counter() - start, 2),
     }
     weights = {k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()}
-    save_file(weights, str(files.weights))
-    write_metrics(metrics, files.metrics)
+    with atomic_path(files.weights) as tmp:
+        save_file(weights, str(tmp))
+    write_metrics(metrics, files.metrics)  # last: a run is finished once metrics.json exists
     return metrics
 
 

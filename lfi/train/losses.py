@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfi.maps import attention_to_grid, is_valid_map, resample_map
+from lfi.maps import attention_to_grid, crop_to_grid, is_valid_map
 
 Direction = Literal["teacher_student", "student_teacher"]
 Rows = Literal["all", "objects"]
+#: What `DenseAlignment` reads: batch -> (one teacher map per image, their windows (B, 4) or None).
+TeacherMaps = Callable[[Mapping[str, Any]], tuple[Sequence[torch.Tensor], torch.Tensor | None]]
 
 
 class AlignmentLoss(nn.Module):
@@ -52,8 +54,14 @@ class AlignmentLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         """student: (..., B, gh, gw) distributions, e.g. (L, B, gh, gw) for L layers; teacher: (B, gh, gw) on
-        the same grid (resampled here if not), shared by the leading dims. -> scalar, mean over (layer, sample)."""
-        teacher = resample_map(teacher.float(), tuple(student.shape[-2:]))
+        the same grid (the data path puts it there, `lfi.maps.crop_to_grid`), shared by the leading dims.
+        -> scalar, mean over (layer, sample)."""
+        if student.shape[-2:] != teacher.shape[-2:]:
+            raise ValueError(
+                f"AlignmentLoss: student maps {tuple(student.shape)} and teacher maps {tuple(teacher.shape)} are on "
+                "different grids; the teacher's map must be resampled onto the student's grid once, in the data path"
+            )
+        teacher = teacher.float()
         p = student.float().flatten(-2).clamp_min(torch.finfo(torch.float32).tiny)
         q = teacher.flatten(-2)
         if self.eps > 0:
@@ -133,12 +141,14 @@ class DenseAlignment(nn.Module):
     rows="objects": the rows of tokens inside objects (teacher mass > 0); background tokens may gather
         context. An image whose map has no mass on the grid falls back to all real tokens (then masked anyway).
 
-    teacher_maps: batch -> one (h_i, w_i) map per image (the oracle's on-the-fly maps, or the store's).
+    teacher_maps: batch -> (one (h_i, w_i) map per image, windows): the oracle's on-the-fly maps, each over
+        exactly its transformed image (windows None), or the store's with (B, 4) windows, the part of each
+        map its transformed image spans (`lfi.data.WithInteractionMaps` with grid None).
     """
 
     def __init__(
         self,
-        teacher_maps: Callable[[Mapping[str, Any]], Sequence[torch.Tensor]],
+        teacher_maps: TeacherMaps,
         rows: Rows = "all",
         alignment: AlignmentLoss | None = None,
     ) -> None:
@@ -159,7 +169,8 @@ class DenseAlignment(nn.Module):
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """outputs["maps"]: (L, B, H, N, N) supervised attention; outputs["grid_mask"]: (B, gh, gw) bool."""
         grid_mask = outputs["grid_mask"]
-        teacher = teacher_on_grid(self.teacher_maps(batch), grid_mask)
+        maps, windows = self.teacher_maps(batch)
+        teacher = teacher_on_grid(maps, grid_mask, batch["pixel_mask"], windows)
         weights = self.row_weights(grid_mask, teacher)
         students = attention_to_grid(outputs["maps"], 0, tuple(grid_mask.shape[-2:]), weights)
         return {"align": self.alignment(students, teacher)}
@@ -179,17 +190,34 @@ def valid_region(grid_mask: torch.Tensor) -> list[tuple[int, int]]:
     return sizes
 
 
-def teacher_on_grid(teachers: Sequence[torch.Tensor], grid_mask: torch.Tensor) -> torch.Tensor:
-    """Per-image teacher maps (h_i, w_i) (any size, each over its whole image) -> (B, gh, gw) on the grid:
-    each resampled once (`resample_map`) into its image's valid region, zero elsewhere."""
+def teacher_on_grid(
+    teachers: Sequence[torch.Tensor],
+    grid_mask: torch.Tensor,
+    pixel_mask: torch.Tensor,
+    windows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-image teacher maps (h_i, w_i) -> (B, gh, gw) on the encoder's grid: each resampled once
+    (`lfi.maps.crop_to_grid`) into its image's valid region as HF's backbone marks it (`grid_mask`, its
+    pixel mask (B, Hp, Wp) brought down to the grid), zero elsewhere.
+
+    windows: (B, 4) the part of each map (x0, y0, x1, y1 in map cells) that the image spans; None = the
+    whole map. HF rounds the region up: its hv rows reach hv * Hp / gh pixels down, a little past the image's
+    h, so the window is stretched by that ratio; every cell gets the teacher's mass over the pixels it covers.
+    """
     if len(teachers) != grid_mask.shape[0]:
         raise ValueError(f"teacher maps: got {len(teachers)} for a batch of {grid_mask.shape[0]} images")
+    (gh, gw), (ph, pw) = grid_mask.shape[-2:], pixel_mask.shape[-2:]
     out = torch.zeros(grid_mask.shape, dtype=torch.float32, device=grid_mask.device)
-    for b, (t, (hv, wv)) in enumerate(zip(teachers, valid_region(grid_mask), strict=True)):
+    regions = zip(valid_region(grid_mask), valid_region(pixel_mask), strict=True)
+    for b, (t, ((hv, wv), (h, w))) in enumerate(zip(teachers, regions, strict=True)):
         if t.dim() != 2:
             raise ValueError(f"teacher map {b}: expected (h, w), got shape {tuple(t.shape)}")
-        if hv and wv:
-            out[b, :hv, :wv] = resample_map(t.float().to(out.device).clamp_min(0), (hv, wv))
+        if not (hv and wv):
+            continue
+        x0, y0, x1, y1 = windows[b].tolist() if windows is not None else (0.0, 0.0, t.shape[1], t.shape[0])
+        fx, fy = wv * pw / (gw * w), hv * ph / (gh * h)
+        region = torch.tensor([[x0, y0, x0 + (x1 - x0) * fx, y0 + (y1 - y0) * fy]], device=out.device)
+        out[b, :hv, :wv] = crop_to_grid(t.to(out.device).float().clamp_min(0)[None], region, (hv, wv))[0]
     return out
 
 
@@ -253,4 +281,33 @@ def classification_criterion(
         terms["align"], weights["align"] = MapAlignment(AlignmentLoss(direction)), align_weight
     if kd_teacher is not None:
         terms["kd"], weights["kd"] = Distillation(kd_teacher, kd_temperature), kd_weight
+    return Criterion(terms, weights)
+
+
+def detection_criterion(
+    hf_config: Any,
+    masks: bool = False,
+    aux_weight: float = 1.0,
+    teacher_maps: TeacherMaps | None = None,
+    rows: Rows = "all",
+    direction: Direction = "teacher_student",
+    align_weight: float = 1.0,
+) -> Criterion:
+    """The criterion of an (I-)DETR: task + aux (HF's terms, weighted by the coefficients of its config
+    `hf_config`; masks: the segmentation terms too) [+ dense align when `teacher_maps` is given]."""
+    coefficients = {
+        "loss_ce": 1.0,
+        "loss_bbox": hf_config.bbox_loss_coefficient,
+        "loss_giou": hf_config.giou_loss_coefficient,
+    }
+    if masks:
+        coefficients |= {
+            "loss_mask": hf_config.mask_loss_coefficient,
+            "loss_dice": hf_config.dice_loss_coefficient,
+        }
+    terms: dict[str, nn.Module] = {"task": DetrLoss(coefficients)}
+    weights = {"task": 1.0, "aux": aux_weight}
+    if teacher_maps is not None:
+        terms["align"] = DenseAlignment(teacher_maps, rows, AlignmentLoss(direction))
+        weights["align"] = align_weight
     return Criterion(terms, weights)

@@ -9,17 +9,23 @@
         model.safetensors    the final student weights (no pickle)
         checkpoints/         last.ckpt (every epoch; full state for --resume), best-epoch=NNN.ckpt
         tb/                  TensorBoard events (per-step losses, learning rates, map figures)
+        .lock                held (flock) by the one `lfi train` writing the folder; holds its pid
+
+Result files are written whole or not at all (`lfi.files.atomic_write`): metrics.json exists only complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lfi.config import Config, load_config
+from lfi.files import exclusive_lock
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,40 @@ class RunFiles:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
 
 def finished(root: str | Path) -> bool:
     """A run is finished once it wrote metrics.json (after its test evaluation)."""
     return RunFiles(root).metrics.is_file()
+
+
+def check_run_folder(files: RunFiles, resume: bool) -> None:
+    """Refuse to train into a folder whose run would be lost: a finished run (metrics.json) always, an
+    unfinished one with checkpoints/last.ckpt unless resuming. A folder without a checkpoint (a run killed
+    before its first one, or only a sweep's train.log) holds nothing to resume and is started afresh."""
+    if finished(files.root):
+        what = "--resume has nothing to continue" if resume else "training again would overwrite it"
+        raise FileExistsError(
+            f"{files.root} is finished (metrics.json exists): {what}; "
+            "train into a new experiment name to run it again"
+        )
+    if not resume and files.last_checkpoint.is_file():
+        raise FileExistsError(
+            f"{files.root} holds an unfinished run ({files.last_checkpoint}): continue it with "
+            "`lfi train ... --resume`, or train into a new experiment name"
+        )
+
+
+@contextlib.contextmanager
+def hold_run_folder(files: RunFiles) -> Iterator[None]:
+    """One writer per run folder: hold `<run>/.lock` for the block; a second `lfi train` into the same
+    folder (e.g. a sweep run again while the first one's trainer still runs) is refused at once, naming it."""
+    busy = f"{files.root} is being written by another `lfi train`; wait for it to end or stop it"
+    with exclusive_lock(files.lock, busy):
+        yield
 
 
 @dataclass
@@ -84,7 +120,8 @@ def load_run(path: str | Path) -> Run:
     files = RunFiles(path)
     if not files.config.is_file():
         raise FileNotFoundError(f"{files.root}: no config.yaml: not a run folder of `lfi train`")
-    cfg = load_config(files.config)  # a ConfigError names the file and the key
+    # a run that exists is read wherever it lies: the output_dir roots only bound where runs are written
+    cfg = load_config(files.config, ["output_dir_allow_outside=true"])  # a ConfigError names the file and key
     metrics: dict[str, Any] = {}
     if files.metrics.is_file():
         try:

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from lfi.config import ConfigError, load_config
+from lfi.files import atomic_write
 from lfi.train.runs import finished, load_run
 from lfi.train.sweep import Runner, RunStatus, SweepRun, plan, run_sweep
 
@@ -232,8 +233,7 @@ def run_study(
     path = study_root(study, overrides) / "study.json"
     if path.is_file():  # a study run row by row (--only) keeps the rows of the earlier calls
         result["rows"] = {**json.loads(path.read_text()).get("rows", {}), **result["rows"]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
+    atomic_write(path, json.dumps(result, indent=2, default=str))
     return result
 
 

@@ -10,9 +10,10 @@ its own dotted overrides (`KEY=VALUE`, as `lfi train` takes them) and its own ex
 `plan`, before anything starts.
 
 `run_sweep` trains each run in its own process (``python -m lfi.cli train CONFIG OVERRIDES...``), `jobs` at a
-time, its output in ``<run folder>/train.log``. It can be run again after an interruption: a finished run
-(metrics.json) is skipped, an unfinished one with checkpoints/last.ckpt continues with ``--resume``, any
-other starts afresh. The table over the sweep's run folders is written by `lfi.show.sweep` (train does not
+time, its output in ``<run folder>/train.log``; the processes end with the sweep, even a killed one
+(`die_with_parent`), and each run folder has one writer (its ``.lock``). It can be run again after an
+interruption: a finished run (metrics.json) is skipped, an unfinished one with checkpoints/last.ckpt
+continues with ``--resume``, any other starts afresh. The table over the sweep's run folders is written by `lfi.show.sweep` (train does not
 import show).
 """
 
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +37,7 @@ from typing import Any
 import yaml
 
 from lfi.config import ConfigError, load_config
+from lfi.files import atomic_write
 from lfi.train.runs import RunFiles, finished
 
 #: Characters allowed in a run's folder name; anything else becomes '_'.
@@ -247,9 +250,31 @@ def describe(runs: Sequence[SweepRun]) -> str:
 # -------------------------------------------------------------------------------------------------- run
 
 
+#: Set by `subprocess_runner` to the sweep's pid: `die_with_parent` in the child ends it with the sweep.
+PARENT_ENV = "LFI_SWEEP_PID"
+
+
+def die_with_parent() -> None:
+    """In a process started by `subprocess_runner`: have the kernel send it SIGTERM when the sweep dies,
+    however it dies (kill -9 included), so no orphaned trainer goes on writing a run folder (SIGTERM makes
+    `lfi train` save a checkpoint and stop). Linux only (prctl PR_SET_PDEATHSIG); a no-op elsewhere."""
+    parent = os.environ.pop(PARENT_ENV, None)  # popped: the trainer's own children have another parent
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != int(parent):  # the sweep died before prctl: the signal will never come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def subprocess_runner(run: SweepRun, command: list[str], env: dict[str, str], log: Path) -> int:
-    """Run `command`, its stdout and stderr appended to `log` (a resumed run keeps its first attempt's log)."""
+    """Run `command`, its stdout and stderr appended to `log` (a resumed run keeps its first attempt's log).
+    The child learns the sweep's pid (`PARENT_ENV`) and dies with it (`die_with_parent`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**env, PARENT_ENV: str(os.getpid())}
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()
@@ -346,7 +371,4 @@ def summary(runs: Sequence[SweepRun], statuses: Sequence[RunStatus], wall_s: flo
 
 
 def write_summary(path: str | Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
+    return atomic_write(path, json.dumps(data, indent=2, default=str))

@@ -123,14 +123,11 @@ def oracle_maps(targets: Sequence[dict], source: str = "boxes", stride: int = 8)
     return maps
 
 
-def stored_maps(batch: dict, stride: int) -> list[torch.Tensor]:
-    """Per-image maps from a batch of `WithInteractionMaps(..., grid=stride)` samples: (H//s, W//s) each,
-    cut out of collate_detection's padded (B, gh, gw) maps (zeroed where the teacher's map was invalid)."""
+def stored_maps(batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The store's maps of a batch of `WithInteractionMaps(..., grid=None)` samples, for `DenseAlignment`:
+    each teacher map (h, w) as stored (zeroed where the teacher's map was invalid) and (B, 4) the window of
+    each that its transformed image spans."""
     if "map" not in batch:
         raise KeyError("the batch has no 'map': the student is aligned to C_VLM but no interaction store is read")
-    out = []
-    for m, valid, t in zip(batch["map"], batch["map_valid"], batch["targets"], strict=True):
-        h, w = t["size"]
-        cut = m[: max(1, h // stride), : max(1, w // stride)]
-        out.append(cut if bool(valid) else torch.zeros_like(cut))
-    return out
+    maps = [m if bool(valid) else torch.zeros_like(m) for m, valid in zip(batch["map"], batch["map_valid"], strict=True)]
+    return maps, batch["map_box"]

@@ -69,11 +69,17 @@ def test_eval_pipeline_keeps_whole_map(samples: list[dict], store: InteractionSt
 
 def test_detection_batch_pads_images_and_maps(samples: list[dict], store: InteractionStore) -> None:
     transforms = detection_transforms(train=True, scales=(40, 48), max_size=80)
-    ds = WithInteractionMaps(samples, store, transforms, grid=8)
+    ds = WithInteractionMaps(samples, store, transforms, grid=None)
     batch = collate_detection([ds[i] for i in range(4)])
     b, _, h, w = batch["image"].shape
     assert b == 4 and batch["pixel_mask"].shape == (4, h, w)
-    assert batch["map"].shape == (4, h // 8, w // 8)
+    assert batch["map"].shape == (4, 7, 7) and batch["map_box"].shape == (4, 4)  # the teacher's own grid
+    flipped = batch["map_box"][:, 0] > batch["map_box"][:, 2]  # a flip mirrors the window, x0 > x1
+    assert (batch["map_box"][:, [1, 3]] == torch.tensor([0.0, 7.0])).all()
+    assert (
+        batch["map_box"][:, [0, 2]]
+        == torch.where(flipped[:, None], torch.tensor([7.0, 0.0]), torch.tensor([0.0, 7.0]))
+    ).all()
     for i, t in enumerate(batch["targets"]):
         assert batch["pixel_mask"][i].sum() == t["size"][0] * t["size"][1]
         assert t["boxes"].shape == (1, 4) and t["labels"].tolist() == [i % 3]

@@ -292,3 +292,65 @@ def test_store_info_reads_no_tensors(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["5", "4", "1", "[]"]
+
+
+def _edit_store_json(root: Path, **fields) -> None:
+    meta = root / "store.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), **fields}))
+
+
+@pytest.mark.parametrize("edit", [{"teacher": "vit"}, {"grid": [4, 3]}, {"checkpoint": "other.safetensors"}])
+def test_edited_store_json_is_refused_by_reader_and_verify(tmp_path: Path, edit: dict) -> None:
+    """Drill (issue 32.2): store.json edited after extraction; every shard's copy disagrees with it."""
+    _write(tmp_path, 8)
+    (field,) = edit
+    _edit_store_json(tmp_path, **edit)
+    with pytest.raises(
+        StoreMetadataError, match=rf"{_one_shard(tmp_path)}: its copy of store.json.*'{field}'"
+    ):
+        InteractionStore(tmp_path)
+    report = InteractionStore(tmp_path, strict=False).verify()
+    assert not report.ok and report.records == 0
+    assert any(f"field {field!r}" in c and "store.json" in c for c in report.corrupt)
+
+
+def test_edited_store_json_of_a_store_without_shards_is_refused(tmp_path: Path) -> None:
+    StoreWriter(tmp_path, META).close()
+    _edit_store_json(tmp_path, teacher="vit")
+    with pytest.raises(StoreMetadataError, match=rf"{tmp_path / 'store.json'}: field 'store_id'"):
+        InteractionStore(tmp_path)
+    with pytest.raises(StoreMetadataError, match="field 'store_id'"):
+        StoreWriter(tmp_path, {**META, "teacher": "vit"})
+    assert "store_id" in InteractionStore(tmp_path, strict=False).verify().corrupt[0]
+
+
+def test_shard_copied_from_another_store_is_refused(tmp_path: Path) -> None:
+    """Drill (issue 32.2): a shard of another store written with the very same settings is copied in."""
+    _write(tmp_path / "a", 4)
+    _write(tmp_path / "b", 4, start=10)
+    stranger = _one_shard(tmp_path / "b")
+    copied = tmp_path / "a" / SHARD_DIR / stranger.name
+    copied.write_bytes(stranger.read_bytes())
+    with pytest.raises(StoreMetadataError, match=rf"{copied}: its copy of store.json.*'store_uid'"):
+        InteractionStore(tmp_path / "a")
+    report = InteractionStore(tmp_path / "a", strict=False).verify()
+    assert not report.ok and report.records == 4 and str(copied) in report.corrupt[0]
+
+
+def test_a_resumed_writer_keeps_the_store_identity(tmp_path: Path) -> None:
+    _write(tmp_path, 4)
+    first = json.loads((tmp_path / "store.json").read_text())
+    assert {"store_uid", "store_id"} <= set(first)
+    _write(tmp_path, 4, writer="r001", start=4)  # a second run (resume) appends with the same identity
+    assert json.loads((tmp_path / "store.json").read_text()) == first
+    assert len(InteractionStore(tmp_path)) == 8
+
+
+def test_cli_store_verify_names_the_edited_field(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from lfi.cli import main
+
+    _write(tmp_path, 4)
+    _edit_store_json(tmp_path, teacher="vit")
+    assert main(["store", "verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEMS" in out and "field 'teacher': store.json has 'vit', the shard's copy has 'test'" in out

@@ -12,7 +12,7 @@ import torch
 from lfi.cli.show import register
 from lfi.show.curves import convergence_figure, epochs_to_reach, read_curves, run_curve, speedup
 from lfi.show.human import human_alignment_figure
-from lfi.show.maps import class_token_map, interaction_figure, interaction_grid, select_map
+from lfi.show.maps import interaction_figure, interaction_grid, select_map
 from lfi.train.runs import load_run
 from tests.show.conftest import write_run
 
@@ -22,35 +22,28 @@ def _written(path: Path) -> None:
         assert path.with_suffix(suffix).stat().st_size > 1000, suffix
 
 
-def test_class_token_map_drops_prefix_tokens_in_row_major_order() -> None:
-    attn = torch.zeros(2, 3, 7, 7)  # (B, heads, N, N): 1 class token + a 2x3 patch grid
-    attn[..., 0, 1 + 4] = 3.0  # patch token 4 -> row 1, column 1
-    attn[..., 0, 0] = 5.0  # the class token's own weight is dropped
-    m = class_token_map(attn, (2, 3))
-    assert m.shape == (2, 3, 2, 3) and m[0, 0, 1, 1] == 1.0 and m.sum() == 6.0
-    row = attn[:, :, :1]  # class-token rows (B, heads, 1, N)
-    assert torch.equal(class_token_map(row, (2, 3)), m)
-    with pytest.raises(ValueError, match="expected num_prefix"):
-        class_token_map(attn, (3, 3))
-
-
-def test_select_map_averages_or_picks() -> None:
-    m = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)
-    assert torch.equal(select_map(m), m.mean((0, 1)))
+def test_select_map_averages_layers_or_picks() -> None:
+    m = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)  # (layers, heads, h, w)
+    assert torch.equal(select_map(m[:, 0]), m[:, 0].mean(0))
+    assert torch.equal(select_map(m[:, 0], layer=1), m[1, 0])
     assert torch.equal(select_map(m, layer=1, head=2), m[1, 2])
-    assert torch.equal(select_map(m, layer=0), m[0].mean(0))
     flat = torch.rand(2, 2)
     assert select_map(flat, layer=5) is flat
     with pytest.raises(ValueError, match="C_AGT: head 3 out of range"):
         select_map(m, head=3, name="C_AGT")
+    # the mean of per-head maps is not the student's map (issue 29): per-head maps need a head
+    with pytest.raises(ValueError, match="per-head maps a head"):
+        select_map(m, layer=0, name="C_F")
+    with pytest.raises(ValueError, match="a head needs per-head maps"):
+        select_map(m[:, 0], head=0, name="C_F")
     with pytest.raises(ValueError, match="C_F: expected"):
-        select_map(torch.rand(3, 2, 2), name="C_F")
+        select_map(torch.rand(1, 3, 2, 2, 2), name="C_F")
 
 
 @pytest.fixture
 def image_and_maps() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     image = (torch.rand(3, 48, 64) * 255).to(torch.uint8)
-    layered = torch.rand(2, 3, 3, 4)  # (layers, heads, h, w)
+    layered = torch.rand(2, 3, 4)  # (layers, h, w)
     maps = {"C_VFM": layered, "C_VLM": torch.rand(3, 4), "C_AGT": layered.flip(-1), "C_F": layered}
     return image, maps, torch.rand(48, 64)
 
@@ -61,8 +54,11 @@ def test_interaction_figure_modes_write_png_and_pdf(tmp_path: Path, image_and_ma
     assert len(fig.axes) == 6  # image, 4 maps, human
     _written(tmp_path / "mean")
     assert len(interaction_figure(image, maps, per="layer").axes) == 2 * 5
-    heads = interaction_figure(image.float() / 255, maps, per="head", layer=0)
+    per_head = {name: torch.rand(2, 3, 3, 4) if m.dim() == 3 else m for name, m in maps.items()}
+    heads = interaction_figure(image.float() / 255, per_head, per="head", layer=0)
     assert [ax.get_ylabel() for ax in heads.axes[::5]] == [f"layer 0, head {i}" for i in range(3)]
+    with pytest.raises(ValueError, match="per='head' needs per-head maps"):
+        interaction_figure(image, maps, per="head")
     with pytest.raises(ValueError, match="per must be"):
         interaction_figure(image, maps, per="token")  # type: ignore[arg-type]
 

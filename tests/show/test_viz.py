@@ -59,8 +59,11 @@ def test_load_trained_restores_the_trained_student(trained_run: Path, images: li
     assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
     maps = student_maps(model, model_input([read_image(p)[0] for p in images], (32, 32)))
     assert list(maps) == ["C_VFM", "C_AGT", "C_F"]
-    assert maps["C_AGT"].shape == (2, 2, 2, 4, 4)  # (images, layers, heads, gh, gw)
-    torch.testing.assert_close(maps["C_F"].sum((-2, -1)), torch.ones(2, 2, 2))
+    assert maps["C_AGT"].shape == (2, 2, 4, 4)  # (images, layers, gh, gw)
+    torch.testing.assert_close(maps["C_F"].sum((-2, -1)), torch.ones(2, 2))
+    heads = student_maps(model, model_input([read_image(p)[0] for p in images], (32, 32)), per_head=True)
+    assert heads["C_AGT"].shape == (2, 2, 2, 4, 4)  # (images, layers, heads, gh, gw)
+    torch.testing.assert_close(heads["C_F"].sum((-2, -1)), torch.ones(2, 2, 2))
     assert not torch.allclose(maps["C_AGT"], maps["C_VFM"])  # training moved P'_q away from P_q
 
 

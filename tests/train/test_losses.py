@@ -71,12 +71,15 @@ def test_gradient_pulls_student_toward_teacher(direction):
     assert stepped < loss
 
 
-def test_teacher_is_resampled_to_the_student_grid():
+def test_teacher_on_another_grid_is_an_error_not_resampled():
+    """The data path puts the teacher on the student's grid once (issue 29); the loss resamples nothing."""
     q = torch.zeros(1, 24, 24)
-    q[:, :12, :12] = 1 / 144  # mass in the top-left quarter
-    p = torch.full((1, 2, 2), 0.01)
-    p[0, 0, 0] = 0.97
-    assert AlignmentLoss()(p, q).item() == pytest.approx(-np.log(0.97), rel=1e-5)
+    q[:, :12, :12] = 1 / 144
+    p = torch.full((1, 2, 2), 0.25)
+    with pytest.raises(
+        ValueError, match=r"student maps \(1, 2, 2\) and teacher maps \(1, 24, 24\) are on different grids"
+    ):
+        AlignmentLoss()(p, q)
 
 
 def test_invalid_teacher_maps_are_left_out():
@@ -106,6 +109,7 @@ def test_criterion_reports_each_term_and_weights_them():
     logits, labels = torch.randn(3, 5), torch.tensor([0, 3, 4])
     maps = {6: student().float(), 7: student().float()}
     q = teacher_with_zeros().float()
+
     def criterion(a, w=1.0):
         return classification_criterion(align_weight=w, aligned=a)
 
@@ -127,3 +131,22 @@ def test_criterion_reports_each_term_and_weights_them():
     assert set(criterion(False)({"logits": logits}, {"label": labels})) == {"task", "loss"}
     with pytest.raises(KeyError, match="no 'map'"):
         criterion(True)(outputs, {"label": labels})
+
+
+def test_detection_criterion_weights_hf_terms_and_alignment():
+    from transformers import DetrConfig
+
+    from lfi.train.losses import DenseAlignment, DetrLoss, detection_criterion
+
+    hf = DetrConfig(bbox_loss_coefficient=4, giou_loss_coefficient=3, mask_loss_coefficient=2)
+    plain = detection_criterion(hf, aux_weight=0.5)
+    assert set(plain.terms) == {"task"} and plain.weight_dict == {"task": 1.0, "aux": 0.5}
+    assert plain.terms["task"].coefficients == {"loss_ce": 1.0, "loss_bbox": 4, "loss_giou": 3}
+    aligned = detection_criterion(
+        hf, masks=True, teacher_maps=lambda batch: ([], None), rows="objects", align_weight=2.0
+    )
+    assert (
+        isinstance(aligned.terms["task"], DetrLoss) and aligned.terms["task"].coefficients["loss_mask"] == 2
+    )
+    assert isinstance(aligned.terms["align"], DenseAlignment) and aligned.terms["align"].rows == "objects"
+    assert aligned.weight_dict["align"] == 2.0
