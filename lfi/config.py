@@ -207,8 +207,12 @@ class OptimConfig:
 class TrainerConfig:
     """Arguments of lightning.Trainer (the subset lfi uses) and checkpointing.
 
-    checkpoint_every_n_steps: also write checkpoints/last.ckpt every N optimizer steps (None: every epoch
-    only). log_maps_every_n_epochs: TensorBoard figures of the interaction maps; 0 turns them off.
+    check_val_every_n_epoch: validate every N epochs; the final epoch is always validated.
+    sanity_val_steps: validation batches run before training as a check (Lightning's; 0 skips it).
+    checkpoint_every_n_epochs: write checkpoints/last.ckpt (full state, for --resume) every N epochs and after
+    the final one; each write stalls training, so runs of many short epochs may take N > 1 (a stopped run
+    then redoes up to N - 1 epochs). checkpoint_every_n_steps: also write it every N optimizer steps (None:
+    per epoch only). log_maps_every_n_epochs: TensorBoard figures of the interaction maps; 0 turns them off.
     """
 
     max_epochs: int = 50
@@ -223,9 +227,11 @@ class TrainerConfig:
     deterministic: bool = False
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
+    sanity_val_steps: int = 2
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
     enable_progress_bar: bool = True
+    checkpoint_every_n_epochs: int = 1
     checkpoint_every_n_steps: int | None = None
     log_maps_every_n_epochs: int = 1
 
@@ -381,6 +387,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "trainer.limit_train_batches": (0, None, False, True),
     "trainer.limit_val_batches": (0, None, True, True),
     "trainer.checkpoint_every_n_steps": (1, None, True, True),
+    "trainer.checkpoint_every_n_epochs": (1, None, True, True),
+    "trainer.sanity_val_steps": (0, None, True, True),
     "trainer.log_maps_every_n_epochs": (0, None, True, True),
 }
 
