@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
     parser.add_argument("--cache-dir", default="/tmp/lfi-cache")
     parser.add_argument("--runs", default="/tmp/lfi-throughput")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row"
+    )
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
