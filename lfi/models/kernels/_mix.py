@@ -225,15 +225,14 @@ def _mix_gate_bwd_kernel(
 
 
 @triton.jit
-def _head_scores_grads(DP, CF, b, h, H, tile, ok, N, p_a, p_v, d_a, d_v):
-    """Head h's dS_a, dS_v (fp32) and C_F on one tile of pairs, from the dP and C_F the gate kernel saved.
-
-    tile, ok: the pairs' offsets i N + j in an (N, N) map and their mask, in the caller's orientation (BM, BN)
-    or (BN, BM); p_a, p_v and the row statistics d_a, d_v broadcast to it."""
+def _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v):
+    """Head h's tile (BM, BN): dS_a, dS_v (fp32) and C_F, from the dP and C_F the gate kernel saved."""
+    tile = offs_m[:, None] * N + offs_n[None, :]
+    ok = (offs_m[:, None] < N) & (offs_n[None, :] < N)
     dp_a = tl.load(DP + (b * 2 * H + 2 * h) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
     dp_v = tl.load(DP + (b * 2 * H + 2 * h + 1) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
     cf = tl.load(CF + (b * H + h) * N * N + tile, mask=ok, other=0.0)
-    return p_a * (dp_a - d_a), p_v * (dp_v - d_v), cf
+    return p_a * (dp_a - d_a[:, None]), p_v * (dp_v - d_v[:, None]), cf
 
 
 @triton.jit
@@ -245,36 +244,25 @@ def _mix_dkdv_kernel(
 ):  # fmt: skip
     """dK, dV of one (batch, head, key tile), walking the query tiles. Grid: (cdiv(N, BN), B * H).
 
-    As FlashAttention-2's dK/dV pass, it works on transposed (BN, BM) tiles (P^T = exp2(K Q^T - lse)), so that
-    dV += C_F^T dO and dK += dS^T Q take no transpose of an fp32 tile. DK, DV: input dtype, strides sgb, sgh, sgn.
+    DK, DV: input dtype, strides sgb, sgh, sgn.
     """
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_d = tl.arange(0, D)
     bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
-    k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
+    kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
     dk = tl.zeros([BN, D], tl.float32)
     dv = tl.zeros([BN, D], tl.float32)
     for m0 in range(0, N, BM):
         offs_m = m0 + tl.arange(0, BM)
-        row = (b * H + h) * N + offs_m
-        m_ok = offs_m < N
-        qT = _load_cols(Q + b * sqb + h * sqh, offs_m, offs_d, N, sqn)
-        qiT = _load_cols(QI + b * sib + h * sih, offs_m, offs_d, N, sin)
-        do = _load_rows(DO + b * sdb + h * sdh, offs_m, offs_d, N, sdn)
-        lse_v = tl.load(LSE_V + row, mask=m_ok, other=float("inf"))
-        lse_a = tl.load(LSE_A + row, mask=m_ok, other=float("inf"))
-        p_v = tl.exp2(tl.dot(k, qT, input_precision=PREC) * scale_log2 + bias[:, None] - lse_v[None, :])
-        p_a = tl.exp2(tl.dot(k, qiT, input_precision=PREC) * scale_log2 + bias[:, None] - lse_a[None, :])
-        d_v = tl.load(D_V + row, mask=m_ok, other=0.0)
-        d_a = tl.load(D_A + row, mask=m_ok, other=0.0)
-        tile = offs_m[None, :] * N + offs_n[:, None]
-        ok = m_ok[None, :] & (offs_n[:, None] < N)
-        ds_a, ds_v, c = _head_scores_grads(DP, CF, b, h, H, tile, ok, N, p_a, p_v, d_a[None, :], d_v[None, :])
-        dv += tl.dot(c.to(do.dtype), do, input_precision=PREC)
-        dk += tl.dot(ds_v.to(qT.dtype), tl.trans(qT), input_precision=PREC)
-        dk += tl.dot(ds_a.to(qT.dtype), tl.trans(qiT), input_precision=PREC)
+        q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
+            N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
+        p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
+        ds_a, ds_v, c = _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v)
+        dv += tl.dot(tl.trans(c.to(do.dtype)), do, input_precision=PREC)
+        dk += tl.dot(tl.trans(ds_v.to(q.dtype)), q, input_precision=PREC)
+        dk += tl.dot(tl.trans(ds_a.to(q.dtype)), qi, input_precision=PREC)
     ptrs = b * sgb + h * sgh + offs_n[:, None] * sgn + offs_d[None, :]
     k_ok = offs_n[:, None] < N
     tl.store(DK + ptrs, (dk * scale).to(DK.dtype.element_ty), mask=k_ok)
@@ -308,9 +296,7 @@ def _mix_dq_kernel(
         k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
         kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
-        tile = offs_m[:, None] * N + offs_n[None, :]
-        ok = m_ok[:, None] & (offs_n[None, :] < N)
-        ds_a, ds_v, _ = _head_scores_grads(DP, CF, b, h, H, tile, ok, N, p_a, p_v, d_a[:, None], d_v[:, None])
+        ds_a, ds_v, _ = _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v)
         dq += tl.dot(ds_v.to(k.dtype), k, input_precision=PREC)
         dqi += tl.dot(ds_a.to(k.dtype), k, input_precision=PREC)
     ptrs = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]
