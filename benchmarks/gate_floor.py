@@ -3,8 +3,8 @@
 The gate of Eq. 5 runs at each of the B x N x N pairs of a layer. Whatever the attention kernel around it, the
 gate's own arithmetic has to happen at least twice: its forward for C_F, and its backward, with the weight
 gradients, for dP. (A backward also needs dP a second time, since the softmax gradient dS = P (dP - D) needs
-D = rowsum(P dP) over all keys first; the fused kernels get it back from the stored hidden activations, E values
-per pair, which is cheaper than a second full backward and is left out here.) So floor = forward + backward with
+D = rowsum(P dP) over all keys first; the fused kernels store dP (and C_F) of every pair, 3H values, which is
+cheaper than a second full backward and is left out here.) So floor = forward + backward with
 weight gradients; the backward without them is timed too, to show what the weight gradients cost.
 
 This script times exactly that arithmetic with nothing around it: no attention products, no softmax, no loads or

@@ -43,7 +43,7 @@ KERNEL_FUNCTIONS = {
     "dq": "_mix._mix_dq_kernel",
 }
 INPUT_POINTERS = {"Q", "QI", "K", "V", "DO", "OUT", "DK", "DV", "DQ", "DQI"}
-ACTIVATION_POINTERS = {"Z", "DU"}  # the mixing gate's saved per-pair activations
+ACTIVATION_POINTERS = {"DP", "CF"}  # what the mixing gate's backward saves per pair
 FLOAT_SCALARS = {"scale_log2", "scale"}
 INT_SCALARS = {"N", "H"}  # upper-case names are buffers, except these two
 TRITON_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -73,7 +73,7 @@ def constexpr_values(kernel: str, args: argparse.Namespace, blocks: dict) -> tup
 
 
 def pointer_type(name: str, dtype: torch.dtype) -> str:
-    """Element type of the buffer `name`: the inputs' dtype, the launcher's activation dtype for z/du, else fp32."""
+    """Element type of the buffer `name`: the inputs' dtype, the launcher's activation dtype for DP/CF, else fp32."""
     if name in INPUT_POINTERS:
         return TRITON_DTYPES[dtype]
     if name in ACTIVATION_POINTERS:

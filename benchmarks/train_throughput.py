@@ -4,12 +4,14 @@ For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen 
   step    img/s of one training step (forward + criterion + backward + AdamW) on synthetic tensors already on
           the device, bf16 autocast: the ceiling for this model;
   e2e     img/s of `lfi train` over a whole run on the real data: train images x epochs / wall time of the
-          fit, validation every epoch included, for each data path asked (`--paths device loader`: the GPU-
-          resident path of `lfi.data.gpu`, and the worker loaders decoding JPEGs).
+          fit, with its validations, checkpoint writes and sanity check (their cadence: the config's trainer.*
+          keys, or `--set`), for each data path asked (`--paths device loader`: the GPU-resident path of
+          `lfi.data.gpu`, and the worker loaders decoding JPEGs).
 The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart.
 
     python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
-        --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader]
+        --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader] \\
+        [--set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0]
     python benchmarks/train_throughput.py ... --cpu --limit-batches 2 --batch 32   # the CPU path, small
 """
 
@@ -113,6 +115,9 @@ def main() -> None:
     parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
     parser.add_argument("--cache-dir", default="/tmp/lfi-cache")
     parser.add_argument("--runs", default="/tmp/lfi-throughput")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row"
+    )
     args = parser.parse_args()
 
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
@@ -127,6 +132,7 @@ def main() -> None:
             *([f"teacher.store={args.store}"] if row == "ivit" else []),
             *([f"trainer.limit_train_batches={args.limit_batches}", "trainer.limit_val_batches=1", "data.test_limit=64"]
               if args.limit_batches else []),
+            *args.set,
         ]  # fmt: skip
         cfg = load_config(BASE, overrides)
         result = {"overrides": overrides, "step_img_s": round(step_rate(cfg, device, args.steps, 5), 1)}

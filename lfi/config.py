@@ -210,8 +210,12 @@ class OptimConfig:
 class TrainerConfig:
     """Arguments of lightning.Trainer (the subset lfi uses) and checkpointing.
 
-    checkpoint_every_n_steps: also write checkpoints/last.ckpt every N optimizer steps (None: every epoch
-    only). log_maps_every_n_epochs: TensorBoard figures of the interaction maps; 0 turns them off.
+    check_val_every_n_epoch: validate every N epochs; the final epoch is always validated.
+    sanity_val_steps: validation batches run before training as a check (Lightning's; 0 skips it).
+    checkpoint_every_n_epochs: write checkpoints/last.ckpt (full state, for --resume) every N epochs and after
+    the final one; each write stalls training, so runs of many short epochs may take N > 1 (a stopped run
+    then redoes up to N - 1 epochs). checkpoint_every_n_steps: also write it every N optimizer steps (None:
+    per epoch only). log_maps_every_n_epochs: TensorBoard figures of the interaction maps; 0 turns them off.
     """
 
     max_epochs: int = 50
@@ -226,9 +230,11 @@ class TrainerConfig:
     deterministic: bool = False
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
+    sanity_val_steps: int = 2
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
     enable_progress_bar: bool = True
+    checkpoint_every_n_epochs: int = 1
     checkpoint_every_n_steps: int | None = None
     log_maps_every_n_epochs: int = 1
 
@@ -401,6 +407,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "trainer.limit_train_batches": (0, _BIG, False, True),
     "trainer.limit_val_batches": (0, _BIG, True, True),
     "trainer.checkpoint_every_n_steps": (1, _BIG, True, True),
+    "trainer.checkpoint_every_n_epochs": (1, 100_000, True, True),
+    "trainer.sanity_val_steps": (0, 100_000, True, True),
     "trainer.log_maps_every_n_epochs": (0, 100_000, True, True),
 }
 MAX_SCALE = 8192  # data.scales, like data.max_size

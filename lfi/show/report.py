@@ -97,7 +97,8 @@ _POOLED_KEYS = {
     "seed", "experiment", "paper_row", "output_dir", "output_dir_allow_outside", "data.root", "data.cache_dir", "data.num_workers", "data.split_seed",
     "teacher.store", "trainer.accelerator", "trainer.devices", "trainer.strategy", "trainer.num_nodes",
     "trainer.precision", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-    "trainer.checkpoint_every_n_steps", "trainer.log_maps_every_n_epochs",
+    "trainer.checkpoint_every_n_steps", "trainer.checkpoint_every_n_epochs", "trainer.sanity_val_steps",
+    "trainer.log_maps_every_n_epochs",
 }  # fmt: skip
 # Paths of weights: the same file lives at different paths on different machines, so only set / not set counts.
 _PATH_KEYS = ("model.checkpoint", "loss.kd.checkpoint", "loss.kd.synsets")

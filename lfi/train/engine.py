@@ -220,11 +220,16 @@ def _backbone(model: nn.Module) -> nn.Module:
 
 class EpochCSV(L.Callback):
     """metrics.csv in the run folder: one row per epoch (epoch, step, every epoch-level train/ and val/
-    metric, lr, wall seconds since the run began, resumes included). A resumed run drops the rows of epochs
-    it redoes, then appends."""
+    metric, lr, wall seconds since the run began, resumes included; val/ only in the rows of epochs that
+    validated). A resumed run drops the rows of epochs it redoes, then appends."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.start = path, time.perf_counter()
+        self.validated = -1  # the last epoch that ran validation (Lightning keeps its val/ metrics after it)
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.validated = trainer.current_epoch
 
     def state_dict(self) -> dict[str, float]:
         return {"wall_s": time.perf_counter() - self.start}
@@ -245,7 +250,7 @@ class EpochCSV(L.Callback):
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row |= {k: round(v, 6) for k, v in module.epoch_losses().items()}
         for key, value in trainer.callback_metrics.items():
-            if key.startswith("val/"):
+            if key.startswith("val/") and self.validated == trainer.current_epoch:
                 row[key] = round(float(value), 6)
         groups = trainer.optimizers[0].param_groups
         row |= {f"lr/{g['name']}": g["lr"] for g in groups if not g.get("name", "").endswith("_no_decay")}
@@ -266,18 +271,47 @@ class EpochCSV(L.Callback):
             writer.writerows(rows)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """checkpoints/last.ckpt (full state, for --resume) at the end of every `period`-th epoch and of the final
+    one (max_epochs). A write stalls training (the whole state leaves the GPU), so short epochs may take a
+    longer period; a run stopped in between resumes from the last written one, exactly as from any other."""
+
+    def __init__(self, dirpath: Path, period: int) -> None:
+        # the arguments (hence Lightning's state key) of the every-epoch checkpoint: old runs resume
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, every_n_epochs=1,
+                         save_on_train_epoch_end=True, enable_version_counter=False)  # fmt: skip
+        self.period = period
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.period == 0 or epoch == trainer.max_epochs:
+            super().on_train_epoch_end(trainer, module)
+
+
+class ValidateFinalEpoch(L.Callback):
+    """Validation every trainer.check_val_every_n_epoch epochs, and always after the final one (max_epochs),
+    which Lightning alone skips when max_epochs is not a multiple of the period."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 == trainer.max_epochs:
+            trainer.check_val_every_n_epoch = 1
+
+
 def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | None = None) -> L.Trainer:
-    """A Trainer writing the run folder: checkpoints/last.ckpt every epoch (and every
-    trainer.checkpoint_every_n_steps), checkpoints/best.ckpt by val/{monitor}, metrics.csv, tb/."""
+    """A Trainer writing the run folder: checkpoints/last.ckpt every trainer.checkpoint_every_n_epochs epochs,
+    after the final one (and every trainer.checkpoint_every_n_steps), best-epoch=N.ckpt (weights only) by
+    val/{monitor}, metrics.csv, tb/. Validation every trainer.check_val_every_n_epoch epochs and after the
+    final one; trainer.sanity_val_steps validation batches before training (0: none)."""
     t = cfg.trainer
-    last = ModelCheckpoint(dirpath=files.checkpoints, filename="last", save_top_k=1, every_n_epochs=1,
-                           enable_version_counter=False)  # fmt: skip
+    last = LastCheckpoint(files.checkpoints, t.checkpoint_every_n_epochs)
+    # weights only: --resume reads last.ckpt, and the optimizer's state would double or triple every write
     best = ModelCheckpoint(dirpath=files.checkpoints, filename="best-{epoch:03d}", monitor=f"val/{monitor}", mode="max",
-                           save_top_k=1, enable_version_counter=False)  # fmt: skip
+                           save_top_k=1, save_weights_only=True, enable_version_counter=False)  # fmt: skip
     extra = []
     if t.checkpoint_every_n_steps:
         extra.append(ModelCheckpoint(dirpath=files.checkpoints, filename="last", every_n_train_steps=t.checkpoint_every_n_steps,
                                      save_top_k=1, enable_version_counter=False))  # fmt: skip
+    ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv)]
     return L.Trainer(
         default_root_dir=files.root,
         max_epochs=t.max_epochs,
@@ -292,13 +326,14 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
         deterministic=t.deterministic,
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
+        num_sanity_val_steps=t.sanity_val_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # LfiDataModule shards by rank itself (exact resume needs its sampler)
         logger=TensorBoardLogger(files.root, name="tb", version="", default_hp_metric=False),
-        callbacks=[last, best, *extra, LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *(callbacks or [])],
+        callbacks=[*ours, *(callbacks or [])],
     )
 
 

@@ -3,11 +3,13 @@
 
     runs/<experiment>/
         config.yaml          the resolved config (`lfi train config.yaml` runs it again)
-        metrics.csv          one row per epoch: epoch, step, train/{task,align,kd,aux,loss}, val/{...}, lr, wall_s
+        metrics.csv          one row per epoch: epoch, step, train/{task,align,kd,aux,loss}, val/{...} (epochs
+                             that validated), lr, wall_s
         metrics.json         final metrics: task, teacher, variant, seed, classes, epochs, best_val and
                              best_epoch (on the validation split), test (each test set's metrics), timings
         model.safetensors    the final student weights (no pickle)
-        checkpoints/         last.ckpt (every epoch; full state for --resume), best-epoch=NNN.ckpt
+        checkpoints/         last.ckpt (every trainer.checkpoint_every_n_epochs epochs and after the last; full
+                             state for --resume), best-epoch=NNN.ckpt (weights only)
         tb/                  TensorBoard events (per-step losses, learning rates, map figures)
         .lock                held (flock) by the one `lfi train` writing the folder; holds its pid
 

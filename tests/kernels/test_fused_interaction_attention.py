@@ -97,16 +97,16 @@ def test_float32_mixing_gate_beyond_eight_heads_is_refused():
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_mixing_gate_activations_beyond_32_bit_offsets_are_refused():
-    """The backward saves B x E x N x N gate activations, indexed with 32-bit offsets: a batch that would
-    overflow them is refused (the reference path takes it), one just below is not. Meta tensors: no memory."""
+    """The backward saves dP of both maps per pair, B x 2H x N x N values indexed with 32-bit offsets: a batch
+    that would overflow them is refused (the reference path takes it), one just below is not. Meta tensors."""
     gate = GateWeights(torch.zeros(8, 16), torch.zeros(8), torch.zeros(16, 8), torch.zeros(16))
 
     def reason(batch: int) -> str | None:
         q, k, v, qi = (torch.empty(batch, 8, 4000, 32, device="meta", dtype=torch.bfloat16) for _ in range(4))
         return fused_unsupported_reason(q, k, v, 0.2, qi, gate, dispatch=False)
 
-    assert reason(16) is None  # 16 x 8 x 4000^2 = 2.05e9 < 2^31
-    assert "32-bit" in reason(17)
+    assert reason(8) is None  # 8 x 16 x 4000^2 = 2.05e9 < 2^31
+    assert "32-bit" in reason(9)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")

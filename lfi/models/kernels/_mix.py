@@ -20,14 +20,15 @@ probabilities, so the softmax cannot be online).
 Backward, three kernels (notation of `_triton`):
   `_mix_gate_bwd_kernel`, one program per (batch, query tile), all heads: recomputes P, dC_F = dO V^T and the
       gate, and from them dt, du = dL/du and dP_c = dC_F g_c + n_b W1^T du; it sums the row statistics
-      D_c = rowsum(P_c dP_c), the gate weights' gradients (matrix products over the pairs), and writes the
-      gate's activations z = gelu(u) and du of each pair, (B, E, N, N), for the other two kernels.
+      D_c = rowsum(P_c dP_c), the gate weights' gradients (matrix products over the pairs), and writes dP_c
+      (B, 2H, N, N) and C_F (B, H, N, N) of each pair for the other two kernels.
   `_mix_dkdv_kernel`, one program per (batch, head, key tile) as in FlashAttention-2, and `_mix_dq_kernel`,
-      one per (batch, head, query tile): each recomputes P and dC_F, reads z and du to get
-      g_c = sigmoid(w2[c] z + b2[c]) and n_b W1^T du for its head alone, forms dS_c = P_c (dP_c - D_c), and
-      accumulates dK, dV (resp. dQ, dQ_int) in registers: every gradient row is written once, no atomics.
-  The (B, E, N, N) activations are the only pairwise tensor: E values per pair (not H), in the backward
-  only, one layer at a time.
+      one per (batch, head, query tile): each recomputes P, reads its head's dP_a, dP_v (and C_F for dV),
+      forms dS_c = P_c (dP_c - D_c), and accumulates dK, dV (resp. dQ, dQ_int) in registers: every gradient
+      row is written once, no atomics. Neither touches the gate nor recomputes dC_F = dO V^T: the gate kernel
+      already has both (saving E hidden values per pair instead and rebuilding g and W1^T du per head cost
+      2E loads, 4E multiply-adds, two sigmoids and the dO V^T product per pair and head in each kernel).
+  dP and C_F are the only pairwise tensors: 3H values per pair, in the backward only, one layer at a time.
 """
 
 from __future__ import annotations
@@ -151,15 +152,16 @@ def _mix_fwd_kernel(
 
 @triton.jit
 def _mix_gate_bwd_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, DO, D_V, D_A, Z, DU, DW,
+    Q, QI, K, V, KB, LSE_V, LSE_A, W1T, B1, W2T, B2, DO, D_V, D_A, DP, CF, DW,
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn,
     N, H, scale_log2,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
+    HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
 ):  # fmt: skip
     """The gate's backward for one (batch, query tile), every head. Grid: (cdiv(N, BM), B).
 
-    Writes D_V, D_A (B, H, N); Z, DU (B, E, N, N) (contiguous); and this program's row of DW
+    Writes D_V, D_A (B, H, N); DP (B, 2H, N, N) (channel 2h: dP_a of head h, 2h + 1: dP_v) and CF (B, H, N, N),
+    both contiguous; and this program's row of DW
     (B, cdiv(N, BM), 2 * 2HP * EP + EP + 2HP): dw1t (2HP, EP) (the gradient of this batch element's W1T),
     dw2t (EP, 2HP), db1 (EP,), db2 (2HP,).
     """
@@ -168,6 +170,7 @@ def _mix_gate_bwd_kernel(
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
     offs_e = tl.arange(0, EP)
+    offs_c = tl.arange(0, 2 * HP)
     offs_p = tl.arange(0, BM * BN)  # pair p = (query p // BN, key p % BN) of the tile
     q3 = _heads_rows(Q, b, offs_h, offs_m, offs_d, N, H, sqb, sqh, sqn)
     qi3 = _heads_rows(QI, b, offs_h, offs_m, offs_d, N, H, sib, sih, sin)
@@ -182,8 +185,6 @@ def _mix_gate_bwd_kernel(
     db1 = tl.zeros([EP], tl.float32)
     db2 = tl.zeros([2 * HP], tl.float32)
     pair_m = pid_m * BM + offs_p // BN
-    unit = offs_e // ES  # hidden unit of each column (real where offs_e % ES == 0 and unit < E)
-    real_unit = (offs_e % ES == 0) & (unit < E)
     for n0 in range(0, N, BN):
         offs_n = n0 + tl.arange(0, BN)
         bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
@@ -202,17 +203,20 @@ def _mix_gate_bwd_kernel(
         dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC_G)
         db1 += tl.sum(du, 0)
         db2 += tl.sum(dt, 0)
-        pair_n = n0 + offs_p % BN
-        ptrs = ((b * E + unit[None, :]) * N + pair_m[:, None]) * N + pair_n[:, None]
-        ok = (pair_m[:, None] < N) & (pair_n[:, None] < N) & real_unit[None, :]
-        tl.store(Z + ptrs, z.to(Z.dtype.element_ty), mask=ok)
-        tl.store(DU + ptrs, du.to(DU.dtype.element_ty), mask=ok)
+        # what the dK/dV and dQ kernels need of each pair: dP of both maps and C_F (summed in-thread: a
+        # matrix-unit tile gives each thread column pairs, i.e. both maps of a head)
+        cf = tl.sum(tl.reshape(g * x, (BM * BN, HP, 2)), 2)
+        pair = pair_m[:, None] * N + (n0 + offs_p % BN)[:, None]
+        pair_ok = (pair_m[:, None] < N) & ((n0 + offs_p % BN)[:, None] < N)
+        ok = pair_ok & (offs_c[None, :] < 2 * H)
+        tl.store(DP + (b * 2 * H + offs_c[None, :]) * N * N + pair, dp.to(DP.dtype.element_ty), mask=ok)
+        ok = pair_ok & (offs_h[None, :] < H)
+        tl.store(CF + (b * H + offs_h[None, :]) * N * N + pair, cf.to(CF.dtype.element_ty), mask=ok)
     d_a, d_v = tl.split(tl.reshape(rowstat, (BM, HP, 2)))
     rows = (b * H + offs_h[None, :]) * N + offs_m[:, None]
     ok = (offs_h[None, :] < H) & (offs_m[:, None] < N)
     tl.store(D_A + rows, d_a, mask=ok)
     tl.store(D_V + rows, d_v, mask=ok)
-    offs_c = tl.arange(0, 2 * HP)
     w_row = DW + (b * tl.num_programs(0) + pid_m) * (4 * HP * EP + EP + 2 * HP)
     tl.store(w_row + offs_c[:, None] * EP + offs_e[None, :], dw1t)
     tl.store(w_row + 2 * HP * EP + offs_e[:, None] * (2 * HP) + offs_c[None, :], dw2t)
@@ -221,44 +225,22 @@ def _mix_gate_bwd_kernel(
 
 
 @triton.jit
-def _head_scores_grads(Z, DU, W1T, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                       E: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr):  # fmt: skip
-    """Head h's tile (BM, BN): dS_a, dS_v (fp32) and C_F, from the gate's saved z and du of the pairs.
-
-    W1T: batch element b's copy (the caller adds b * sw1b).
-
-    Z, DU are (B, E, N, N): each hidden unit e is a 2D tile, so that the E-term sums below are plain
-    element-wise FMAs in the tile's own layout (a (BM, BN, E) tensor reduced over E is far slower in Triton).
-    """
+def _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v):
+    """Head h's tile (BM, BN): dS_a, dS_v (fp32) and C_F, from the dP and C_F the gate kernel saved."""
     tile = offs_m[:, None] * N + offs_n[None, :]
     ok = (offs_m[:, None] < N) & (offs_n[None, :] < N)
-    t_a = tl.zeros(p_a.shape, tl.float32) + tl.load(B2 + 2 * h)
-    t_v = tl.zeros(p_a.shape, tl.float32) + tl.load(B2 + 2 * h + 1)
-    dx_a = tl.zeros(p_a.shape, tl.float32)
-    dx_v = tl.zeros(p_a.shape, tl.float32)
-    for e in tl.static_range(E):
-        z = tl.load(Z + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
-        du = tl.load(DU + (b * E + e) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
-        # W1T row 2h (2h + 1) holds n_b w1[:, C_AGT (C_VFM) of head h]; W2T column 2h (2h + 1) holds w2's rows;
-        # hidden unit e is column (row) ES e
-        t_a += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h)
-        t_v += z * tl.load(W2T + (ES * e) * (2 * HP) + 2 * h + 1)
-        dx_a += du * tl.load(W1T + (2 * h) * EP + ES * e)
-        dx_v += du * tl.load(W1T + (2 * h + 1) * EP + ES * e)
-    g_a = tl.sigmoid(t_a)
-    g_v = tl.sigmoid(t_v)
-    ds_a = p_a * (dcf * g_a + dx_a - d_a[:, None])
-    ds_v = p_v * (dcf * g_v + dx_v - d_v[:, None])
-    return ds_a, ds_v, g_a * p_a + g_v * p_v
+    dp_a = tl.load(DP + (b * 2 * H + 2 * h) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
+    dp_v = tl.load(DP + (b * 2 * H + 2 * h + 1) * N * N + tile, mask=ok, other=0.0).to(tl.float32)
+    cf = tl.load(CF + (b * H + h) * N * N + tile, mask=ok, other=0.0)
+    return p_a * (dp_a - d_a[:, None]), p_v * (dp_v - d_v[:, None]), cf
 
 
 @triton.jit
 def _mix_dkdv_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DK, DV,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn, sgb, sgh, sgn,
+    Q, QI, K, KB, LSE_V, LSE_A, DO, D_V, D_A, DP, CF, DK, DV,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+    HAS_KB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """dK, dV of one (batch, head, key tile), walking the query tiles. Grid: (cdiv(N, BN), B * H).
 
@@ -270,7 +252,6 @@ def _mix_dkdv_kernel(
     offs_d = tl.arange(0, D)
     bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
     kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-    vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
     dk = tl.zeros([BN, D], tl.float32)
     dv = tl.zeros([BN, D], tl.float32)
     for m0 in range(0, N, BM):
@@ -278,9 +259,7 @@ def _mix_dkdv_kernel(
         q, qi, do, lse_v, lse_a, d_v, d_a = _query_tile(Q, QI, DO, LSE_V, LSE_A, D_V, D_A, b, h, H, offs_m, offs_d,
             N, sqb, sqh, sqn, sib, sih, sin, sdb, sdh, sdn)  # fmt: skip
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
-        dcf = tl.dot(do, vT, input_precision=PREC)
-        ds_a, ds_v, c = _head_scores_grads(Z, DU, W1T + b * sw1b, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                                           E, HP, EP, ES)  # fmt: skip
+        ds_a, ds_v, c = _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v)
         dv += tl.dot(tl.trans(c.to(do.dtype)), do, input_precision=PREC)
         dk += tl.dot(tl.trans(ds_v.to(q.dtype)), q, input_precision=PREC)
         dk += tl.dot(tl.trans(ds_a.to(q.dtype)), qi, input_precision=PREC)
@@ -292,11 +271,10 @@ def _mix_dkdv_kernel(
 
 @triton.jit
 def _mix_dq_kernel(
-    Q, QI, K, V, KB, LSE_V, LSE_A, W1T, W2T, B2, DO, D_V, D_A, Z, DU, DQ, DQI,
-    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn, sgb, sgh, sgn,
+    Q, QI, K, KB, LSE_V, LSE_A, DO, D_V, D_A, DP, CF, DQ, DQI,
+    sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, skbb, sdb, sdh, sdn, sgb, sgh, sgn,
     N, H, scale_log2, scale,
-    E: tl.constexpr, HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+    HAS_KB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """dQ, dQ_int of one (batch, head, query tile), walking the key tiles. Grid: (cdiv(N, BM), B * H).
 
@@ -317,11 +295,8 @@ def _mix_dq_kernel(
         bias = _key_bias(KB, b, offs_n, N, skbb, HAS_KB)
         k = _load_rows(K + b * skb + h * skh, offs_n, offs_d, N, skn)
         kT = _load_cols(K + b * skb + h * skh, offs_n, offs_d, N, skn)
-        vT = _load_cols(V + b * svb + h * svh, offs_n, offs_d, N, svn)
         p_v, p_a = _probs(q, qi, kT, bias, lse_v, lse_a, scale_log2, PREC)
-        dcf = tl.dot(do, vT, input_precision=PREC)
-        ds_a, ds_v, _ = _head_scores_grads(Z, DU, W1T + b * sw1b, W2T, B2, b, h, offs_m, offs_n, N, p_a, p_v, dcf, d_a, d_v,
-                                           E, HP, EP, ES)  # fmt: skip
+        ds_a, ds_v, _ = _head_scores_grads(DP, CF, b, h, H, offs_m, offs_n, N, p_a, p_v, d_a, d_v)
         dq += tl.dot(ds_v.to(k.dtype), k, input_precision=PREC)
         dqi += tl.dot(ds_a.to(k.dtype), k, input_precision=PREC)
     ptrs = b * sgb + h * sgh + offs_m[:, None] * sgn + offs_d[None, :]

@@ -1,9 +1,9 @@
 """Fused interaction attention: the Triton kernels behind `interaction_attention`'s exact signature.
 
 `fused_interaction_attention` computes what `lfi.models.interaction_attention.interaction_attention` computes
-for a gated layer (same arguments, same outputs, gradients for q, k, v, q_int and the gate weights) without any
-B x H x N x N tensor in device memory (the gate's backward keeps its hidden activations, B x E x N x N, for one
-layer at a time). Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
+for a gated layer (same arguments, same outputs, gradients for q, k, v, q_int and the gate weights) without
+keeping any pairwise tensor across the forward and backward (the backward alone holds dP of both maps and C_F,
+B x 3H x N x N, for one layer at a time). Requested maps are limited to their first rows (MapRequest(rows=k)); those rows are
 recomputed in plain torch by `interaction_maps` (cheap, and their gradients flow through autograd).
 
 `fused_unsupported_reason` says which calls the kernels take. Which layers use them is decided when a layer
@@ -102,10 +102,10 @@ def fused_unsupported_reason(
         return f"gate hidden width {hidden} > {MAX_GATE_HIDDEN}"
     if heads > MAX_MIX_HEADS:
         return f"{heads} heads > {MAX_MIX_HEADS}"
-    activations = q.shape[0] * hidden * k.shape[2] ** 2
+    activations = q.shape[0] * 2 * heads * k.shape[2] ** 2
     if activations >= 2**31:
         return (
-            f"the gate's saved activations (batch x hidden x N^2 = {activations:,} values) exceed the kernels'"
+            f"the backward's per-pair dP (batch x 2 heads x N^2 = {activations:,} values) exceeds the kernels'"
             " 32-bit offsets (split the batch)"
         )
     if q.dtype == torch.float32 and heads > MAX_MIX_HEADS_FP32:
@@ -307,40 +307,38 @@ def _forward(run: _Launch, q, k, v, qi, hidden: int, mix_weights):
 
 
 def _backward(run: _Launch, q, k, v, qi, hidden: int, keys, mix_weights, lse_v, lse_a, do):
-    """The gate kernel (row statistics, gate gradients, z and du per pair), then the dK/dV and the dQ kernels.
+    """The gate kernel (row statistics, gate gradients, dP and C_F per pair), then the dK/dV and the dQ kernels.
     -> (dq, dk, dv, dqi) (B, N, H, d) in the input dtype, the gate weights' gradients (fp32)."""
     B, H, N, D = q.shape
     hp, ep, es = _mix_meta(H, hidden)
-    w1t, b1p, w2t, b2p = mix_weights
     d_v = torch.empty((B, H, N), device=run.device, dtype=torch.float32)
     d_a = torch.empty_like(d_v)
-    # the gate's activations per pair: bf16 for bf16/fp16 inputs (fp32 copies made the I-ViT-S step ~1.9x
-    # slower, H200), fp32 for fp32 inputs (tests hold those to 1e-4)
+    # per pair: dP of both maps and C_F, bf16 for bf16/fp16 inputs (fp32 copies of the gate's activations made
+    # the I-ViT-S step ~1.9x slower, H200), fp32 for fp32 inputs (tests hold those to 1e-4)
     act_dtype = torch.float32 if q.dtype == torch.float32 else torch.bfloat16
-    z = torch.empty((B, hidden, N, N), device=run.device, dtype=act_dtype)
-    du = torch.empty_like(z)
+    dp = torch.empty((B, 2 * H, N, N), device=run.device, dtype=act_dtype)
+    cf = torch.empty((B, H, N, N), device=run.device, dtype=act_dtype)
     bm, bn, launch = _blocks("gate_bwd")
     grid = (triton.cdiv(N, bm), B)
     dw = torch.empty((B, grid[0], 4 * hp * ep + ep + 2 * hp), device=run.device, dtype=torch.float32)
-    strides = (*_bhn(q), *_bhn(qi), *_bhn(k), *_bhn(v), run.skbb, run.sw1b, *_bhn(do))
     _mix._mix_gate_bwd_kernel[grid](
-        q, qi, k, v, run.kb, lse_v, lse_a, w1t, b1p, w2t, b2p, do, d_v, d_a, z, du, dw, *strides,
-        N, H, run.scale_log2, E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, BM=bm, BN=bn, D=D,
-        PREC=run.prec, PREC_G=run.prec, **launch,
+        q, qi, k, v, run.kb, lse_v, lse_a, *mix_weights, do, d_v, d_a, dp, cf, dw, *_bhn(q), *_bhn(qi),
+        *_bhn(k), *_bhn(v), run.skbb, run.sw1b, *_bhn(do), N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp,
+        EP=ep, ES=es, BM=bm, BN=bn, D=D, PREC=run.prec, PREC_G=run.prec, **launch,
     )  # fmt: skip
     dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
     dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
-    launch_args = (*strides, dk.stride(0), dk.stride(2), dk.stride(1), N, H, run.scale_log2, run.scale)
-    consts = dict(E=hidden, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, D=D, PREC=run.prec)
+    strides = (*_bhn(q), *_bhn(qi), *_bhn(k), run.skbb, *_bhn(do), dk.stride(0), dk.stride(2), dk.stride(1))
+    tail = (N, H, run.scale_log2, run.scale)
     bm, bn, launch = _blocks("dkdv")
     _mix._mix_dkdv_kernel[(triton.cdiv(N, bn), B * H)](
-        q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dk, dv, *launch_args,
-        BM=bm, BN=bn, **launch, **consts,
+        q, qi, k, run.kb, lse_v, lse_a, do, d_v, d_a, dp, cf, dk, dv, *strides, *tail,
+        HAS_KB=run.has_kb, BM=bm, BN=bn, D=D, PREC=run.prec, **launch,
     )  # fmt: skip
     bm, bn, launch = _blocks("dq")
     _mix._mix_dq_kernel[(triton.cdiv(N, bm), B * H)](
-        q, qi, k, v, run.kb, lse_v, lse_a, w1t, w2t, b2p, do, d_v, d_a, z, du, dq, dqi, *launch_args,
-        BM=bm, BN=bn, **launch, **consts,
+        q, qi, k, run.kb, lse_v, lse_a, do, d_v, d_a, dp, cf, dq, dqi, *strides, *tail,
+        HAS_KB=run.has_kb, BM=bm, BN=bn, D=D, PREC=run.prec, **launch,
     )  # fmt: skip
     return (dq, dk, dv, dqi), _mix_weight_grads(dw, H, hidden, keys)
 
