@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -437,6 +438,27 @@ def check_ranges(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: 'data.scales' must be a non-empty list of sizes >= 1, got {cfg.data.scales}")
 
 
+def patch_size_of(model: ModelConfig) -> int | None:
+    """The classifier's patch side, from model.timm_kwargs.patch_size or a timm name's 'patchN' (None: unknown)."""
+    size = model.timm_kwargs.get("patch_size")
+    if size is None:
+        found = re.search(r"patch(\d+)", model.name)
+        size = int(found.group(1)) if found else None
+    return size if isinstance(size, int) else None
+
+
+def check_patch_multiple(img_size: int, patch: int, origin: str) -> None:
+    """data.img_size must be a multiple of the patch: timm's patch embedding silently drops the remainder
+    (e.g. 60 px with 16 px patches ignores 36% of each image and misaligns the teacher's maps)."""
+    if img_size % patch:
+        low, high = img_size // patch * patch, (img_size // patch + 1) * patch
+        nearest = f"{low} or {high}" if low else str(high)
+        raise ConfigError(
+            f"{origin}: 'data.img_size'={img_size} is not a multiple of the model's patch size {patch}; "
+            f"use {nearest}"
+        )
+
+
 def check_run_folder(cfg: Config, origin: str) -> None:
     """The run folder stays inside output_dir: experiment is a relative path without '..'."""
     parts = PurePath(cfg.experiment).parts
@@ -495,6 +517,9 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":
         raise ConfigError(f"{origin}: 'loss.kd_weight' applies to classification only")
+    patch = patch_size_of(cfg.model) if not dense else None
+    if patch:
+        check_patch_multiple(cfg.data.img_size, patch, origin)
     return cfg
 
 
