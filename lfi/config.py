@@ -155,6 +155,9 @@ class DataConfig:
     training (and "id" test) images, another class's on the rest; test sets "id", "ood" (cue independent of
     the class) and "clean" (no cue); None = no cue; needs classes_subset <= 20 (one colour per class).
     shortcut_width: the band's thickness, a share of the image side (0.1875: 12 px of 64).
+    skip_failed: leave out of training (and of a validation split held out of it) the images listed in
+    teacher.store's failed.jsonl (those `lfi extract --on-error skip` could not read), matched by their
+    dataset-relative path; false: such an image stops training with one line naming it.
     """
 
     dataset: str = "tinyimagenet"
@@ -184,6 +187,7 @@ class DataConfig:
     classes_subset: int | None = None
     shortcut: float | None = None
     shortcut_width: float = 0.1875
+    skip_failed: bool = False
 
 
 @dataclass
@@ -513,6 +517,8 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         )
     if dense and cfg.teacher.source == "masks" and cfg.data.dataset != "coco":
         raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
+    if d.skip_failed and cfg.teacher.store is None:
+        raise ConfigError(f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'")
     if cfg.data.gpu_pipeline and dense:
         raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":
