@@ -481,7 +481,7 @@ def convergence_for(table: str, groups: Sequence[Group], out: Path, threshold: f
     ]
     if not curves:
         return None
-    path = out.parent / "figures" / f"table{table}_convergence.png"
+    path = out.parent / "figures" / f"{out.stem}_table{table}_convergence.png"  # two reports in one folder: two files
     title = f"{TABLE_TITLES[table].split('.')[0]}: {column} per epoch"
     unit = " (%)" if column.endswith("acc1") else ""
     convergence_figure(curves, threshold=threshold, ylabel=column + unit, title=title, path=path)

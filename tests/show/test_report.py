@@ -125,8 +125,8 @@ def test_report_tables_pool_seeds_name_teachers_and_show_the_paper(runs: list[Pa
     assert "| w/ C_VLM, Conditional-DETR-R50 | llava | 40.00 | - | 30.00 | 50.00 | 40.90 | 4.90 |" in table7
     assert "COCO 2017, 10% of train" in table7
     # Table 1's runs with a metrics.csv get a convergence figure, linked relative to the report
-    assert "![convergence of these runs](figures/table1_convergence.png)" in table1
-    assert (out.parent / "figures" / "table1_convergence.png").stat().st_size > 1000
+    assert "![convergence of these runs](figures/report_table1_convergence.png)" in table1
+    assert (out.parent / "figures" / "report_table1_convergence.png").stat().st_size > 1000
     assert "figures/table4" not in text  # no metrics.csv, no figure
 
 
@@ -139,7 +139,7 @@ def test_report_of_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     row = next(line for line in other.splitlines() if line.startswith("| I-ViT-Ti/8 | oracle |"))
     assert row.endswith(f"| 32 | 2 | 16 | 0 | {params / 1e3:.1f}k |")
-    assert "![convergence of these runs](figures/tableother_convergence.png)" in other
+    assert "![convergence of these runs](figures/r_tableother_convergence.png)" in other
 
 
 def test_mean_std_counts_the_defined_values() -> None:
