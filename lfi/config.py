@@ -142,8 +142,8 @@ class DataConfig:
     gpu_pipeline: classification on a GPU: images decoded once into a uint8 cache (cache_dir, default
     $LFI_CACHE or ~/.cache/lfi), kept on the device with the maps and augmented per batch there
     (`lfi.data.gpu`); None = on whenever the run is on a GPU.
-    img_size: classification input side (the model is built for it). scales / max_size: detection's
-    multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
+    img_size: classification input side (the model is built for it; detection refuses it). scales / max_size:
+    detection's multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
     splits; year: VOC.
     Your own data (paths relative to the working directory; folders or zips): dataset 'imagefolder' reads
     train_dir (one sub-folder of images per class), val_dir (or val_fraction > 0 alone) and test_dirs {name:
@@ -519,6 +519,11 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
     if d.skip_failed and cfg.teacher.store is None:
         raise ConfigError(f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'")
+    if dense and cfg.data.img_size != DataConfig.img_size:  # ignored by detection: refuse rather than mislead
+        raise ConfigError(
+            f"{origin}: 'data.img_size' is for classification; {cfg.task} resizes each image by 'data.scales' "
+            "(shorter side) and 'data.max_size' (longer side), e.g. data.scales=[256] data.max_size=384 on a CPU"
+        )
     if cfg.data.gpu_pipeline and dense:
         raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":

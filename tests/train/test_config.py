@@ -144,3 +144,11 @@ def test_img_size_is_checked_against_the_built_model():
     cfg.data.img_size = 40  # as if the name had not told the patch size
     with pytest.raises(ConfigError, match="'data.img_size'=40 is not a multiple of the model's patch size 16; use 32 or 48"):
         build_model(cfg, 3)
+
+
+def test_img_size_is_refused_for_detection_with_the_keys_it_uses():
+    """Issue 33 item 3: detection ignored data.img_size (the README's CPU advice reached 13 GB)."""
+    detr = ["task=detection", "model.name=detr", "data.dataset=coco"]
+    with pytest.raises(ConfigError, match=r"'data.img_size' is for classification; detection resizes .* 'data.scales'"):
+        load_config(None, [*detr, "data.img_size=64"])
+    assert load_config(None, [*detr, "data.scales=[256]", "data.max_size=384"]).data.max_size == 384
