@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import struct
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as _pkg_metadata
@@ -32,10 +31,6 @@ TMP_PREFIX = ".tmp-"
 LOCK_FILE = ".lock"
 FAILED_FILE = "failed.jsonl"
 TENSORS = ("maps", "hw", "valid", "empty")
-#: store.json fields written once at creation: a random uid (so two stores written with the same settings
-#: still differ, and a shard copied from one into the other is caught) and the digest of every other field
-#: (so an edit of store.json is caught even in a store without shards). Stores written before them have neither.
-IDENTITY = ("store_uid", "store_id")
 
 
 class StoreMetadataError(ValueError):
@@ -78,43 +73,6 @@ def read_metadata(root: Path | str) -> dict[str, Any]:
             "extract again into a new store folder"
         )
     return meta
-
-
-def identity_digest(meta: dict[str, Any]) -> str:
-    """sha256 (16 hex) of every store.json field but `store_id` itself."""
-    fields = {k: v for k, v in meta.items() if k != "store_id"}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def with_identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """`meta` with a new store's identity fields (`IDENTITY`): call once, when a store is created."""
-    meta = {k: v for k, v in meta.items() if k not in IDENTITY} | {"store_uid": uuid.uuid4().hex}
-    return meta | {"store_id": identity_digest(meta)}
-
-
-def identity_problem(meta: dict[str, Any], path: Path) -> str | None:
-    """Why store.json at `path` is not the one its store was created with, or None (also for a store written
-    before identities, which has no `store_id`)."""
-    if "store_id" not in meta or meta["store_id"] == identity_digest(meta):
-        return None
-    return (
-        f"{path}: field 'store_id' {meta['store_id']!r} does not match the other fields (digest "
-        f"{identity_digest(meta)!r}): store.json was edited after the store was written; put the original back "
-        f"(or delete it and run `lfi store compact {path.parent}`, which rewrites it from the shards' copy)"
-    )
-
-
-def metadata_differences(ours: dict[str, Any], theirs: dict[str, Any], our_name: str, their_name: str) -> list[str]:
-    """One line per field that two metadata dicts (JSON-normalised) disagree on, naming both values."""
-
-    def shown(meta: dict[str, Any], key: str) -> str:
-        return repr(meta[key]) if key in meta else "no such field"
-
-    return [
-        f"field {k!r}: {our_name} has {shown(ours, k)}, {their_name} has {shown(theirs, k)}"
-        for k in sorted(set(ours) | set(theirs))
-        if k not in ours or k not in theirs or ours[k] != theirs[k]
-    ]
 
 
 def shard_paths(root: Path | str) -> list[Path]:

@@ -41,16 +41,13 @@ from safetensors.torch import save
 
 from lfi.extract.layout import (
     FORMAT,
-    IDENTITY,
     SHARD_DIR,
     SHARD_SUFFIX,
     TMP_PREFIX,
     StoreCorruptError,
     StoreMetadataError,
     fsync_write,
-    identity_problem,
     lfi_version,
-    metadata_differences,
     metadata_path,
     parse_header,
     read_failures,
@@ -62,7 +59,6 @@ from lfi.extract.layout import (
     stale_tmp_paths,
     store_lock,
     summarize,
-    with_identity,
 )
 
 __all__ = [
@@ -186,8 +182,7 @@ class StoreWriter:
         flush_seconds: float = 120.0,
     ) -> None:
         self.root = Path(root)
-        settings = {k: v for k, v in metadata.items() if k not in IDENTITY}
-        self.metadata = _jsonable({**settings, "format": FORMAT, "lfi_version": lfi_version()})
+        self.metadata = _jsonable({**metadata, "format": FORMAT, "lfi_version": lfi_version()})
         if "grid" not in self.metadata:
             raise ValueError("store metadata needs a 'grid' field (h, w)")
         self.grid = tuple(self.metadata["grid"])
@@ -202,21 +197,17 @@ class StoreWriter:
                 tmp.unlink(missing_ok=True)
             if not meta_path.is_file():
                 tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.json"
-                fsync_write(tmp, json.dumps(with_identity(self.metadata), indent=1, sort_keys=True).encode())
+                fsync_write(tmp, json.dumps(self.metadata, indent=1, sort_keys=True).encode())
                 os.replace(tmp, meta_path)
         existing = read_metadata(self.root)
-        if problem := identity_problem(existing, meta_path):
-            raise StoreMetadataError(problem)
-        settings = {k: v for k, v in existing.items() if k not in IDENTITY}
         try:
-            check_metadata(settings, self.metadata, str(meta_path))
-            check_metadata(self.metadata, settings, f"{meta_path} (fields only the store has)")
+            check_metadata(existing, self.metadata, str(meta_path))
+            check_metadata(self.metadata, existing, f"{meta_path} (fields only the store has)")
         except StoreMetadataError as e:
             raise StoreMetadataError(
                 f"{e}; one store holds the maps of one teacher and one set of settings: write to a new "
                 "store folder, or use the settings the store was written with"
             ) from e
-        self.metadata = existing  # with the store's identity, which every shard carries
         self._committed = _CommittedKeys(self.root)
         self._buffer: list[Record] = []
         self._last_flush = time.monotonic()
@@ -274,7 +265,6 @@ class _Shard:
     path: Path
     keys: list[str]
     info: list[dict[str, Any]]
-    store: dict[str, Any]
     hw: torch.Tensor
     valid: torch.Tensor
     empty: torch.Tensor
@@ -294,13 +284,7 @@ def _load_shard(path: Path) -> _Shard:
         raw = bytearray(header.column(name, data))  # a copy: the file's bytes are not kept
         columns[name] = torch.frombuffer(raw, dtype=torch_dtype).reshape(header.tensors[name][1])
     return _Shard(
-        path,
-        header.keys,
-        header.info,
-        header.store,
-        columns["hw"],
-        columns["valid"].bool(),
-        columns["empty"].bool(),
+        path, header.keys, header.info, columns["hw"], columns["valid"].bool(), columns["empty"].bool()
     )
 
 
@@ -344,10 +328,8 @@ class InteractionStore:
 
     expect: metadata fields the caller relies on (e.g. {"teacher": "vit", "grid": [14, 14]}); a mismatch
     raises StoreMetadataError naming each field, the expected and the found value.
-    strict: a corrupt shard (unreadable, or its digest does not match) raises StoreCorruptError naming it, a
-    shard whose copy of store.json differs from it, or a store.json edited since the store was created
-    (`layout.identity_problem`), StoreMetadataError naming the file and each field; with strict=False such a
-    shard is left out and listed (what `verify` reports).
+    strict: a corrupt shard (unreadable, or its digest does not match) raises StoreCorruptError naming it;
+    with strict=False it is left out and listed (what `verify` reports).
     The index is a snapshot taken at construction (`refresh()` re-scans); memory maps open lazily per process.
     """
 
@@ -359,25 +341,10 @@ class InteractionStore:
         if expect:
             check_metadata(self.metadata, expect, str(metadata_path(self.root)))
         self.strict = strict
-        self.refresh()  # first: a shard's copy names the fields an edit of store.json changed
-        self.identity = identity_problem(self.metadata, metadata_path(self.root))
-        if self.identity and strict:
-            raise StoreMetadataError(self.identity)
-
-    def _check_copy(self, shard: _Shard) -> None:
-        """StoreMetadataError naming the shard and each field its copy of store.json disagrees on."""
-        differences = metadata_differences(self.metadata, shard.store, "store.json", "the shard's copy")
-        if differences:
-            raise StoreMetadataError(
-                f"{shard.path}: its copy of store.json disagrees with {metadata_path(self.root)}: "
-                + "; ".join(differences)
-                + " (store.json was edited, or this shard was copied from another store: put the original "
-                "store.json back, or remove the shard)"
-            )
+        self.refresh()
 
     def refresh(self) -> None:
-        """Re-scan the committed shards (sorted by name, first occurrence of a key wins), checking digests and
-        that each shard's copy of store.json equals it (a shard of another store or an edited store.json)."""
+        """Re-scan the committed shards (sorted by name, first occurrence of a key wins), checking digests."""
         self._shards: list[_Shard] = []
         self._index: dict[str, tuple[int, int]] = {}
         self._corrupt: list[str] = []
@@ -385,8 +352,7 @@ class InteractionStore:
         for path in shard_paths(self.root):
             try:
                 shard = _load_shard(path)
-                self._check_copy(shard)
-            except (StoreCorruptError, StoreMetadataError) as e:
+            except StoreCorruptError as e:
                 if self.strict:
                     raise
                 self._corrupt.append(str(e))
@@ -459,7 +425,7 @@ class InteractionStore:
             root=str(self.root),
             records=len(fresh),
             shards=len(fresh._shards) + len(fresh._corrupt),
-            corrupt=[p for p in [fresh.identity] if p] + fresh._corrupt,
+            corrupt=list(fresh._corrupt),
             duplicates=list(fresh._duplicates),
             stale_tmp=[str(p) for p in stale_tmp_paths(self.root)],
             failed=[f"{f.get('path') or f.get('key')}: {f.get('error')}" for f in read_failures(self.root)],
