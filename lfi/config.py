@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -144,8 +145,8 @@ class DataConfig:
     gpu_pipeline: classification on a GPU: images decoded once into a uint8 cache (cache_dir, default
     $LFI_CACHE or ~/.cache/lfi), kept on the device with the maps and augmented per batch there
     (`lfi.data.gpu`); None = on whenever the run is on a GPU.
-    img_size: classification input side (the model is built for it). scales / max_size: detection's
-    multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
+    img_size: classification input side (the model is built for it; detection refuses it). scales / max_size:
+    detection's multi-scale resize (shorter side in scales, longer at most max_size). train_split / val_split: detection
     splits; year: VOC.
     Your own data (paths relative to the working directory; folders or zips): dataset 'imagefolder' reads
     train_dir (one sub-folder of images per class), val_dir (or val_fraction > 0 alone) and test_dirs {name:
@@ -157,6 +158,9 @@ class DataConfig:
     training (and "id" test) images, another class's on the rest; test sets "id", "ood" (cue independent of
     the class) and "clean" (no cue); None = no cue; needs classes_subset <= 20 (one colour per class).
     shortcut_width: the band's thickness, a share of the image side (0.1875: 12 px of 64).
+    skip_failed: leave out of training (and of a validation split held out of it) the images listed in
+    teacher.store's failed.jsonl (those `lfi extract --on-error skip` could not read), matched by their
+    dataset-relative path; false: such an image stops training with one line naming it.
     """
 
     dataset: str = "tinyimagenet"
@@ -186,6 +190,7 @@ class DataConfig:
     classes_subset: int | None = None
     shortcut: float | None = None
     shortcut_width: float = 0.1875
+    skip_failed: bool = False
 
 
 @dataclass
@@ -474,6 +479,27 @@ def output_roots() -> list[Path]:
     return roots
 
 
+def patch_size_of(model: ModelConfig) -> int | None:
+    """The classifier's patch side, from model.timm_kwargs.patch_size or a timm name's 'patchN' (None: unknown)."""
+    size = model.timm_kwargs.get("patch_size")
+    if size is None:
+        found = re.search(r"patch(\d+)", model.name)
+        size = int(found.group(1)) if found else None
+    return size if isinstance(size, int) else None
+
+
+def check_patch_multiple(img_size: int, patch: int, origin: str) -> None:
+    """data.img_size must be a multiple of the patch: timm's patch embedding silently drops the remainder
+    (e.g. 60 px with 16 px patches ignores 36% of each image and misaligns the teacher's maps)."""
+    if img_size % patch:
+        low, high = img_size // patch * patch, (img_size // patch + 1) * patch
+        nearest = f"{low} or {high}" if low else str(high)
+        raise ConfigError(
+            f"{origin}: 'data.img_size'={img_size} is not a multiple of the model's patch size {patch}; "
+            f"use {nearest}"
+        )
+
+
 def check_run_folder(cfg: Config, origin: str) -> None:
     """The run folder output_dir/experiment stays where it is meant to: experiment is a relative name below
     output_dir (no '..', not absolute, not '.'), and output_dir is under `output_roots()` unless
@@ -540,10 +566,20 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         )
     if dense and cfg.teacher.source == "masks" and cfg.data.dataset != "coco":
         raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
+    if d.skip_failed and cfg.teacher.store is None:
+        raise ConfigError(f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'")
+    if dense and cfg.data.img_size != DataConfig.img_size:  # ignored by detection: refuse rather than mislead
+        raise ConfigError(
+            f"{origin}: 'data.img_size' is for classification; {cfg.task} resizes each image by 'data.scales' "
+            "(shorter side) and 'data.max_size' (longer side), e.g. data.scales=[256] data.max_size=384 on a CPU"
+        )
     if cfg.data.gpu_pipeline and dense:
         raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":
         raise ConfigError(f"{origin}: 'loss.kd_weight' applies to classification only")
+    patch = patch_size_of(cfg.model) if not dense else None
+    if patch:
+        check_patch_multiple(cfg.data.img_size, patch, origin)
     return cfg
 
 

@@ -62,7 +62,12 @@ def _run(tmp_path: Path, *extra: str) -> dict:
 
 def _check_report(tmp_path: Path, report: dict) -> list[str]:
     assert report["verdict"] in ("helped", "hurt", "no difference")
-    assert set(report["models"]) == {"ViT", "IQ+GC (no alignment)", "I-ViT"}
+    assert set(report["models"]) == {
+        "ViT",
+        "IQ+GC (no alignment)",
+        "I-ViT",
+        *pipeline.CONTROL_LABELS.values(),
+    }
     for model in report["models"].values():
         assert len(model["runs"]) == len(report["seeds"]) >= 2
         for split in ("id", "ood"):
@@ -74,6 +79,12 @@ def _check_report(tmp_path: Path, report: dict) -> list[str]:
     md = (tmp_path / "report.md").read_text().splitlines()
     assert md[2].startswith(f"**Verdict: {report['verdict']}")  # the verdict first, with its figures
     assert "OOD top-1 I-ViT" in md[2] and "attention mass on the object" in md[4]
+    ood = {k: m["ood"] for k, m in report["models"].items()}
+    assert report["controls"] == pipeline.control_findings(ood)  # from this run's figures
+    assert "**Controls** (I-ViT aligned to maps without the image's object" in md[6]
+    assert report["controls"]["sentence"] in md[6]
+    link = md[8].split("([the study](", 1)[1].split(")", 1)[0]
+    assert (tmp_path / link).resolve() == pipeline.REAL_DATA_REPORT and "makes no difference" in md[8]
     assert (tmp_path / "maps.png").stat().st_size > 0
     return md
 
@@ -93,3 +104,67 @@ def test_quick_demo_pretrained(tmp_path: Path, shared_data: Path):
     # the aligned model's class token looks at the object more than the plain ViT's, even after 2 epochs
     mass = {k: m["object_mass"]["mean"] for k, m in report["models"].items()}
     assert mass["I-ViT"] > mass["ViT"]
+
+
+def _ood(**means: float) -> dict:
+    """OOD stats per model from one mean each (three seeds at mean - 1, mean, mean + 1)."""
+    labels = {"vit": "ViT", "ivit": "I-ViT", **pipeline.CONTROL_LABELS}
+    return {labels[k]: _stats(m - 1, m, m + 1) for k, m in means.items()}
+
+
+def test_control_findings_follow_the_figures():
+    """Issue 28 item 6 / 33 item 8: what the controls show is computed from the OOD figures, whichever way."""
+    centre, shuffled = pipeline.CONTROL_LABELS["centre"], pipeline.CONTROL_LABELS["shuffled"]
+    both_below = pipeline.control_findings(_ood(vit=30, ivit=50, centre=31, shuffled=32))
+    assert both_below["sentence"].startswith("neither control reaches I-ViT")
+    assert f"{centre} OOD 31.0 ± 1.0 %" in both_below["sentence"]
+    assert both_below["per_control"][shuffled] == {"ivit_vs_control": "helped", "control_vs_vit": "no difference",
+                                                   "ood": "32.0 ± 1.0"}  # fmt: skip
+    prior = pipeline.control_findings(_ood(vit=30, ivit=50, centre=49, shuffled=31))
+    assert (
+        prior["sentence"].startswith(f"{centre} not below I-ViT")
+        and "a prior gives (part of) the gain" in prior["sentence"]
+    )
+    assert prior["sentence"].endswith(f"{shuffled} below I-ViT")
+    neither = pipeline.control_findings(_ood(vit=30, ivit=31, centre=30, shuffled=30))
+    assert "does not beat ViT either" in neither["sentence"]
+
+
+def test_controls_train_on_the_centre_prior_and_on_other_images_maps(tmp_path: Path):
+    """The demo's control maps are `lfi.maps.centre_bias` and the store's maps under `derangement`."""
+    from lfi.data.controls import derangement
+    from lfi.extract.oracle import OracleTeacher
+    from lfi.extract.run import extract
+    from lfi.extract.store import InteractionStore
+    from lfi.maps import centre_bias
+
+    train = ShortcutShapes("train", 8, size=pipeline.IMG)
+    extract(OracleTeacher(grid=(4, 4)), train, tmp_path / "store", progress=False)
+    store = InteractionStore(tmp_path / "store")
+    keys = [train[i]["key"] for i in range(len(train))]
+    own = pipeline.training_maps(store, keys, "none", 0)
+    assert torch.allclose(
+        pipeline.training_maps(store, keys, "centre", 0), centre_bias((4, 4)).expand(8, 4, 4)
+    )
+    shuffled = pipeline.training_maps(store, keys, "shuffled", 1)
+    other = derangement(keys, 1)
+    assert all(torch.equal(shuffled[i], own[keys.index(other[k])]) for i, k in enumerate(keys))
+    assert not torch.equal(shuffled, own)
+
+
+def test_maps_figure_has_a_colour_bar_and_predictions(tmp_path: Path):
+    from lfi.extract.oracle import OracleTeacher
+    from lfi.train.build import build_classifier
+
+    data, _ = pipeline.demo_data("quick")
+    student = pipeline.random_student()
+    models = {}
+    for name, variant in (("vit", "vit"), ("ivit", "iq_ic_gc")):
+        cfg = pipeline.demo_config(name, variant, student, tmp_path, tmp_path / "store", 1, 0)
+        models[name] = build_classifier(cfg, len(data.classes))
+    fig = pipeline.maps_figure(data, OracleTeacher(grid=(4, 4)), models["ivit"], models["vit"], n=2)
+    bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention / the map's maximum"]
+    assert len(bars) == 1  # one colour bar: every overlay's scale
+    rows = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel().count("\n") == 2]
+    assert len(rows) == 2 and all(r.split("\n")[1].startswith("ViT: ") and "I-ViT: " in r for r in rows)
+    assert rows[0].split("\n")[0] == data.classes[data.tests["ood"][0]["label"]]

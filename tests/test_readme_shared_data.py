@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -159,3 +161,39 @@ def check_outputs(cwd: Path, argv: list[str]) -> None:
     elif command == "eval-human":
         table = (cwd / _option(argv, "--out") / "human_alignment.csv").read_text()
         assert re.search(r"C_AGT", table), table
+
+
+#: appended to the README's I-DETR line for the memory check: fewer images only (its model and sizes stay)
+FEWER_IMAGES = [
+    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.test_limit=2", "data.num_workers=0",
+    "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+]  # fmt: skip
+#: the README's promise for its CPU lines
+CPU_MEMORY_BYTES = 4 * 1024**3
+#: the child runs one `lfi` line and reports its own peak resident memory (loader workers off: one process)
+PEAK_RSS = (
+    "import resource, sys; from lfi.cli import main; rc = main(sys.argv[1:]); "
+    "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+)
+
+
+def test_readme_detection_line_fits_a_cpu(shared_data: Path, tmp_path: Path) -> None:
+    """Issue 33 item 3: the README's I-DETR line, as written (its model, batch and image sizes), trains on 2 CPU
+    threads within 4 GB; only the number of images is cut (peak memory is one step's, whatever their number)."""
+    detection = [argv for argv in readme_lines() if argv[0] == "train" and "/detection/" in argv[1]]
+    assert len(detection) == 1, "the README block lost its I-DETR line"
+    if not (shared_data / "coco").is_dir():
+        pytest.skip(f"real data lacks {shared_data / 'coco'}")
+    main = tmp_path / "main"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    os.symlink((shared_data / "coco").resolve(), tmp_path / "shared" / "data" / "coco")
+    main.mkdir()
+    os.symlink(REPO / "configs", main / "configs")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    argv = [*detection[0], *FEWER_IMAGES]
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *argv], cwd=main, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"lfi {shlex.join(argv)} failed:\n{done.stderr[-3000:]}"
+    peak = int(re.search(r"peak_rss_kb (\d+)", done.stdout).group(1)) * 1024  # Linux reports KiB
+    assert peak < CPU_MEMORY_BYTES, f"lfi {shlex.join(argv)}: peak {peak / 1024**3:.2f} GiB, over 4 GiB"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 #: Stage modules, in the order of the data flow; each adds its sub-commands through `register(subparsers)`.
@@ -34,8 +35,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # one line that names the file or field and the fix; the traceback with --debug
         message = str(error) if not isinstance(error, KeyError) else str(error.args[0])
-        print(f"lfi {args.command}: error: {message} (--debug for the traceback)", file=sys.stderr)
+        print(f"lfi {args.command}: error: {one_line(message)} (--debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def one_line(message: str) -> str:
+    """The error itself, without the worker's traceback that a DataLoader puts into the message of an error
+    raised in a worker process ('Caught X in DataLoader worker process 0. Original Traceback ...')."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]+: ", "", last, count=1)  # 'lfi.data.base.ImageDecodeError: file: why' -> 'file: why'
 
 
 if __name__ == "__main__":

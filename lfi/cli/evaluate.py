@@ -15,7 +15,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lfi.train.build import build_task
     from lfi.train.data import LfiDataModule, build_data
     from lfi.train.engine import evaluate
-    from lfi.train.runs import load_model, load_run
+    from lfi.train.runs import add_evaluation, load_model, load_run
 
     run = load_run(args.run)
     # the run's own config, with the overrides (e.g. other test domains); the KD teacher is not needed
@@ -30,8 +30,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tests = {name: evaluate(model, task, loader, args.device) for name, loader in datamodule.test_loaders().items()}
     if cfg.task == "classification":
         tests |= cross_domain_summary(tests)
-    metrics = {"run": str(run.path), "weights": str(args.weights or run.files.weights), "test": tests}
-    path = write_metrics(metrics, Path(args.out) if args.out else run.path / "eval_metrics.json")
+    evaluation = {"run": str(run.path), "weights": str(args.weights or run.files.weights), "overrides": args.overrides,
+                  "test": tests}  # fmt: skip
+    out = Path(args.out) if args.out else run.files.eval_metrics
+    metrics = add_evaluation(out, evaluation)  # an earlier evaluation (e.g. other test folders) is kept
+    if cfg.task == "classification":
+        metrics["test"] |= cross_domain_summary(metrics["test"])
+    path = write_metrics(metrics, out)
     print(json.dumps(tests, indent=2))
     print(f"metrics: {path}")
     return 0

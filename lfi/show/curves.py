@@ -97,6 +97,21 @@ def _pace(ratio: float) -> str:
     return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
+#: Runs of at most this many epochs get a marker on every point.
+SHORT_RUN = 10
+
+
+def _legend_label(curves: Sequence[Curve], i: int, threshold: float | None) -> str:
+    """Curve i's label; with a threshold, its epochs to reach it and its pace against the first curve."""
+    label = curves[i].label
+    if threshold is None:
+        return label
+    reached = epochs_to_reach(curves[i], threshold)
+    label += f" ({'never' if reached is None else f'{reached} ep'} to {threshold:g}"
+    ratio = speedup(curves[0], curves[i], threshold)
+    return label + (f", {_pace(ratio)})" if i > 0 and not math.isnan(ratio) else ")")
+
+
 def convergence_figure(
     curves: Sequence[Curve],
     threshold: float | None = None,
@@ -105,30 +120,31 @@ def convergence_figure(
     path: str | Path | None = None,
 ) -> Figure:
     """Metric per epoch, one line per run (epochs drawn 1-based, as counts of training epochs); with a
-    `threshold`, a dashed line at it and, per run, a marker where it is first reached and the epoch count in
-    the legend, with the speed-up over the first curve (the baseline). Writes PNG and PDF given `path`."""
+    `threshold`, a dashed line at it and, per run, a star where it is first reached and the epoch count in
+    the legend, with the speed-up over the first curve (the baseline). The legend sits below the plot; runs
+    of at most SHORT_RUN epochs get a marker per point. Writes PNG and PDF given `path`."""
     if not curves:
         raise ValueError("convergence_figure: no curves")
-    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    labels = [_legend_label(curves, i, threshold) for i in range(len(curves))]
+    ncol = 1 if max(map(len, labels)) > 45 else 2
+    # the legend goes below the axes (a legend inside squeezes the plot), so the figure grows with its rows
+    fig = Figure(figsize=(5.5, 3.2 + 0.2 * math.ceil(len(curves) / ncol)), layout="constrained")
     ax = fig.subplots()
     for i, curve in enumerate(curves):
         epochs = [e + 1 for e in curve.epochs]
-        label = curve.label
-        if threshold is not None:
-            reached = epochs_to_reach(curve, threshold)
-            label += f" ({'never' if reached is None else f'{reached} ep'} to {threshold:g}"
-            ratio = speedup(curves[0], curve, threshold)
-            label += f", {_pace(ratio)})" if i > 0 and not math.isnan(ratio) else ")"
-            if reached is not None:
-                ax.plot(reached, curve.values[curve.epochs.index(reached - 1)], "o", color=f"C{i}")
-        ax.plot(epochs, curve.values, color=f"C{i}", label=label)
+        # a marker on every point of a short run: a one-epoch run is a single point, invisible as a line
+        marker = "o" if len(epochs) <= SHORT_RUN else None
+        ax.plot(epochs, curve.values, color=f"C{i}", marker=marker, markersize=4, label=labels[i])
+        reached = epochs_to_reach(curve, threshold) if threshold is not None else None
+        if reached is not None:
+            ax.plot(reached, curve.values[curve.epochs.index(reached - 1)], "*", color=f"C{i}", markersize=10)
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are counts
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=ncol, fontsize=8)
     if title:
         ax.set_title(title)
     if path is not None:

@@ -13,8 +13,10 @@ table, row and columns by its config alone (`place`, keyed by `cfg.task`):
   Table 7  detection with little data (data.ratio < 1) or Conditional DETR, row = with / without C_VLM
   other    anything else (e.g. `lfi demo`'s synthetic runs): row = model, column = test set
 
-Runs whose configs differ only in seeds (and paths, devices) are pooled: mean ± sample std over seeds, with
-their count n. Runs landing in the same cell with other settings get their own row, labelled with the keys
+Runs whose configs differ only in seeds (and paths, devices) are pooled: mean ± sample std over distinct seeds,
+with their count n (reruns of one seed are averaged first: they are not more seeds). A run's test sets are those
+of metrics.json and of every later `lfi eval` (eval_metrics.json). Folders that are not finished runs are
+skipped and listed. Runs landing in the same cell with other settings get their own row, labelled with the keys
 that differ. Every row shows its input size, trained epochs and test-set size n. The paper's number is shown
 beside ours only where the row matches the paper's setting (same model size, same table); each table names
 the dataset and the teachers, and says whether a teacher is the paper's.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -52,7 +55,7 @@ TABLE_TITLES = {
     "3": "Table 3. Ablations on Interaction Queries (IQ), Interaction Constraint (IC), Gated Control (GC) (top-1 %)",
     "4": "Table 4. Zero-shot cross-domain: ViT vs I-ViT on PACS, one column per unseen domain (top-1 %)",
     "5": "Table 5. Zero-shot cross-domain: ViT vs I-ViT on VLCS, one column per unseen domain (top-1 %)",
-    "6": "Table 6. COCO 2017 detection / segmentation, with and without C_VLM (val, AP %)",
+    "6": "Table 6. Detection / segmentation (DETR), with and without C_VLM (val, AP %)",
     "7": "Table 7. Low-data detection, with and without C_VLM (AP %)",
     "other": "Other runs (no paper table; top-1 % per test set)",
 }
@@ -163,8 +166,10 @@ class Entry:
 
 
 def tested_sets(run: Run) -> dict[str, dict[str, float]]:
-    """metrics.json's test sets {name: metrics}, without the summaries across them (mean_acc1, var_acc1)."""
-    return {name: m for name, m in run.metrics["test"].items() if isinstance(m, dict)}
+    """The test sets {name: metrics} of metrics.json and of every later `lfi eval` (a set evaluated again: the
+    latest), without the summaries across them (mean_acc1, var_acc1)."""
+    tests = {**run.metrics["test"], **run.evaluated}
+    return {name: m for name, m in tests.items() if isinstance(m, dict)}
 
 
 def _main_set(run: Run) -> str:
@@ -252,7 +257,7 @@ def place(run: Run) -> Entry:
         values[column] = _percent(cfg.task, metrics.get(key))
         if "n" in metrics:
             n[column] = int(metrics["n"])
-    dataset = _DATASETS.get(cfg.data.dataset, cfg.data.dataset)
+    dataset = dataset_label(cfg)
     if cfg.data.dataset in ("pacs", "vlcs"):
         trained = cfg.data.train_domains
         dataset += (f", trained on {', '.join(trained)}" if trained
@@ -261,6 +266,17 @@ def place(run: Run) -> Entry:
     if cfg.data.ratio < 1 and cell.table != "2":  # Table 2's columns are the ratios
         dataset += f", {cfg.data.ratio * 100:g}% of train"
     return Entry(run, cell.table, cell.row, values, n, dataset, cell.paper_model)
+
+
+def dataset_label(cfg: Config) -> str:
+    """The dataset's name, or, for your own data (class folders, a COCO-format json), its path: an 8-image
+    COCO-format folder is not 'COCO 2017'."""
+    d = cfg.data
+    if d.train_json is not None or d.val_json is not None:
+        return f"COCO-format {d.train_json or d.val_json}"
+    if d.dataset == "imagefolder":
+        return f"class folders {d.train_dir}"
+    return _DATASETS.get(d.dataset, d.dataset)
 
 
 def table3_copy(entry: Entry) -> Entry | None:
@@ -308,6 +324,23 @@ def mean_std(values: Sequence[float]) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.2f}"
     return f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f} (n={len(vals)})"
+
+
+def seed_values(entries: Sequence[Entry], column: str) -> list[float]:
+    """One value per distinct seed: reruns of a seed are averaged (NaN ignored), so they do not count as seeds."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for e in entries:
+        value = e.values.get(column, math.nan)
+        if not math.isnan(value):
+            by_seed[e.cfg.seed].append(value)
+    return [statistics.fmean(v) for v in by_seed.values()]
+
+
+def _seeds(entries: Sequence[Entry]) -> str:
+    """The row's distinct seeds, '/'-joined, and the count of runs where seeds were run more than once."""
+    seeds = _joined(e.cfg.seed for e in entries)
+    reruns = len(entries) > len({e.cfg.seed for e in entries})
+    return f"{seeds} ({len(entries)} runs)" if reruns else seeds
 
 
 def num_params(run: Run) -> int | None:
@@ -399,7 +432,7 @@ def table_markdown(table: str, groups: Sequence[Group], figure: str | None = Non
     lines.append(f"Dataset: {'; '.join(sorted({e.dataset for e in entries}))}.  ")
     teachers = sorted({e.teacher for e in entries})
     lines.append("Teacher (C_VLM): " + "; ".join(f"{t}: {teacher_label(t)}" for t in teachers) + ".  ")
-    lines.append("Ours: mean ± sample std over n seeds (one value: a single seed). Paper: the paper's number for "
+    lines.append("Ours: mean ± sample std over n distinct seeds (one value: a single seed; reruns of a seed averaged). Paper: the paper's number for "
                  "the same row, only where the row's model is the paper's (its teacher was LLaVA-1.5). img: input "
                  "size (px); epochs: trained epochs; n: test images.")  # fmt: skip
     lines.append("")
@@ -409,7 +442,7 @@ def table_markdown(table: str, groups: Sequence[Group], figure: str | None = Non
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for g in groups:
-        ours = [mean_std([e.values.get(c, math.nan) for e in g.entries]) for c in columns]
+        ours = [mean_std(seed_values(g.entries, c)) for c in columns]
         paper = [_paper_value(table, g, c) for c in paper_columns]
         params = {num_params(e.run) for e in g.entries} - {None}
         cells = [
@@ -420,7 +453,7 @@ def table_markdown(table: str, groups: Sequence[Group], figure: str | None = Non
             _joined(input_size(e.cfg) for e in g.entries),
             _joined(e.run.metrics.get("epochs") for e in g.entries),
             _test_sizes(g, columns),
-            _joined(e.cfg.seed for e in g.entries),
+            _seeds(g.entries),
             _count(next(iter(params))) if len(params) == 1 else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -450,11 +483,26 @@ def convergence_for(table: str, groups: Sequence[Group], out: Path, threshold: f
     ]
     if not curves:
         return None
-    path = out.parent / "figures" / f"table{table}_convergence.png"
+    path = out.parent / "figures" / f"{out.stem}_table{table}_convergence.png"  # two reports in one folder: two files
     title = f"{TABLE_TITLES[table].split('.')[0]}: {column} per epoch"
     unit = " (%)" if column.endswith("acc1") else ""
     convergence_figure(curves, threshold=threshold, ylabel=column + unit, title=title, path=path)
     return str(path.relative_to(out.parent))
+
+
+def place_finished(run_dirs: Sequence[str | Path]) -> tuple[list[Entry], list[str]]:
+    """The entries of the finished runs among `run_dirs`, and why each other folder was skipped (one line each:
+    no config.yaml, no metrics.json yet, damaged files). An error if none is a finished run."""
+    entries, skipped = [], []
+    for path in run_dirs:
+        try:
+            entries.append(place(load_run(path)))
+        except (OSError, ValueError) as error:  # ConfigError is a ValueError
+            skipped.append(str(error))
+            warnings.warn(f"lfi report: skipped {error}", stacklevel=2)
+    if not entries:
+        raise ValueError("no finished run folder among " + "; ".join(skipped))
+    return entries, skipped
 
 
 def build_report(run_dirs: Sequence[str | Path], out: str | Path, threshold: float | None = None) -> str:
@@ -465,12 +513,15 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, threshold: flo
     if not run_dirs:
         raise ValueError("build_report: no run folders")
     out = Path(out)
-    entries = [place(load_run(p)) for p in run_dirs]
+    entries, skipped = place_finished(run_dirs)
+    placed = len(entries)
     entries += [copy for copy in map(table3_copy, entries) if copy is not None]
-    parts = ["# lfi report", "", f"{len(run_dirs)} runs. Tables follow the paper's Tables 1-7 (Sec. 5).", ""]
+    parts = ["# lfi report", "", f"{placed} runs. Tables follow the paper's Tables 1-7 (Sec. 5).", ""]
     for table, groups in group_runs(entries).items():
         parts.append(table_markdown(table, groups, convergence_for(table, groups, out, threshold)))
         parts.append("")
+    if skipped:
+        parts += ["### Skipped folders (not finished runs)", "", *(f"- {reason}" for reason in skipped), ""]
     text = "\n".join(parts)
     atomic_write(out, text)
     return text

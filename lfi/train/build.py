@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lfi.config import Config, ConfigError
+from lfi.config import Config, ConfigError, check_patch_multiple
 from lfi.data.controls import with_control
 from lfi.train.data import ExperimentData, LfiDataModule, Transform, build_data
 from lfi.train.losses import Criterion, classification_criterion, detection_criterion
@@ -51,6 +51,8 @@ def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.timm_kwargs {sorted(m.timm_kwargs)} do not fit timm model {m.name!r}: {error}") from None
     except RuntimeError as error:  # unknown model name
         raise ConfigError(f"model.name {m.name!r}: {error}") from None
+    for patch in set(vit.patch_embed.patch_size):  # the name's 'patchN' may be overridden or absent
+        check_patch_multiple(cfg.data.img_size, patch, f"model {m.name!r}")
     conversion = replace(
         TABLE3[m.variant],
         gate_hidden=m.gate_hidden,

@@ -11,6 +11,7 @@ next batch and ends bit for bit like an uninterrupted one.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from lfi.config import Config, DataConfig
-from lfi.data.base import Samples
+from lfi.data.base import ImageDecodeError, Samples
 from lfi.data.cache import DEFAULT_FOLDER as DEFAULT_CACHE
 from lfi.data.cache import ImageCache
 from lfi.data.collate import collate_classification, collate_detection
@@ -92,7 +93,38 @@ def build_data(cfg: Config) -> ExperimentData:
         data.train = Subset(data.train, kept)
     if val is None and not tests:  # no test set of its own: the held-out training images are reported
         data.tests = {"val": data.val}
+    if d.skip_failed:
+        skip_failed_images(data, cfg.teacher.store, held_out=d.val_fraction > 0)
     return data
+
+
+def skip_failed_images(data: ExperimentData, store: str, held_out: bool) -> None:
+    """data.skip_failed: drop from data.train (and data.val when it is held out of the training images) every
+    image listed in `store`'s failed.jsonl; data.notes["skipped"] says how many."""
+    from lfi.extract.layout import FAILED_FILE, read_failures
+
+    listed = [str(f.get("path") or "") for f in read_failures(store)]
+    listed = [p for p in listed if p]
+    dropped = 0
+    for split in ("train", "val") if held_out else ("train",):
+        dataset = getattr(data, split)
+        keep = [i for i, rel in enumerate(relpaths(dataset)) if not any(p == rel or p.endswith(":" + rel) for p in listed)]
+        dropped += len(dataset) - len(keep)
+        setattr(data, split, Subset(dataset, keep))
+    data.notes["skipped"] = f"data.skip_failed: {dropped} images listed in {Path(store) / FAILED_FILE} left out"
+    warnings.warn(data.notes["skipped"], stacklevel=2)
+
+
+def relpaths(dataset: Dataset) -> list[str]:
+    """The dataset-relative path of every sample, read from the records under any Subsets (no image read)."""
+    indices: list[int] | None = None
+    while isinstance(dataset, Subset):
+        indices = [dataset.indices[i] for i in indices] if indices is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise ValueError(f"data.skip_failed: {type(dataset).__name__} does not list its image files")
+    return [records[i].relpath for i in (indices if indices is not None else range(len(records)))]
 
 
 def train_domains(d: DataConfig) -> list[str] | None:
@@ -149,7 +181,14 @@ class SeededSamples(Samples):
         epoch, index = item
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-            return super().__getitem__(index)
+            try:
+                return super().__getitem__(index)
+            except ImageDecodeError as error:  # one line naming the file, and the way round it
+                raise ImageDecodeError(
+                    f"{error}; `lfi extract --on-error skip` lists such files in the store's failed.jsonl and "
+                    "data.skip_failed=true leaves them out of training",
+                    error.path,
+                ) from None
 
 
 class ResumableSampler(Sampler):

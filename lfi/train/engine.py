@@ -33,6 +33,7 @@ from lfi.evaluate.classification import cross_domain_summary, write_metrics
 from lfi.files import atomic_path
 from lfi.train.build import Built, build
 from lfi.train.data import ExperimentData, Transform
+from lfi.train.progress import progress_callbacks
 from lfi.train.runs import RunFiles, check_run_folder, hold_run_folder
 from lfi.train.signals import StopOnSignal
 
@@ -311,7 +312,8 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
     if t.checkpoint_every_n_steps:
         extra.append(ModelCheckpoint(dirpath=files.checkpoints, filename="last", every_n_train_steps=t.checkpoint_every_n_steps,
                                      save_top_k=1, enable_version_counter=False))  # fmt: skip
-    ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv)]
+    bar, lines = progress_callbacks(t.enable_progress_bar)  # the bar on a terminal, plain lines in a log
+    ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *lines]
     return L.Trainer(
         default_root_dir=files.root,
         max_epochs=t.max_epochs,
@@ -329,7 +331,7 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
         num_sanity_val_steps=t.sanity_val_steps,
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         use_distributed_sampler=False,  # LfiDataModule shards by rank itself (exact resume needs its sampler)
         logger=TensorBoardLogger(files.root, name="tb", version="", default_hp_metric=False),
@@ -413,7 +415,7 @@ def _finish(cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, fi
     start = time.perf_counter()
     device = trainer.strategy.root_device  # Lightning hands the module back on the CPU after fit
     model = module.model.to(device)
-    bars = cfg.trainer.enable_progress_bar
+    bars = trainer.progress_bar_callback is not None  # a terminal's bar (a log gets no tqdm redraws)
     tests = {
         name: evaluate(model, built.task, loader, device, f"test {name}" if bars else None)
         for name, loader in built.datamodule.test_loaders().items()

@@ -7,6 +7,8 @@
                              that validated), lr, wall_s
         metrics.json         final metrics: task, teacher, variant, seed, classes, epochs, best_val and
                              best_epoch (on the validation split), test (each test set's metrics), timings
+        eval_metrics.json    written by `lfi eval`: every evaluation (overrides, weights, test) and `test`,
+                             the test sets of all of them (a later evaluation of a set wins)
         model.safetensors    the final student weights (no pickle)
         checkpoints/         last.ckpt (every trainer.checkpoint_every_n_epochs epochs and after the last; full
                              state for --resume), best-epoch=NNN.ckpt (weights only)
@@ -46,6 +48,10 @@ class RunFiles:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "eval_metrics.json"
 
     @property
     def metrics_csv(self) -> Path:
@@ -101,12 +107,14 @@ def hold_run_folder(files: RunFiles) -> Iterator[None]:
 
 @dataclass
 class Run:
-    """A run folder, read: its config, final metrics (empty while it trains) and per-epoch rows."""
+    """A run folder, read: its config, final metrics (empty while it trains), per-epoch rows and the test sets
+    of its later evaluations (`lfi eval`, eval_metrics.json's `test`)."""
 
     path: Path
     cfg: Config
     metrics: dict[str, Any]
     epochs: list[dict[str, float]] = field(default_factory=list)
+    evaluated: dict[str, Any] = field(default_factory=dict)
 
     @property
     def files(self) -> RunFiles:
@@ -124,13 +132,31 @@ def load_run(path: str | Path) -> Run:
         raise FileNotFoundError(f"{files.root}: no config.yaml: not a run folder of `lfi train`")
     # a run that exists is read wherever it lies: the output_dir roots only bound where runs are written
     cfg = load_config(files.config, ["output_dir_allow_outside=true"])  # a ConfigError names the file and key
-    metrics: dict[str, Any] = {}
-    if files.metrics.is_file():
-        try:
-            metrics = json.loads(files.metrics.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{files.metrics}: damaged JSON ({error}); re-run `lfi eval {files.root}`") from None
-    return Run(files.root, cfg, metrics, read_epochs(files.metrics_csv))
+    metrics = _read_json(files.metrics, f"re-run `lfi eval {files.root}`")
+    evaluated = _read_json(files.eval_metrics, f"re-run `lfi eval {files.root}`").get("test", {})
+    return Run(files.root, cfg, metrics, read_epochs(files.metrics_csv), evaluated)
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON file's object, {} when the file does not exist; a damaged file is named with `fix`."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: damaged JSON ({error}); {fix}") from None
+
+
+def add_evaluation(path: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """eval_metrics.json at `path` with `evaluation` ({overrides, weights, test}) appended to its evaluations;
+    its `test` holds the test sets of every evaluation (a set evaluated again: the latest). A file of one
+    evaluation from before this format counts as the first."""
+    old = _read_json(path, "delete it and evaluate again")
+    evaluations = old.get("evaluations", [old] if old else [])
+    tests: dict[str, Any] = {}
+    for e in [*evaluations, evaluation]:
+        tests |= {name: m for name, m in e.get("test", {}).items() if isinstance(m, dict)}
+    return {"run": evaluation.get("run"), "evaluations": [*evaluations, evaluation], "test": tests}
 
 
 def read_epochs(path: Path) -> list[dict[str, float]]:

@@ -4,6 +4,7 @@ train here) and the run trained by `train`, placed in the paper's tables."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,12 @@ def runs(tmp_path: Path) -> list[Path]:
     return [
         write_run(r, _classification("t1/vit_s0", vit_s, "vit", seed=0), _top1(80.0), [50.0, 70.0, 80.0]),
         # another machine's image cache: pooled with seed 0 all the same
-        write_run(r, _classification("t1/vit_s1", vit_s, "vit", seed=1, data={"cache_dir": "/other/cache"}),
-                  _top1(82.0), [40.0, 60.0, 82.0]),  # fmt: skip
+        write_run(
+            r,
+            _classification("t1/vit_s1", vit_s, "vit", seed=1, data={"cache_dir": "/other/cache"}),
+            _top1(82.0),
+            [40.0, 60.0, 82.0],
+        ),  # fmt: skip
         write_run(r, _classification("t1/ivit_s", ivit_s, "iq_ic_gc"), _top1(83.0), [75.0, 80.0, 83.0]),
         # another learning rate: the same table cell, but not pooled with seeds 0 / 1
         write_run(r, _classification("t1/vit_lr", vit_s, "vit", optim={"lr": 1e-3}), _top1(50.0)),
@@ -98,8 +103,7 @@ def test_report_tables_pool_seeds_name_teachers_and_show_the_paper(runs: list[Pa
     assert "| row | teacher | top-1 (ours) | top-1 (paper) | img | epochs | n | seeds | #params |" in table1
     # seeds 0 and 1 pooled: mean 81, sample std sqrt(2), n = 2; the paper's number only for exact rows
     assert (
-        "| ViT-S/16 (optim.lr=0.0001) | none | 81.00 ± 1.41 (n=2) | - | 224 | 3 | 10000 | 0/1 | - |"
-        in table1
+        "| ViT-S/16 (optim.lr=0.0001) | none | 81.00 ± 1.41 (n=2) | - | 224 | 3 | 10000 | 0/1 | - |" in table1
     )
     assert "| ViT-S/16 (optim.lr=0.001) | none | 50.00 | - | 224 | 3 | 10000 | 0 | - |" in table1
     assert "| I-ViT-S/16 | vit | 83.00 | 81.52 | 224 | 3 | 10000 | 0 | - |" in table1
@@ -121,8 +125,8 @@ def test_report_tables_pool_seeds_name_teachers_and_show_the_paper(runs: list[Pa
     assert "| w/ C_VLM, Conditional-DETR-R50 | llava | 40.00 | - | 30.00 | 50.00 | 40.90 | 4.90 |" in table7
     assert "COCO 2017, 10% of train" in table7
     # Table 1's runs with a metrics.csv get a convergence figure, linked relative to the report
-    assert "![convergence of these runs](figures/table1_convergence.png)" in table1
-    assert (out.parent / "figures" / "table1_convergence.png").stat().st_size > 1000
+    assert "![convergence of these runs](figures/report_table1_convergence.png)" in table1
+    assert (out.parent / "figures" / "report_table1_convergence.png").stat().st_size > 1000
     assert "figures/table4" not in text  # no metrics.csv, no figure
 
 
@@ -135,7 +139,7 @@ def test_report_of_a_trained_run(trained_run: Path, tmp_path: Path) -> None:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
     row = next(line for line in other.splitlines() if line.startswith("| I-ViT-Ti/8 | oracle |"))
     assert row.endswith(f"| 32 | 2 | 16 | 0 | {params / 1e3:.1f}k |")
-    assert "![convergence of these runs](figures/tableother_convergence.png)" in other
+    assert "![convergence of these runs](figures/r_tableother_convergence.png)" in other
 
 
 def test_mean_std_counts_the_defined_values() -> None:
@@ -157,3 +161,62 @@ def test_report_cli_one_table_and_errors(runs: list[Path], tmp_path: Path) -> No
                         {"a": {"acc1": 1.0}, "b": {"acc1": 2.0}})  # fmt: skip
     entry = place(load_run(several))  # several test sets, none 'val' (the shortcut test): one column each
     assert entry.table == "other" and entry.values == {"a": 1.0, "b": 2.0}
+
+
+def test_reruns_of_a_seed_are_not_more_seeds(tmp_path: Path) -> None:
+    """Issue 33 item 5: seed 0 run twice (80, 82) and seed 1 once (90): two seeds, 81 and 90, not n=3."""
+    r = tmp_path / "runs"
+    vit_s = "vit_small_patch16_224"
+    runs = [
+        write_run(r, _classification("a", vit_s, "vit", seed=0), _top1(80.0)),
+        write_run(r, _classification("b", vit_s, "vit", seed=0), _top1(82.0)),
+        write_run(r, _classification("c", vit_s, "vit", seed=1), _top1(90.0)),
+    ]
+    text = build_report(runs, tmp_path / "r.md")
+    assert "| ViT-S/16 | none | 85.50 ± 6.36 (n=2) | 79.94 | 224 | 3 | 10000 | 0/1 (3 runs) | - |" in text
+
+
+def _own(name: str, **data: Any) -> dict[str, Any]:
+    return {"experiment": name, "model": {"name": "vit_small_patch16_224"}, "data": data}
+
+
+def test_every_evaluation_of_a_run_is_read(tmp_path: Path) -> None:
+    """A second `lfi eval` on new test folders adds its columns; the first evaluation's stay."""
+    from lfi.train.runs import add_evaluation
+
+    run = write_run(tmp_path, _own("own", dataset="imagefolder", train_dir="photos/train"), _top1(70.0, n=6))
+    for name, acc in (("sketch", 40.0), ("cartoon", 55.0)):
+        evaluation = {
+            "run": str(run),
+            "overrides": [f"data.test_dirs={{{name}: x}}"],
+            "test": {name: {"acc1": acc, "n": 6}},
+        }
+        (run / "eval_metrics.json").write_text(
+            json.dumps(add_evaluation(run / "eval_metrics.json", evaluation))
+        )
+    saved = json.loads((run / "eval_metrics.json").read_text())
+    assert len(saved["evaluations"]) == 2 and set(saved["test"]) == {"sketch", "cartoon"}
+    entry = place(load_run(run))
+    assert entry.values == {"val": 70.0, "sketch": 40.0, "cartoon": 55.0}
+    assert entry.dataset == "class folders photos/train"  # your own data, by its path
+
+
+def test_own_coco_format_data_is_named_by_its_path(tmp_path: Path) -> None:
+    config = _detection(
+        "own/coco", "vit", train_json="my_coco/annotations.json", val_json="my_coco/annotations.json"
+    )
+    text = build_report([write_run(tmp_path, config, _coco(0.1), column="val/mAP")], tmp_path / "r.md")
+    assert "Dataset: COCO-format my_coco/annotations.json." in text and "COCO 2017" not in text
+
+
+def test_folders_that_are_not_finished_runs_are_skipped_and_listed(runs: list[Path], tmp_path: Path) -> None:
+    (runs[1] / "metrics.json").unlink()  # still training
+    demo = tmp_path / "runs" / "demo"  # e.g. `lfi demo`'s folder of run folders
+    demo.mkdir()
+    with pytest.warns(UserWarning, match="skipped"):
+        text = build_report([runs[0], runs[1], demo], tmp_path / "r.md")
+    assert text.startswith("# lfi report\n\n1 runs.") and "| ViT-S/16 | none | 80.00 |" in text
+    skipped = text.split("### Skipped folders (not finished runs)")[1]
+    assert f"{runs[1]}: no metrics.json" in skipped and f"{demo}: no config.yaml" in skipped
+    with pytest.raises(ValueError, match="no finished run folder"), pytest.warns(UserWarning):
+        build_report([demo], tmp_path / "r2.md")

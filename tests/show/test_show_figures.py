@@ -102,7 +102,7 @@ def test_curves_read_reach_speedup_and_plot(tmp_path: Path) -> None:
     assert epochs_to_reach(vit, 95) is None
     assert speedup(vit, ivit, 80) == pytest.approx(2.5)
     fig = convergence_figure([vit, ivit], threshold=80, path=tmp_path / "fig3")
-    assert "2.50x faster" in fig.axes[0].get_legend().get_texts()[1].get_text()
+    assert "2.50x faster" in fig.legends[0].get_texts()[1].get_text()
     _written(tmp_path / "fig3")
     with pytest.raises(KeyError, match=r"metrics.csv: no values in column 'val/acc5'"):
         run_curve(load_run(tmp_path / "t" / "ivit"), column="val/acc5")
@@ -143,3 +143,41 @@ def test_to_palette_makes_a_palette_png_and_is_idempotent(tmp_path: Path) -> Non
     assert Image.open(png).mode == "P" and Image.open(png).size == (48, 40)
     to_palette(png)  # a second pass keeps every pixel's colour
     assert Image.open(png).convert("RGB").tobytes() == once
+
+
+def test_many_runs_legend_below_short_runs_marked(tmp_path: Path) -> None:
+    """Issue 33 item 6: the legend sits below the plot (it no longer squeezes it), a one-epoch run is drawn as
+    a visible marker, long runs as lines."""
+    runs = [_run(tmp_path, f"t/long_experiment_name_{i}", [30.0 + i, 50.0, 60.0, 70.0] * 3) for i in range(5)]
+    runs.append(_run(tmp_path, "t/one_epoch", [42.0]))
+    fig = convergence_figure(read_curves(runs), threshold=55.0)
+    assert not fig.axes[0].get_legend() and len(fig.legends) == 1
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()  # constrained layout places the legend at draw time
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, axes = fig.legends[0].get_window_extent(renderer), fig.axes[0].get_window_extent(renderer)
+    assert legend.y1 <= axes.y0  # below the axes, not over them
+    assert axes.width > 0.7 * fig.bbox.width  # the plot keeps the figure's width
+    lines = {
+        line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")
+    }
+    one = next(line for label, line in lines.items() if label.startswith("t/one_epoch"))
+    assert one.get_marker() == "o" and list(one.get_xdata()) == [1]
+    long = next(line for label, line in lines.items() if label.startswith("t/long_experiment_name_0"))
+    assert long.get_marker() in (None, "None", "")
+
+
+def test_two_reports_in_one_folder_keep_their_own_figures(tmp_path: Path) -> None:
+    from lfi.show.report import build_report
+
+    a, b = _run(tmp_path, "t/a", [30.0, 50.0]), _run(tmp_path, "t/b", [40.0, 60.0])
+    first = build_report([a], tmp_path / "out" / "first.md")
+    second = build_report([b], tmp_path / "out" / "second.md")
+    assert "(figures/first_table2_convergence.png)" in first
+    assert "(figures/second_table2_convergence.png)" in second
+    figures = tmp_path / "out" / "figures"
+    assert {p.name for p in figures.glob("*.png")} == {
+        "first_table2_convergence.png",
+        "second_table2_convergence.png",
+    }

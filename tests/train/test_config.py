@@ -123,3 +123,32 @@ def test_cli_errors_are_one_line_naming_the_key(capsys):
     assert main(["train", str(REPO / "configs/table1/ivit_s.yaml"), "optim.min_lr_ratio=-2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "optim.min_lr_ratio" in err and "--debug" in err
+
+
+def test_img_size_not_a_multiple_of_the_patch_is_refused():
+    """Issue 33 item 1: 60 px with 16 px patches would silently drop 36% of each image."""
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=60"])
+    message = str(error.value)
+    assert "'data.img_size'=60" in message and "patch size 16" in message and "48 or 64" in message
+    with pytest.raises(ConfigError, match="patch size 8; use 56 or 64"):
+        load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 8}"])
+    assert load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 6}"])
+
+
+def test_img_size_is_checked_against_the_built_model():
+    """A timm name without 'patchN' is checked at build, against the model's own patch embedding."""
+    from lfi.train.build import build_model
+
+    cfg = load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=48", "model.timm_kwargs={depth: 1}"])
+    cfg.data.img_size = 40  # as if the name had not told the patch size
+    with pytest.raises(ConfigError, match="'data.img_size'=40 is not a multiple of the model's patch size 16; use 32 or 48"):
+        build_model(cfg, 3)
+
+
+def test_img_size_is_refused_for_detection_with_the_keys_it_uses():
+    """Issue 33 item 3: detection ignored data.img_size (the README's CPU advice reached 13 GB)."""
+    detr = ["task=detection", "model.name=detr", "data.dataset=coco"]
+    with pytest.raises(ConfigError, match=r"'data.img_size' is for classification; detection resizes .* 'data.scales'"):
+        load_config(None, [*detr, "data.img_size=64"])
+    assert load_config(None, [*detr, "data.scales=[256]", "data.max_size=384"]).data.max_size == 384
