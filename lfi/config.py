@@ -27,19 +27,14 @@ from typing import Any, Union
 
 import yaml
 
+from lfi.catalog import dataset_names, dataset_spec, teacher_names, teacher_spec
 from lfi.files import atomic_write
 
 TASKS = ("classification", "detection", "segmentation")
 #: The rows of the paper's Table 3 (`lfi.models.TABLE3`): 'vit' is the unconverted model.
 VARIANTS = ("vit", "iq_gc", "ic_original", "iq_ic", "iq_ic_gc")
-TEACHERS = ("llava", "vit", "oracle", "none")
 #: Controls of an aligned run (`lfi.data.controls`): the teacher's maps, or maps that carry no knowledge.
 CONTROLS = ("none", "centre", "uniform", "shuffled")
-DATASETS = {
-    "classification": ("tinyimagenet", "pacs", "vlcs", "imagefolder", "synthetic"),
-    "detection": ("coco", "voc", "tinyimagenet"),
-    "segmentation": ("coco",),
-}
 DETR_ARCHS = ("detr", "conditional_detr")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed")
 
@@ -418,10 +413,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 MAX_SCALE = 8192  # data.scales, like data.max_size
 
-#: Choices: dotted key -> allowed values (data.dataset depends on the task and is checked on its own).
+#: Choices: dotted key -> allowed values (data.dataset and teacher.name come from `lfi.catalog` in `validate`).
 CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
-    "teacher.name": TEACHERS,
     "teacher.source": ("boxes", "masks"),
     "teacher.control": CONTROLS,
     "model.variant": VARIANTS,
@@ -526,11 +520,13 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     """Ranges, choices and the combinations across fields; ConfigError names the key."""
     check_ranges(cfg, origin)
     check_run_folder(cfg, origin)
-    datasets = DATASETS[cfg.task]
+    datasets, teachers = dataset_names(cfg.task), teacher_names()
     if cfg.data.dataset not in datasets:
         raise ConfigError(
             f"{origin}: 'data.dataset' must be one of {datasets} for task {cfg.task!r}, got {cfg.data.dataset!r}"
         )
+    if cfg.teacher.name not in teachers:
+        raise ConfigError(f"{origin}: 'teacher.name' must be one of {teachers}, got {cfg.teacher.name!r}")
     dense = cfg.task != "classification"
     if dense and cfg.model.name not in DETR_ARCHS:
         raise ConfigError(f"{origin}: 'model.name' must be one of {DETR_ARCHS} for {cfg.task}, got {cfg.model.name!r}")
@@ -548,7 +544,7 @@ def validate(cfg: Config, origin: str = "config") -> Config:
             f"{origin}: teacher.name={cfg.teacher.name!r} but model.variant={cfg.model.variant!r} reads no maps; "
             "set teacher.name=none (a run records the teacher it used)"
         )
-    on_the_fly = dense and cfg.teacher.name == "oracle"
+    on_the_fly = dense and teacher_spec(cfg.teacher.name).ground_truth
     if cfg.aligned and cfg.teacher.store is None and not on_the_fly:
         raise ConfigError(f"{origin}: 'teacher.store' is required for variant {cfg.model.variant!r}")
     if cfg.teacher.control != "none" and (not cfg.aligned or cfg.teacher.store is None):
@@ -557,15 +553,17 @@ def validate(cfg: Config, origin: str = "config") -> Config:
             "store: set an aligned model.variant and 'teacher.store'"
         )
     d = cfg.data
-    if (d.shortcut is not None or d.classes_subset is not None) and d.dataset != "tinyimagenet":
-        raise ConfigError(f"{origin}: 'data.shortcut' / 'data.classes_subset' need data.dataset=tinyimagenet")
+    if (d.shortcut is not None or d.classes_subset is not None) and not dataset_spec(d.dataset).subsets:
+        with_subsets = " or ".join(n for n in dataset_names() if dataset_spec(n).subsets)
+        raise ConfigError(f"{origin}: 'data.shortcut' / 'data.classes_subset' need data.dataset={with_subsets}")
     if d.shortcut is not None and (d.classes_subset is None or d.classes_subset > 20):
         raise ConfigError(
             f"{origin}: 'data.shortcut' paints one colour per class: set 'data.classes_subset' <= 20, "
             f"got {d.classes_subset!r}"
         )
-    if dense and cfg.teacher.source == "masks" and cfg.data.dataset != "coco":
-        raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset=coco (the only set with masks)")
+    if dense and cfg.teacher.source == "masks" and not dataset_spec(d.dataset).masks:
+        with_masks = " or ".join(n for n in dataset_names() if dataset_spec(n).masks)
+        raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset={with_masks} (a set with masks)")
     if d.skip_failed and cfg.teacher.store is None:
         raise ConfigError(f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'")
     if dense and cfg.data.img_size != DataConfig.img_size:  # ignored by detection: refuse rather than mislead

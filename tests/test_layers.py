@@ -11,7 +11,7 @@ LFI = Path(__file__).resolve().parents[1] / "lfi"
 
 #: The floors, lowest first: a package may import its own floor and the ones below it, never one above.
 FLOORS = (
-    ("config", "maps", "files"),
+    ("catalog", "config", "maps", "files"),
     ("data",),
     ("models",),
     ("extract",),

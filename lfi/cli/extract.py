@@ -19,9 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Constants rather than imports of the registries they mirror (tests/extract checks they agree).
-TEACHERS = ("llava", "oracle", "vit")  # lfi.extract.teacher.available_teachers()
-DATASETS = ("tinyimagenet", "pacs", "vlcs", "coco", "voc", "imagefolder")  # lfi.data.build.DATASETS
+from lfi.catalog import dataset_names, teacher_names
+
+# Constants rather than imports of the modules they mirror, which import torch (tests/extract checks they agree).
 EMPTY_POLICIES = ("skip", "uniform", "error")  # lfi.extract.teacher.EMPTY_POLICIES
 ON_ERROR = ("error", "skip")  # lfi.extract.run.ON_ERROR
 
@@ -145,7 +145,7 @@ def _add_dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
         help="dataset root, zip or extracted folder; imagefolder: a folder or zip of class folders; "
         "coco: also any COCO-format .json (its images beside it)",
     )  # fmt: skip
-    p.add_argument("--dataset", choices=DATASETS, required=required)
+    p.add_argument("--dataset", choices=dataset_names(buildable=True), required=required)
     p.add_argument(
         "--split", default="train",
         help="dataset split (default: train); imagefolder: picks DATA/<split>/ when DATA holds split folders",
@@ -156,7 +156,7 @@ def _add_dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def _add_extract(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("extract", help="write a teacher's interaction maps for a dataset to a store")
-    p.add_argument("--teacher", required=True, choices=TEACHERS)
+    p.add_argument("--teacher", required=True, choices=teacher_names(buildable=True))
     _add_dataset_args(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="store folder (created, or resumed if it exists)")
     p.add_argument("--grid", type=int, nargs="+", help="map grid: H [W] (default: the teacher's own)")

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lfi.catalog import teacher_names, teacher_spec
+
 
 def cmd_viz(args: argparse.Namespace) -> int:
     from lfi.show.viz import parse_box, run_viz
@@ -62,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mean: one row per image; layer / head: a figure per image, a row per layer / head",
     )  # fmt: skip
     p.add_argument(
-        "--teacher", choices=("vit", "oracle", "none"),
+        "--teacher", choices=[n for n in teacher_names() if teacher_spec(n).figures],
         help="C_VLM computed by this teacher (default: read from the run's interaction store)",
     )  # fmt: skip
     p.add_argument("--boxes", nargs="+", help="oracle teacher: one box 'x0,y0,x1,y1' (pixels) per image")

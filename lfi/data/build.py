@@ -1,8 +1,8 @@
 """`build_dataset`: every dataset of `lfi.data` by name, the one dispatcher used by extraction and training;
 `imagefolder_sets` and `coco_sets` (your own data): the datasets a config's data section names by path.
 
-Each dataset module is imported inside its branch, so naming one dataset never loads another's dependencies
-(pycocotools for COCO, for instance).
+Each dataset module is imported when its catalog row is built (`lfi.catalog`), so naming one dataset never
+loads another's dependencies (pycocotools for COCO, for instance).
 """
 
 from __future__ import annotations
@@ -13,13 +13,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from lfi.catalog import dataset_names, dataset_spec, load
 from lfi.config import ConfigError, DataConfig
-
-#: Names `build_dataset` accepts.
-DATASETS = ("tinyimagenet", "pacs", "vlcs", "coco", "voc", "imagefolder")
-#: Datasets with domains (PACS, VLCS) and with instance masks (COCO).
-DOMAIN_DATASETS = ("pacs", "vlcs")
-MASK_DATASETS = ("coco",)
 
 
 def build_dataset(
@@ -31,8 +26,8 @@ def build_dataset(
     masks: bool = False,
     **options: Any,
 ) -> Dataset:
-    """Dataset `name` (one of `DATASETS`) of `split`, read from `root` (a zip, its folder, or the extracted
-    dataset; each dataset's class documents what it accepts).
+    """Dataset `name` (a buildable row of `lfi.catalog`) of `split`, read from `root` (a zip, its folder, or the
+    extracted dataset; each dataset's class documents what it accepts).
 
     domains: PACS / VLCS only, None = all; the splits keep each dataset's own meaning (PACS: official kfold
     lists 'train', 'crossval' = 'val', 'test' = the whole domain; VLCS: 'all', or a seeded holdout 'train' /
@@ -42,35 +37,21 @@ def build_dataset(
     imagefolder: root is a folder or zip of class folders (`lfi.data.imagefolder`); split picks its sub-folder
     when root holds train/ val/ test/. coco: root may also be any COCO-format .json file (images= its images).
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if domains is not None and name not in DOMAIN_DATASETS:
-        raise ValueError(f"dataset {name!r} has no domains (only {', '.join(DOMAIN_DATASETS)} do)")
-    if masks and name not in MASK_DATASETS:
-        raise ValueError(f"dataset {name!r} has no instance masks (only {', '.join(MASK_DATASETS)} has)")
-    if name == "tinyimagenet":
-        from lfi.data.tinyimagenet import TinyImageNet
-
-        return TinyImageNet(root, split, **options)
-    if name == "pacs":
-        from lfi.data.pacs import PACS
-
-        return PACS(root, domains, split, **options)
-    if name == "vlcs":
-        from lfi.data.domainbed import VLCS
-
-        return VLCS(root, domains, split=split, **options)
-    if name == "coco":
-        from lfi.data.coco import CocoDetection
-
-        return CocoDetection(root, split, return_masks=masks, **options)
-    if name == "imagefolder":
-        from lfi.data.imagefolder import ImageFolder
-
-        return ImageFolder(root, split, **options)
-    from lfi.data.voc import VOCDetection
-
-    return VOCDetection(root, split, **options)
+    buildable = dataset_names(buildable=True)
+    if name not in buildable:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(buildable)}")
+    spec = dataset_spec(name)
+    if domains is not None and not spec.domains:
+        with_domains = [n for n in buildable if dataset_spec(n).domains]
+        raise ValueError(f"dataset {name!r} has no domains (only {', '.join(with_domains)} do)")
+    if masks and not spec.masks:
+        with_masks = [n for n in buildable if dataset_spec(n).masks]
+        raise ValueError(f"dataset {name!r} has no instance masks (only {', '.join(with_masks)} has)")
+    if spec.domains:
+        options["domains"] = domains
+    if spec.masks:
+        options["return_masks"] = masks
+    return load(spec.builder)(root, split=split, **options)
 
 
 #: Config keys of your own data, and the data.dataset each belongs to.

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from lfi.catalog import VLCS_DOMAINS
 from lfi.data.base import ImageDataset, Record
 from lfi.data.source import FileSource, open_source
 from lfi.data.subsets import holdout_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-VLCS_DOMAINS = ("CALTECH", "LABELME", "PASCAL", "SUN")
 SPLITS = ("all", "train", "val", "test")
 
 

@@ -17,11 +17,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from lfi.catalog import PACS_DOMAINS
 from lfi.data.base import ImageDataset, Record
 from lfi.data.domainbed import check_domains
 from lfi.data.source import FileSource, open_source
 
-DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+DOMAINS = PACS_DOMAINS
 CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
 SPLITS = ("train", "crossval", "test")
 

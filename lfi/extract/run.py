@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lfi.catalog import dataset_spec, teacher_spec
 from lfi.data.keys import image_key
 from lfi.extract.layout import FAILED_FILE, append_failure
 from lfi.extract.store import Record, StoreWriter
@@ -31,15 +32,6 @@ from lfi.extract.teacher import DEFAULT_EMPTY, EmptyPolicy, Sample, Teacher, app
 #: What to do with an image that cannot be read or whose map cannot be made: stop (default) or list it in
 #: the store's failed.jsonl and go on.
 ON_ERROR = ("error", "skip")
-#: Ground truth each dataset has for the oracle teacher (PACS and VLCS have labels only).
-ORACLE_SOURCES = {
-    "tinyimagenet": ("boxes",),
-    "pacs": (),
-    "vlcs": (),
-    "coco": ("boxes", "masks"),
-    "voc": ("boxes",),
-    "imagefolder": ("boxes",),  # when the folder has a boxes.txt (`lfi.data.imagefolder`)
-}
 
 
 @dataclass
@@ -273,8 +265,9 @@ def extract(
 
 def check_oracle_source(dataset: str, source: str) -> None:
     """Refuse an oracle extraction the dataset cannot feed (it would store nothing but invalid maps)."""
-    if source not in ORACLE_SOURCES.get(dataset, (source,)):
-        have = ", ".join(ORACLE_SOURCES[dataset]) or "no boxes or masks"
+    sources = dataset_spec(dataset).oracle_sources  # the ground truth it has (PACS and VLCS: labels only)
+    if source not in sources:
+        have = ", ".join(sources) or "no boxes or masks"
         raise ValueError(
             f"--teacher oracle --oracle-source {source}: dataset {dataset!r} has {have}; "
             "use a teacher that reads the image (--teacher vit or llava)"
@@ -316,7 +309,7 @@ def run_extraction(
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         started = True
     try:
-        if teacher == "oracle":
+        if teacher_spec(teacher).ground_truth:
             check_oracle_source(dataset, oracle_source)
             kwargs = {"source": oracle_source, **teacher_kwargs}
         else:

@@ -15,9 +15,9 @@ To add a teacher, subclass `Teacher` and register a factory::
     def _build(**kwargs) -> Teacher:
         return MyTeacher(**kwargs)
 
-Built-in names: "oracle" (`lfi.extract.oracle`), "vit" (`lfi.extract.vit_teacher`) and "llava"
-(`lfi.extract.vlm`). Their modules are imported on first use by `build_teacher`, so a teacher's heavy
-dependencies load only when it is asked for.
+Known names are the rows of `lfi.catalog` ("oracle", "vit", "llava", ...), each naming the module that
+registers it; the module is imported on first use by `build_teacher`, so a teacher's heavy dependencies load
+only when it is asked for.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, Literal, TypedDict
 import torch
 from PIL import Image
 
+from lfi.catalog import teacher_names, teacher_spec
 from lfi.maps import contrast_map, is_valid_map
 
 
@@ -164,12 +165,6 @@ def image_hw(image: torch.Tensor | Image.Image) -> tuple[int, int]:
 
 
 _REGISTRY: dict[str, Callable[..., Teacher]] = {}
-# Modules that register the built-in names when imported (lazy: torch/timm/transformers load on demand).
-_BUILTIN_MODULES = {
-    "oracle": "lfi.extract.oracle",
-    "vit": "lfi.extract.vit_teacher",
-    "llava": "lfi.extract.vlm",
-}
 
 
 def register_teacher(name: str) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
@@ -183,14 +178,14 @@ def register_teacher(name: str) -> Callable[[Callable[..., Teacher]], Callable[.
 
 
 def available_teachers() -> list[str]:
-    """Names `build_teacher` accepts (built-in ones whether or not their module is imported yet)."""
-    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
+    """Names `build_teacher` accepts (catalog rows whether or not their module is imported yet)."""
+    return sorted(set(_REGISTRY) | set(teacher_names(buildable=True)))
 
 
 def build_teacher(name: str, **kwargs: Any) -> Teacher:
     """Build a registered teacher by name, importing a built-in teacher's module on first use."""
-    if name not in _REGISTRY and name in _BUILTIN_MODULES:
-        importlib.import_module(_BUILTIN_MODULES[name])
+    if name not in _REGISTRY and name in teacher_names(buildable=True):
+        importlib.import_module(teacher_spec(name).module)
     if name not in _REGISTRY:
         raise KeyError(f"unknown teacher {name!r}; available: {available_teachers()}")
     return _REGISTRY[name](**kwargs)

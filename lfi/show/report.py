@@ -36,18 +36,11 @@ from typing import Any
 
 from safetensors import safe_open
 
+from lfi.catalog import dataset_spec, teacher_spec
 from lfi.config import Config, config_to_dict
 from lfi.files import atomic_write
 from lfi.show.curves import monitor, run_curve
 from lfi.train.runs import Run, load_run
-
-#: How a teacher is named in tables and figure captions. Only 'llava' is the paper's teacher.
-TEACHER_LABELS = {
-    "llava": "LLaVA-1.5 (the paper's VLM teacher)",
-    "vit": "DeiT-Tiny ViT, VFM->VFM substitute (not the paper's LLaVA-1.5)",
-    "oracle": "ground-truth box/mask oracle (not the paper's LLaVA-1.5)",
-    "none": "none (no interaction maps)",
-}
 
 TABLE_TITLES = {
     "1": "Table 1. Comparison of I-ViT and ViT on TinyImageNet (top-1 %)",
@@ -106,14 +99,15 @@ _POOLED_KEYS = {
 # Paths of weights: the same file lives at different paths on different machines, so only set / not set counts.
 _PATH_KEYS = ("model.checkpoint", "loss.kd.checkpoint", "loss.kd.synsets")
 _SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H", "giant": "g"}
-_DATASETS = {"tinyimagenet": "TinyImageNet", "pacs": "PACS", "vlcs": "VLCS", "synthetic": "synthetic (lfi demo)",
-             "coco": "COCO 2017", "voc": "Pascal VOC"}  # fmt: skip
 _DETRS = {"detr": "DETR", "conditional_detr": "Conditional-DETR"}
 
 
 def teacher_label(name: str) -> str:
     """How teacher `name` is captioned: whether it is the paper's LLaVA-1.5 is always said."""
-    return TEACHER_LABELS.get(name, f"{name} (not the paper's LLaVA-1.5)")
+    try:
+        return teacher_spec(name).label
+    except ValueError:  # a run of a teacher this installation does not list
+        return f"{name} (not the paper's LLaVA-1.5)"
 
 
 def model_label(timm_name: str, timm_kwargs: dict[str, Any] | None = None) -> str:
@@ -193,7 +187,7 @@ def classification_cell(run: Run) -> Cell:
     row = f"{'ViT' if m.variant == 'vit' else 'I-ViT'}-{size}" + (" + KD (result-oriented)" if kd else "")
     pretrained = m.checkpoint is not None
     tests = tested_sets(run)
-    if d.dataset in ("pacs", "vlcs"):
+    if dataset_spec(d.dataset).domains:
         domains = {name: (name, "acc1") for name in tests if name != "val"}
         return Cell("4" if d.dataset == "pacs" else "5", row, domains, size == "L/16" and not kd)
     if d.dataset != "tinyimagenet" or ("val" not in tests and len(tests) > 1):  # e.g. the shortcut test's id/ood
@@ -258,7 +252,7 @@ def place(run: Run) -> Entry:
         if "n" in metrics:
             n[column] = int(metrics["n"])
     dataset = dataset_label(cfg)
-    if cfg.data.dataset in ("pacs", "vlcs"):
+    if dataset_spec(cfg.data.dataset).domains:
         trained = cfg.data.train_domains
         dataset += (f", trained on {', '.join(trained)}" if trained
                     else ", trained on every domain but the unseen one" if cfg.data.test_domains
@@ -276,7 +270,10 @@ def dataset_label(cfg: Config) -> str:
         return f"COCO-format {d.train_json or d.val_json}"
     if d.dataset == "imagefolder":
         return f"class folders {d.train_dir}"
-    return _DATASETS.get(d.dataset, d.dataset)
+    try:
+        return dataset_spec(d.dataset).label
+    except ValueError:  # a run of a dataset this installation does not list
+        return d.dataset
 
 
 def table3_copy(entry: Entry) -> Entry | None:

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from lfi.catalog import dataset_spec, teacher_spec
 from lfi.config import Config, DataConfig
 from lfi.data.base import ImageDecodeError, Samples
 from lfi.data.cache import DEFAULT_FOLDER as DEFAULT_CACHE
@@ -60,14 +61,14 @@ def build_data(cfg: Config) -> ExperimentData:
         if d.train_json is not None or d.val_json is not None:  # any COCO-format set, by path
             from lfi.data.detection import fraction_subset
 
-            masks = cfg.task == "segmentation" or (cfg.teacher.name == "oracle" and cfg.teacher.source == "masks")
+            masks = wants_masks(cfg)
             train, val = coco_sets(d, masks)
             train = fraction_subset(train, d.ratio, d.split_seed)
             return ExperimentData(train, val, {"val": val}, list(val.classes), coco_gt=val.coco, category_ids=val.coco_ids)
         return _detection_data(cfg)
-    if d.dataset == "synthetic":
-        raise ValueError("data.dataset=synthetic has no loader here: the synthetic set is built by `lfi demo`")
-    opts = {"domains": train_domains(d)} if d.dataset in ("pacs", "vlcs") else {}
+    if dataset_spec(d.dataset).builder is None:  # e.g. the synthetic set, built by `lfi demo`
+        raise ValueError(f"data.dataset={d.dataset} has no loader here: it is built by the code that uses it")
+    opts = {"domains": train_domains(d)} if dataset_spec(d.dataset).domains else {}
     if d.dataset == "vlcs":
         opts["seed"] = d.split_seed
     if d.dataset == "imagefolder":  # your own class folders, by path (val None: data.val_fraction holds out)
@@ -77,8 +78,8 @@ def build_data(cfg: Config) -> ExperimentData:
         val = build_dataset(d.dataset, root, "val", **opts)
         tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
     if d.shortcut is not None or d.classes_subset is not None:  # the shortcut test (issue 18): id / ood / clean
-        if d.dataset != "tinyimagenet":
-            raise ValueError(f"data.shortcut / data.classes_subset need data.dataset=tinyimagenet, got {d.dataset!r}")
+        if not dataset_spec(d.dataset).subsets:
+            raise ValueError(f"data.shortcut / data.classes_subset need a dataset with subsets, got {d.dataset!r}")
         from lfi.data.shortcut import shortcut_splits
 
         train, val, tests = shortcut_splits(train, val, d.classes_subset, d.shortcut, d.shortcut_width, d.split_seed)
@@ -127,15 +128,17 @@ def relpaths(dataset: Dataset) -> list[str]:
     return [records[i].relpath for i in (indices if indices is not None else range(len(records)))]
 
 
+def wants_masks(cfg: Config) -> bool:
+    """Instance masks in each sample: segmentation, or a ground-truth teacher reading masks on the fly."""
+    return cfg.task == "segmentation" or (teacher_spec(cfg.teacher.name).ground_truth and cfg.teacher.source == "masks")
+
+
 def train_domains(d: DataConfig) -> list[str] | None:
     """PACS / VLCS training domains: data.train_domains; when null and data.test_domains is set, every domain
     but the test domains (leave-one-domain-out); None (all domains) when neither is set."""
     if d.train_domains is not None or not d.test_domains:
         return d.train_domains
-    from lfi.data.domainbed import VLCS_DOMAINS
-    from lfi.data.pacs import DOMAINS as PACS_DOMAINS
-
-    rest = [x for x in (PACS_DOMAINS if d.dataset == "pacs" else VLCS_DOMAINS) if x not in d.test_domains]
+    rest = [x for x in dataset_spec(d.dataset).domains if x not in d.test_domains]
     if not rest:
         raise ValueError(f"data.test_domains {d.test_domains} leaves no {d.dataset} domain to train on; set data.train_domains")
     return rest
@@ -147,11 +150,11 @@ def _detection_data(cfg: Config) -> ExperimentData:
     from lfi.evaluate.coco import coco_from_dataset
 
     d, root = cfg.data, Path(cfg.data.root)
-    masks = cfg.task == "segmentation" or (cfg.teacher.name == "oracle" and cfg.teacher.source == "masks")
+    masks = wants_masks(cfg)
     opts = {"year": d.year} if d.dataset == "voc" else {}
     train = build_dataset(d.dataset, root, d.train_split, masks=masks, **opts)
     val = build_dataset(d.dataset, root, d.val_split, masks=masks, **opts)
-    if d.dataset == "coco":
+    if hasattr(val, "coco_ids"):  # COCO itself: its own ground truth and category ids
         gt, category_ids = val.coco, val.coco_ids
     else:
         gt, category_ids = coco_from_dataset(coco_ground_truth(val, val.classes)), None
