@@ -15,9 +15,10 @@ the task head and, in the converted blocks 8-11, P'_q and the gates train. Three
 share that student and budget: ViT (plain: a linear probe of the frozen model), IQ+GC (interaction queries
 and gate without alignment: the added parameters alone) and I-ViT (IQ+IC+GC, aligned to the oracle maps),
 each with several seeds. Every model is built, converted, optimised and scheduled as `lfi train` does it
-(`build_classifier`, `build_criterion`, `parameter_groups`, `cosine_with_warmup`); since blocks 0-7 are
-frozen and identical in every model, their output is computed once per image (and its mirror image, the
-flip augmentation) instead of once per step, which is what fits the demo into its time. Without the
+(`build_classifier`, `build_criterion`, `parameter_groups`, `cosine_with_warmup`) and each step is the
+engine's (`lfi.train.tasks.step_losses`); since blocks 0-7 are frozen and identical in every model, their
+output is computed once per image (and its mirror image, the flip augmentation) by
+`InteractionViT.tokens_before` instead of once per step, which is what fits the demo into its time. Without the
 weights the demo falls back to a small random-init ViT trained in full, and its report says so first.
 
 Which weights the test figures come from: the last epoch's, a fixed budget set in advance. The held-out ID
@@ -182,56 +183,26 @@ def first_trained_block(model: nn.Module) -> int:
     return min(model.converted) if model.config.freeze_backbone else 0
 
 
-def stem(model: nn.Module, x: torch.Tensor, first: int) -> torch.Tensor:
-    """Tokens entering block `first`: patch embedding, position embedding, blocks [0, first)."""
-    v = model.vit
-    h = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
-    for block in v.blocks[:first]:
-        h = block(h)
-    return h
-
-
-def head(
-    model: nn.Module, h: torch.Tensor, first: int, request: MapRequest | None = None
-) -> tuple[torch.Tensor, dict[int, dict[str, torch.Tensor]]]:
-    """Blocks [first, depth), final norm and classifier on tokens from `stem`; with `request`, the maps of
-    the alignment layers from the same pass (as `InteractionViT.forward` collects them)."""
-    v = model.vit
-    layers = {i: model.interaction_layers()[i] for i in model.align_layers} if request is not None else {}
-    try:
-        for layer in layers.values():
-            layer.request = request
-        for block in v.blocks[first:]:
-            h = block(h)
-        return v.forward_head(v.norm(h)), {i: layer.maps for i, layer in layers.items()}
-    finally:
-        for layer in layers.values():
-            layer.request, layer.maps = None, {}
-
-
 class Inputs:
-    """A split as the loop reads it: the model's input per image (tokens from `stem` when the stem is frozen,
-    else normalised images), its mirror image for the flip augmentation, labels and teacher maps."""
+    """A split as the loop reads it: the model's input per image (the tokens entering block `first` when the
+    prefix is frozen, else normalised images), its mirror image for the flip augmentation, labels and teacher
+    maps."""
 
     def __init__(self, model: nn.Module, first: int, images: torch.Tensor, labels: torch.Tensor,
                  maps: torch.Tensor | None = None, flip: bool = False) -> None:  # fmt: skip
         x = _normalise(images)
-        self.frozen = first > 0
         self.x, self.labels, self.maps = self._prefix(model, x, first), labels, maps
         self.x_flip = self._prefix(model, x.flip(-1), first) if flip else None
 
-    def _prefix(self, model: nn.Module, x: torch.Tensor, first: int) -> torch.Tensor:
-        if not self.frozen:
+    @staticmethod
+    def _prefix(model: nn.Module, x: torch.Tensor, first: int) -> torch.Tensor:
+        if first == 0:
             return x
         with torch.no_grad():
-            return torch.cat([stem(model, x[i : i + 128], first) for i in range(0, len(x), 128)])
+            return torch.cat([model.tokens_before(x[i : i + 128], first) for i in range(0, len(x), 128)])
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def tokens(model: nn.Module, inputs: torch.Tensor, first: int) -> torch.Tensor:
-    return inputs if first > 0 else stem(model, inputs, 0)
 
 
 @torch.no_grad()
@@ -241,13 +212,15 @@ def evaluate(
     """Top-1 (%) over `data`; with `coverage` (N, gh, gw), the class-token attention mass on the object too."""
     model.eval()
     name = "fused" if model.config.interaction_queries else "vfm"
-    request = MapRequest.of(name, rows=1) if coverage is not None else None
     correct, masses = 0, []
     for i in range(0, len(data), 128):
-        logits, maps = head(model, tokens(model, data.x[i : i + 128], first), first, request)
-        correct += int((logits.argmax(1) == data.labels[i : i + 128]).sum())
-        if coverage is not None:
+        x = data.x[i : i + 128]
+        if coverage is None:
+            logits = model(x, start=first)
+        else:
+            logits, maps = model(x, MapRequest.of(name, rows=1), layers=model.align_layers, start=first)
             masses.append(object_mass(model, maps, name, coverage[i : i + 128]))
+        correct += int((logits.argmax(1) == data.labels[i : i + 128]).sum())
     out: dict[str, Any] = {"acc1": round(100.0 * correct / len(data), 2)}
     if masses:
         per_block = torch.cat(masses, 1).mean(1)
@@ -272,8 +245,10 @@ def object_mass(
 def fit(
     cfg: Config, model: nn.Module, criterion: nn.Module, train: Inputs, val: Inputs, first: int
 ) -> list[float]:
-    """cfg.trainer.max_epochs epochs of AdamW + cosine with warmup (as `lfi train`); -> val top-1 per epoch."""
+    """cfg.trainer.max_epochs epochs of AdamW + cosine with warmup (as `lfi train`), each step the engine's
+    (`step_losses`: the classification task's forward, then the criterion); -> val top-1 per epoch."""
     from lfi.train.engine import cosine_with_warmup, parameter_groups
+    from lfi.train.tasks import ClassificationTask, step_losses
 
     o, batch, epochs = cfg.optim, cfg.data.batch_size, cfg.trainer.max_epochs
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=o.lr, betas=tuple(o.betas))
@@ -283,8 +258,7 @@ def fit(
         optimizer, lambda step: cosine_with_warmup(step, total, warmup, o.min_lr_ratio)
     )
     g = torch.Generator().manual_seed(cfg.seed)
-    aligned = cfg.aligned
-    request = model.alignment_request() if aligned else None
+    task = ClassificationTask(start=first)
     val_curve = []
     for _ in range(epochs):
         model.train()
@@ -293,19 +267,12 @@ def fit(
         for i in range(0, len(train), batch):
             idx, flip = order[i : i + batch], flips[order[i : i + batch]]
             x = torch.where(flip.view(-1, *[1] * (train.x.dim() - 1)), train.x_flip[idx], train.x[idx])
-            logits, maps = head(model, tokens(model, x, first), first, request)
-            outputs: dict[str, Any] = {"logits": logits}
-            targets: dict[str, Any] = {"label": train.labels[idx]}
-            if aligned:
-                name = model.config.supervised_map
-                rows = torch.stack([maps[b][name] for b in model.align_layers])
-                outputs["maps"] = attention_to_grid(
-                    rows, model.num_prefix_tokens, tuple(train.maps.shape[-2:])
-                )
+            step: dict[str, Any] = {"image": x, "label": train.labels[idx]}
+            if cfg.aligned:
                 m = train.maps[idx]
-                targets["map"] = torch.where(flip[:, None, None], m.flip(-1), m)
-                targets["map_valid"] = targets["map"].sum((-2, -1)) > 0
-            loss = criterion(outputs, targets)["loss"]
+                step["map"] = torch.where(flip[:, None, None], m.flip(-1), m)
+                step["map_valid"] = step["map"].sum((-2, -1)) > 0
+            loss = step_losses(task, model, criterion, step)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -297,9 +297,10 @@ def run_extraction(
     """`lfi extract`: build teacher `teacher` and dataset `dataset` (`lfi.data.build_dataset`), then `extract`.
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group (NCCL for CUDA devices, else Gloo) and each
-    rank uses cuda:LOCAL_RANK for device 'cuda'. teacher_kwargs go to the teacher's factory; device is added
-    for teachers other than the oracle. extract_kwargs go to `extract` (batch_size, limit, empty, on_error,
-    num_workers, ...). Returns the report on rank 0 and None on other ranks.
+    rank uses cuda:LOCAL_RANK for device 'cuda'. teacher_kwargs go to the teacher's factory, after device
+    (for teachers whose catalog row takes one) and the oracle source (for those mapping the ground truth).
+    extract_kwargs go to `extract` (batch_size, limit, empty, on_error, num_workers, ...). Returns the report
+    on rank 0 and None on other ranks.
     """
     from lfi.data.build import build_dataset
     from lfi.extract.teacher import build_teacher
@@ -309,12 +310,13 @@ def run_extraction(
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         started = True
     try:
-        if teacher_spec(teacher).ground_truth:
+        spec, kwargs = teacher_spec(teacher), {}
+        if spec.ground_truth:
             check_oracle_source(dataset, oracle_source)
-            kwargs = {"source": oracle_source, **teacher_kwargs}
-        else:
-            kwargs = {"device": device_for_rank(device), **teacher_kwargs}
-        built = build_teacher(teacher, **kwargs)
+            kwargs["source"] = oracle_source
+        if spec.device:
+            kwargs["device"] = device_for_rank(device)
+        built = build_teacher(teacher, **{**kwargs, **teacher_kwargs})
         samples = build_dataset(dataset, data, split, domains=domains, masks=oracle_source == "masks")
         meta: dict[str, Any] = {"dataset": dataset, "split": split}
         if domains:

@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from lfi.models.backends import ATTENTION, Backend, resolve_backend
-from lfi.models.gate import GatedControl
+from lfi.models.backends import Backend
+from lfi.models.interaction import InteractionLayer, InteractionModel, layer_maps
 from lfi.models.interaction_attention import MapRequest
-from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
+from lfi.models.switches import InteractionSwitches
 
 #: Parameter-name parts of the task heads of the supported HF models (kept trainable by freeze_backbone).
 HEAD_NAMES = ("class_labels_classifier", "bbox_predictor", "mask_head", "bbox_attention")
@@ -37,14 +37,13 @@ class IDETRConfig(InteractionSwitches):
     DETR as paper 5.1.2 does)."""
 
 
-class DetrInteractionAttention(nn.Module):
+class DetrInteractionAttention(InteractionLayer):
     """Drop-in for HF `DetrSelfAttention` / `ConditionalDetrSelfAttention` computing interaction attention.
 
     As in HF, position embeddings are added to the input of the queries and keys, not of the values; the
     interaction queries read the same position-augmented input as the original queries (P'_q starts as a
     copy of q_proj). Same parameter names as HF for the original projections, so state dicts still load.
-    P'_q and the gate are made on the device and in the dtype of q_proj. `backend`: the implementation its
-    forward calls (lfi.models.backends), fixed here from `backend` or $LFI_ATTENTION.
+    P'_q, the gate and the backend are `InteractionLayer`'s.
     """
 
     def __init__(
@@ -55,32 +54,23 @@ class DetrInteractionAttention(nn.Module):
         gate_hidden: int,
         backend: Backend | None = None,
     ):
-        super().__init__()
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling"):
             if not hasattr(attn, name):
                 raise TypeError(
                     f"{type(attn).__name__} has no '{name}': expected an HF DETR self-attention with "
                     "q_proj/k_proj/v_proj/o_proj (transformers >= 5)"
                 )
+        num_heads = attn.q_proj.out_features // attn.head_dim
+        super().__init__(attn.q_proj, num_heads, attn.head_dim, interaction_queries, gated_control, gate_hidden,
+                         backend)  # fmt: skip
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (
             attn.q_proj,
             attn.k_proj,
             attn.v_proj,
             attn.o_proj,
         )
-        self.head_dim, self.scaling = attn.head_dim, attn.scaling
-        self.num_heads = attn.q_proj.out_features // attn.head_dim
+        self.scaling = attn.scaling
         self.attention_dropout = float(getattr(attn, "attention_dropout", 0.0))
-        self.iq = copy.deepcopy(attn.q_proj) if interaction_queries else None
-        like = dict(device=attn.q_proj.weight.device, dtype=attn.q_proj.weight.dtype)
-        self.control = GatedControl(self.num_heads, gate_hidden, **like) if gated_control else None
-        self.backend: Backend = resolve_backend(backend)
-        self.request: MapRequest | None = None
-        self.maps: dict[str, torch.Tensor] = {}
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, N, H*d) -> (B, H, N, d)."""
-        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     @staticmethod
     def _key_mask(attention_mask: Any) -> torch.Tensor | None:
@@ -120,14 +110,8 @@ class DetrInteractionAttention(nn.Module):
         k = self._heads(self.k_proj(qk_input))
         v = self._heads(self.v_proj(hidden_states))
         q_int = self._heads(self.iq(qk_input)) if self.iq is not None else None
-        out, self.maps = ATTENTION[self.backend](
-            q, k, v, self.scaling,
-            q_int=q_int,
-            gate=self.control.weights() if self.control is not None else None,
-            request=self.request,
-            attn_mask=self._key_mask(attention_mask),
-            dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # fmt: skip
+        mask = self._key_mask(attention_mask)
+        out = self.attend(q, k, v, self.scaling, q_int, mask, self.attention_dropout)
         out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
         # None in place of HF's attention weights: the maps are read through `request`, not output_attentions.
         return self.o_proj(out), None
@@ -156,12 +140,14 @@ def detr_core(model: nn.Module) -> nn.Module:
     )
 
 
-class InteractionDETR(nn.Module):
+class InteractionDETR(InteractionModel):
     """An HF DETR with interaction attention in the chosen encoder layers. `self.detr` is the HF model.
 
     forward(**hf_inputs) -> the HF output, exactly as the HF model (loss when `labels` are given).
     forward(..., request=MapRequest) -> IDETROutput with the encoder maps of that single pass.
     """
+
+    attention_attr = "self_attn"
 
     def __init__(self, detr: nn.Module, config: IDETRConfig) -> None:
         super().__init__()
@@ -169,17 +155,7 @@ class InteractionDETR(nn.Module):
         # Not a registered submodule: it lives inside self.detr, and registering it twice would write every
         # weight twice into the state dict (safetensors refuses shared tensors).
         self.__dict__["_core"] = detr_core(detr)
-        encoder_layers = self.core.encoder.layers
-        self.converted = converted_layers(config.layers, len(encoder_layers), "IDETRConfig.layers")
-        for i in self.converted:
-            encoder_layers[i].self_attn = DetrInteractionAttention(
-                encoder_layers[i].self_attn,
-                config.interaction_queries,
-                config.gated_control,
-                config.gate_hidden,
-                config.attention,
-            )
-        self.align_layers = self._resolve_align_layers(config.align_layers)
+        self.convert(DetrInteractionAttention)
         self._grid_mask: torch.Tensor | None = None
         self.core.backbone.register_forward_hook(self._record_grid_mask)
         if config.freeze_backbone:
@@ -190,9 +166,8 @@ class InteractionDETR(nn.Module):
         """The DetrModel / ConditionalDetrModel inside `self.detr` (backbone, encoder, decoder)."""
         return self.__dict__["_core"]
 
-    def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
-        depth = len(self.core.encoder.layers)
-        return aligned_layers(layers, self.converted, depth, "IDETRConfig.align_layers")
+    def host_layers(self) -> nn.ModuleList:
+        return self.core.encoder.layers
 
     def _record_grid_mask(self, module: nn.Module, inputs: Any, output: Any) -> None:
         """Backbone hook: the last feature map's mask (B, gh, gw), the one the encoder's tokens come from."""
@@ -207,13 +182,6 @@ class InteractionDETR(nn.Module):
             p.requires_grad_(any(part in name for part in HEAD_NAMES))
         for p in self.interaction_parameters():
             p.requires_grad_(True)
-
-    def interaction_layers(self) -> dict[int, DetrInteractionAttention]:
-        return {i: self.core.encoder.layers[i].self_attn for i in self.converted}
-
-    def interaction_parameters(self) -> list[nn.Parameter]:
-        """Parameters added by the conversion: P'_q and the gates."""
-        return added_parameters(self.interaction_layers().values())
 
     def alignment_request(self) -> MapRequest | None:
         """Full maps of the supervised map: dense alignment averages query rows chosen per image."""
@@ -231,21 +199,15 @@ class InteractionDETR(nn.Module):
         IDETROutput with the maps of `request` from `layers` (default: all converted layers)."""
         if request is None:
             return self.detr(*args, **kwargs)
-        chosen = self.interaction_layers()
-        if layers is not None:
-            chosen = {i: chosen[i] for i in self._resolve_align_layers(layers)}
         try:
-            for layer in chosen.values():
-                layer.request = request
-            outputs = self.detr(*args, **kwargs)
-            if self._grid_mask is None:
-                raise RuntimeError(
-                    "maps need the backbone's feature mask; pass pixel_values, not inputs_embeds"
-                )
-            return IDETROutput(outputs, {i: layer.maps for i, layer in chosen.items()}, self._grid_mask)
+            with self.requesting(request, layers) as chosen:
+                outputs = self.detr(*args, **kwargs)
+                if self._grid_mask is None:
+                    raise RuntimeError(
+                        "maps need the backbone's feature mask; pass pixel_values, not inputs_embeds"
+                    )
+                return IDETROutput(outputs, layer_maps(chosen), self._grid_mask)
         finally:
-            for layer in chosen.values():
-                layer.request, layer.maps = None, {}
             self._grid_mask = None
 
     def forward_aligned(self, **kwargs: Any) -> IDETROutput:

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from lfi.maps import attention_to_grid
-from lfi.models.backends import ATTENTION, Backend, resolve_backend
-from lfi.models.gate import GatedControl
+from lfi.models.backends import Backend
+from lfi.models.interaction import InteractionLayer, InteractionModel, layer_maps
 from lfi.models.interaction_attention import MapRequest
-from lfi.models.switches import InteractionSwitches, added_parameters, aligned_layers, converted_layers
+from lfi.models.switches import InteractionSwitches
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,12 @@ TABLE3: dict[str, IViTConfig] = {
 }
 
 
-class InteractionAttention(nn.Module):
+class InteractionAttention(InteractionLayer):
     """Drop-in replacement for a timm `Attention` that computes interaction attention (Eq. 3-9).
 
     Takes over the original module's projections and norms (same parameters, same state-dict names), and adds
-    `iq` (P'_q, dim -> heads*head_dim) and `control` (the gated control network), both on the device and in
-    the dtype of the original weights. `backend`: the implementation its forward calls (lfi.models.backends),
-    fixed here from `backend` or $LFI_ATTENTION.
+    `iq` (P'_q, dim -> heads*head_dim, a copy of the query rows of qkv) and `control` (the gated control
+    network), as `InteractionLayer` does for every host.
     """
 
     def __init__(
@@ -58,43 +57,19 @@ class InteractionAttention(nn.Module):
         gate_hidden: int,
         backend: Backend | None = None,
     ):
-        super().__init__()
         for name in ("qkv", "num_heads", "head_dim", "scale", "proj"):
             if not hasattr(attn, name):
                 raise TypeError(
                     f"{type(attn).__name__} has no '{name}': expected a timm Attention with fused qkv"
                 )
-        self.num_heads, self.head_dim, self.scale = attn.num_heads, attn.head_dim, attn.scale
+        super().__init__(attn.qkv, attn.num_heads, attn.head_dim, interaction_queries, gated_control, gate_hidden,
+                         backend)  # fmt: skip
+        self.scale = attn.scale
         self.qkv, self.proj = attn.qkv, attn.proj
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
         self.attn_drop, self.proj_drop = attn.attn_drop, attn.proj_drop
         self.norm = getattr(attn, "norm", nn.Identity())
         self.out_gate = getattr(attn, "gate", None)  # timm's optional output gate (newer timm), kept as is
-        self.iq = self._copy_query_projection(attn.qkv) if interaction_queries else None
-        like = dict(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
-        self.control = GatedControl(self.num_heads, gate_hidden, **like) if gated_control else None
-        self.backend: Backend = resolve_backend(backend)
-        self.request: MapRequest | None = None
-        self.maps: dict[str, torch.Tensor] = {}
-
-    def _copy_query_projection(self, qkv: nn.Linear) -> nn.Linear:
-        attn_dim = self.num_heads * self.head_dim
-        iq = nn.Linear(
-            qkv.in_features,
-            attn_dim,
-            bias=qkv.bias is not None,
-            device=qkv.weight.device,
-            dtype=qkv.weight.dtype,
-        )
-        with torch.no_grad():
-            iq.weight.copy_(qkv.weight[:attn_dim])
-            if qkv.bias is not None:
-                iq.bias.copy_(qkv.bias[:attn_dim])
-        return iq
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(B, N, H*d) -> (B, H, N, d)."""
-        return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -106,14 +81,7 @@ class InteractionAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         q_int = self.q_norm(self._heads(self.iq(x))) if self.iq is not None else None
-        out, self.maps = ATTENTION[self.backend](
-            q, k, v, self.scale,
-            q_int=q_int,
-            gate=self.control.weights() if self.control is not None else None,
-            request=self.request,
-            attn_mask=attn_mask,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
-        )  # fmt: skip
+        out = self.attend(q, k, v, self.scale, q_int, attn_mask, self.attn_drop.p)
         out = self.norm(out.transpose(1, 2).reshape(B, N, -1))
         if self.out_gate is not None:
             out = out * self.out_gate(x).sigmoid()
@@ -127,28 +95,24 @@ class InteractionOutput(NamedTuple):
     maps: dict[int, dict[str, torch.Tensor]]
 
 
-class InteractionViT(nn.Module):
+class InteractionViT(InteractionModel):
     """A timm ViT with interaction attention in the chosen blocks. `self.vit` is the (converted) timm model.
 
     forward(x) -> logits, exactly like timm. forward(x, request) -> InteractionOutput with the maps of
     `request` from the blocks in `layers` (default: all converted blocks), from the same single pass.
     """
 
+    attention_attr = "attn"
+
     def __init__(self, vit: nn.Module, config: IViTConfig) -> None:
         super().__init__()
         self.vit, self.config = vit, config
-        self.converted = converted_layers(config.layers, len(vit.blocks), "IViTConfig.layers")
-        for i in self.converted:
-            attn = vit.blocks[i].attn
-            vit.blocks[i].attn = InteractionAttention(
-                attn, config.interaction_queries, config.gated_control, config.gate_hidden, config.attention
-            )
-        self.align_layers = self._resolve_align_layers(config.align_layers)
+        self.convert(InteractionAttention)
         if config.freeze_backbone:
             self._freeze_backbone()
 
-    def _resolve_align_layers(self, layers: tuple[int, ...] | None) -> tuple[int, ...]:
-        return aligned_layers(layers, self.converted, len(self.vit.blocks), "IViTConfig.align_layers")
+    def host_layers(self) -> nn.ModuleList:
+        return self.vit.blocks
 
     def _freeze_backbone(self) -> None:
         if self.config.supervised_map == "vfm" and not self.config.interaction_queries:
@@ -162,13 +126,6 @@ class InteractionViT(nn.Module):
             p.requires_grad_(True)
         for p in self.vit.get_classifier().parameters():
             p.requires_grad_(True)
-
-    def interaction_layers(self) -> dict[int, InteractionAttention]:
-        return {i: self.vit.blocks[i].attn for i in self.converted}
-
-    def interaction_parameters(self) -> list[nn.Parameter]:
-        """Parameters added by the conversion: P'_q and the gates."""
-        return added_parameters(self.interaction_layers().values())
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -192,35 +149,57 @@ class InteractionViT(nn.Module):
             return None
         return MapRequest.of(name, rows=1 if self.has_class_token else None)
 
-    def forward(
-        self, x: torch.Tensor, request: MapRequest | None = None, layers: tuple[int, ...] | None = None
-    ) -> torch.Tensor | InteractionOutput:
-        """x: (B, 3, H, W). Returns logits (B, K), or InteractionOutput when `request` is given."""
-        if request is None:
-            return self.vit(x)
-        chosen = self.interaction_layers()
-        if layers is not None:
-            chosen = {i: chosen[i] for i in self._resolve_align_layers(layers)}
-        try:
-            for layer in chosen.values():
-                layer.request = request
-            logits = self.vit(x)
-            return InteractionOutput(logits, {i: layer.maps for i, layer in chosen.items()})
-        finally:
-            for layer in chosen.values():
-                layer.request, layer.maps = None, {}
+    def tokens_before(self, x: torch.Tensor, block: int) -> torch.Tensor:
+        """x: (B, 3, H, W) -> the tokens (B, N, C) entering block `block` (patch and position embedding, then
+        blocks [0, block)), as timm computes them. With a frozen prefix they are the same in every epoch, so
+        a caller may compute them once and pass them to `forward(..., start=block)`."""
+        v = self.vit
+        h = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+        for b in v.blocks[:block]:
+            h = b(h)
+        return h
 
-    def forward_aligned(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def _logits(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """timm's forward from images (start 0), or from the tokens entering block `start`."""
+        if start == 0:
+            return self.vit(x)
+        v = self.vit
+        for b in v.blocks[start:]:
+            x = b(x)
+        return v.forward_head(v.norm(x))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        request: MapRequest | None = None,
+        layers: tuple[int, ...] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor | InteractionOutput:
+        """x: (B, 3, H, W), or with start > 0 the tokens (B, N, C) from `tokens_before(images, start)`.
+        Returns logits (B, K), or InteractionOutput when `request` is given."""
+        if request is None:
+            return self._logits(x, start)
+        with self.requesting(request, layers) as chosen:
+            logits = self._logits(x, start)
+            return InteractionOutput(logits, layer_maps(chosen))
+
+    def forward_aligned(
+        self, x: torch.Tensor, start: int = 0
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """One pass -> logits (B, K) and the supervised map of each alignment layer as {layer: (B, gh, gw)}.
 
         The student side of Eq. 14: class-token row of C_AGT (or C_VFM for constraint='original') over the
         patch tokens, mean over heads. Empty dict when the config has no constraint or no alignment layers.
+        x and start as in `forward` (tokens are on the patch grid of the model's own image size).
         """
         request = self.alignment_request()
         if request is None or not self.align_layers:
-            return self.vit(x), {}
-        out = self(x, request, layers=self.align_layers)
-        grid = self.patch_grid(tuple(x.shape[-2:]))
+            return self._logits(x, start), {}
+        # through forward, the one entry point: start only when given, so a forward(x, request, layers) override
+        # (a wrapper, a test's stub) still serves images
+        layers = self.align_layers
+        out = self(x, request, layers=layers, start=start) if start else self(x, request, layers=layers)
+        grid = self.patch_grid(tuple(x.shape[-2:])) if start == 0 else tuple(self.vit.patch_embed.grid_size)
         name = self.config.supervised_map
         # all layers in one call: the few small kernels per map are launched once, not once per layer
         stacked = torch.stack([m[name] for m in out.maps.values()])

@@ -36,6 +36,7 @@ from lfi.train.data import ExperimentData, Transform
 from lfi.train.progress import progress_callbacks
 from lfi.train.runs import RunFiles, check_run_folder, hold_run_folder
 from lfi.train.signals import StopOnSignal
+from lfi.train.tasks import step_losses
 
 
 class NonFiniteLoss(ValueError):
@@ -62,7 +63,7 @@ class LfiModule(L.LightningModule):
         return self.model(*args, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.criterion(self.task.forward(self.model, batch), batch)
+        losses = step_losses(self.task, self.model, self.criterion, batch)
         # counted here, not in on_train_batch_end: a step checkpoint is written by the callbacks' hook first
         self.consumed_batches = batch_idx + 1
         if not self.loss_names:

@@ -19,14 +19,30 @@ from lfi.evaluate.classification import AccuracyEvaluator
 from lfi.maps import normalize_map
 
 
+def step_losses(
+    task: Any, model: nn.Module, criterion: nn.Module, batch: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """One training step's loss terms ({name: scalar}, "loss" their weighted sum): the task's forward, then the
+    criterion. The engine's `training_step` and `lfi demo` both train through it."""
+    return criterion(task.forward(model, batch), batch)
+
+
 class ClassificationTask:
-    """Image classification; the checkpoint to keep is the one of best validation top-1."""
+    """Image classification; the checkpoint to keep is the one of best validation top-1.
+
+    start: the block batch["image"] enters; 0 = images, > 0 = the tokens `InteractionViT.tokens_before` made
+    (a caller that computes a frozen prefix once, as `lfi demo` does).
+    """
 
     monitor = "acc1"
 
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         """One training pass: logits and the supervised map of every alignment layer (the class-token row)."""
-        logits, maps = model.forward_aligned(batch["image"])
+        x = batch["image"]
+        logits, maps = model.forward_aligned(x, start=self.start) if self.start else model.forward_aligned(x)
         return {"logits": logits, "maps": torch.stack(list(maps.values())) if maps else None}
 
     def evaluator(self) -> AccuracyEvaluator:
