@@ -1,7 +1,13 @@
-"""A tiny LLaVA (random weights, CLIP 56 px / patch 14 -> 4x4 image tokens, 3 Llama layers) built offline.
+"""Tiny VLMs of every family (random weights, 3 decoder layers) built offline, with the real processors.
 
-The tokenizer is a small BPE trained here on a few sentences, wrapped as a fast tokenizer with BOS added
-and llava-1.5-7b-hf's chat template; the image processor is a CLIPImageProcessor built from its config.
+LLaVA-1.5: CLIP 56 px / patch 14 -> 4x4 image tokens. The tokenizer is a small BPE trained here on a few
+sentences, wrapped as a fast tokenizer with BOS added and llava-1.5-7b-hf's chat template; the image
+processor is a CLIPImageProcessor built from its config.
+LLaVA-NeXT and Qwen2-VL (`FAMILY_BUILDERS`): their image processors with the real checkpoints' settings
+(llava-v1.6: 336 px tiles, the five grid pinpoints; Qwen2-VL: patch 14, merge 2, min/max pixels defaults),
+tiny towers whose image features are local (LLaVA-NeXT: the CLIP embedding layer, vision_feature_layer=0;
+Qwen2-VL: no vision blocks, only patch embedding + 2x2 merger), so a change of pixels in a region changes
+exactly the image tokens that see it: the geometry tests use that as the ground truth.
 """
 
 from __future__ import annotations
@@ -10,13 +16,23 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
 )
 
 from lfi.extract.vlm import register_capture_attention
@@ -39,17 +55,28 @@ CORPUS = [
 SIDE, PATCH = 56, 14
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+def build_tokenizer(extra: tuple[str, ...] = ("<image>",), add_bos: bool = True) -> PreTrainedTokenizerFast:
+    specials = ["<unk>", "<s>", "</s>", "<pad>", *extra]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=160, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """Keywords of the tiny 3-layer decoder every family shares (GQA: 4 query heads, 2 KV heads)."""
+    return dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
 
 
 def build_tiny_llava(attn_implementation: str) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -70,12 +97,7 @@ def build_tiny_llava(attn_implementation: str) -> tuple[LlavaForConditionalGener
         image_size=SIDE, patch_size=PATCH, hidden_size=32, intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
     )  # fmt: skip
-    text = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+    text = LlamaConfig(**{**tiny_llama(tokenizer), "max_position_embeddings": 256})
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -99,3 +121,85 @@ def eager_twin(tiny_llava) -> LlavaForConditionalGeneration:
     eager, _ = build_tiny_llava("eager")
     eager.load_state_dict(tiny_llava[0].state_dict())
     return eager
+
+
+# llava-hf/llava-v1.6-mistral-7b-hf's chat template, reduced to one image and text turns.
+LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% else %}"
+    "{{ c['text'] }}{% endif %}{% endfor %}{{ ' [/INST]' }}{% else %}"
+    "{{ ' ' + message['content'][0]['text'] + '</s>' }}{% endif %}{% endfor %}"
+)
+# Qwen/Qwen2-VL-7B-Instruct's chat template (system turn, one image per user turn).
+QWEN2_VL_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+NEXT_PATCH = 42  # 336 px tiles / 42 = 8 x 8 tokens per tile (the real model: 14 -> 24 x 24)
+
+
+def build_tiny_llava_next(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+    )  # llava-v1.6's preprocessor_config.json; pinpoints and CLIP mean/std are the class defaults
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=NEXT_PATCH,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_NEXT_TEMPLATE,
+    )  # fmt: skip
+    vision = CLIPVisionConfig(
+        image_size=336, patch_size=NEXT_PATCH, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, projection_dim=32,
+    )  # fmt: skip
+    config = LlavaNextConfig(
+        vision_config=vision, text_config=LlamaConfig(**tiny_llama(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=0,
+        image_grid_pinpoints=image_processor.image_grid_pinpoints,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
+def build_tiny_qwen2_vl(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    torch.manual_seed(0)
+    pads = (
+        "<|image_pad|>",
+        "<|video_pad|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|im_start|>",
+        "<|im_end|>",
+    )
+    tokenizer = build_tokenizer(pads, add_bos=False)
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer, chat_template=QWEN2_VL_TEMPLATE,
+    )  # fmt: skip
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in pads}
+    text = {**tiny_llama(tokenizer), "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=0, embed_dim=32, hidden_size=64, num_heads=2), text_config=text,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
+FAMILY_BUILDERS = {"llava_next": build_tiny_llava_next, "qwen2_vl": build_tiny_qwen2_vl}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_BUILDERS))
+def family_pair(request) -> tuple[PreTrainedModel, ProcessorMixin, PreTrainedModel]:
+    """(model with "lfi_capture", processor, eager twin with the same weights), one per family."""
+    build = FAMILY_BUILDERS[request.param]
+    model, processor = build(register_capture_attention())
+    eager, _ = build("eager")
+    eager.load_state_dict(model.state_dict())
+    return model, processor, eager

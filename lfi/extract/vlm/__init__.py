@@ -54,5 +54,7 @@ def _build(**kwargs: Any) -> LlavaTeacher:
 def _build_hf(model: str | None = None, **kwargs: Any) -> VLMTeacher:
     """``model``: a hub id or a local folder of any family in `FAMILIES` (remote code only if asked)."""
     if not model:
-        raise ValueError("teacher 'hf' needs model=HUB_ID_OR_FOLDER (e.g. --teacher-arg model=Qwen/Qwen2-VL-2B-Instruct)")
+        raise ValueError(
+            "teacher 'hf' needs model=HUB_ID_OR_FOLDER (e.g. --teacher-arg model=Qwen/Qwen2-VL-2B-Instruct)"
+        )
     return VLMTeacher.from_pretrained(model, **kwargs)

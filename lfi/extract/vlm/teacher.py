@@ -221,9 +221,13 @@ class VLMTeacher(Teacher):
     def _device_inputs(self, enc: transformers.BatchFeature) -> dict[str, torch.Tensor]:
         """The family's model inputs on the model's device; floating ones (pixels) in the model's dtype."""
         param = next(self.model.parameters())
+        missing = [k for k in self.family.input_names if k not in enc]
+        if missing:
+            raise ValueError(f"the processor returned no {missing}, which {self.family.name} models need")
+        names = [*self.family.input_names, *(k for k in self.family.optional_inputs if k in enc)]
         return {
             k: enc[k].to(param.device, param.dtype) if enc[k].is_floating_point() else enc[k].to(param.device)
-            for k in self.family.input_names
+            for k in names
         }
 
     def _backgrounds(
@@ -308,7 +312,9 @@ class VLMTeacher(Teacher):
         maps = []
         for b, entries in enumerate(groups):
             starts = [0, *torch.tensor([len(e) for e in entries]).cumsum(0).tolist()]
-            per = torch.stack([att[b, starts[k] : starts[k + 1], : counts[b]].mean(0) for k in range(len(entries))])
+            per = torch.stack(
+                [att[b, starts[k] : starts[k + 1], : counts[b]].mean(0) for k in range(len(entries))]
+            )
             maps.append(self.family.to_grid(per, layouts[b], sizes[b], self.grid))
         return maps
 

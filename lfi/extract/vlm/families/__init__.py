@@ -2,7 +2,7 @@
 
 A family knows, for one kind of Hugging Face VLM (its config's ``model_type``), what the teacher cannot read
 from the token ids alone: the image it hands the processor (`Family.prepare`), the model inputs the
-processor's output feeds (`Family.input_names`), and the *layout*: which of a sequence's image tokens cover
+processor's output feeds (`Family.input_names`, `Family.optional_inputs`), and the *layout*: which of a sequence's image tokens cover
 which region of the original image (`Family.layout`: tiles, merges, base/thumbnail images, padding,
 newline tokens). `Family.to_grid` then turns the answer's attention over the image tokens (C_VLM before
 Eq. 11/12) into maps on a fixed grid spanning the original image.
@@ -56,6 +56,8 @@ class Family:
     geometry: str = ""
     #: Keys of the processor's output the model's forward takes (input_ids first).
     input_names: tuple[str, ...] = ("input_ids", "pixel_values")
+    #: Keys passed on where the processor returns them (they depend on the transformers version).
+    optional_inputs: tuple[str, ...] = ()
 
     def check(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         """Raise ValueError where the model or processor settings break the family's layout assumptions."""
@@ -73,7 +75,12 @@ class Family:
         return processor.apply_chat_template(conversation(prompt, answer), tokenize=False)
 
     def layout(
-        self, config: PretrainedConfig, processor: ProcessorMixin, enc: BatchFeature, b: int, image_hw: tuple[int, int]
+        self,
+        config: PretrainedConfig,
+        processor: ProcessorMixin,
+        enc: BatchFeature,
+        b: int,
+        image_hw: tuple[int, int],
     ) -> Layout:
         """Layout of sequence `b` of the processor output `enc`, whose image was (H, W) = image_hw."""
         raise NotImplementedError

@@ -39,7 +39,12 @@ class Llava15(Family):
         return expand_to_square(image, fill)
 
     def layout(
-        self, config: PretrainedConfig, processor: ProcessorMixin, enc: BatchFeature, b: int, image_hw: tuple[int, int]
+        self,
+        config: PretrainedConfig,
+        processor: ProcessorMixin,
+        enc: BatchFeature,
+        b: int,
+        image_hw: tuple[int, int],
     ) -> Layout:
         side = _side(config)
         x0, y0, x1, y1 = image_box_on_grid(image_hw, side)

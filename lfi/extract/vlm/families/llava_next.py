@@ -59,8 +59,12 @@ class LlavaNext(Family):
             )
         tile = image_processor.crop_size["height"]
         if tile != config.vision_config.image_size:
-            raise ValueError(f"processor tile {tile} px != vision_config.image_size {config.vision_config.image_size}")
-        if [list(p) for p in image_processor.image_grid_pinpoints] != [list(p) for p in config.image_grid_pinpoints]:
+            raise ValueError(
+                f"processor tile {tile} px != vision_config.image_size {config.vision_config.image_size}"
+            )
+        if [list(p) for p in image_processor.image_grid_pinpoints] != [
+            list(p) for p in config.image_grid_pinpoints
+        ]:
             raise ValueError("processor and model disagree on image_grid_pinpoints")
 
     def default_grid(self, config: PretrainedConfig, processor: ProcessorMixin) -> tuple[int, int]:
@@ -68,7 +72,12 @@ class LlavaNext(Family):
         return (side, side)
 
     def layout(
-        self, config: PretrainedConfig, processor: ProcessorMixin, enc: BatchFeature, b: int, image_hw: tuple[int, int]
+        self,
+        config: PretrainedConfig,
+        processor: ProcessorMixin,
+        enc: BatchFeature,
+        b: int,
+        image_hw: tuple[int, int],
     ) -> Layout:
         tile = config.vision_config.image_size
         side = tile // config.vision_config.patch_size
@@ -79,7 +88,9 @@ class LlavaNext(Family):
         full = (best[0] // tile * side, best[1] // tile * side)
         cut_y, cut_x = _unpad(hw, full)
         kh, kw = full[0] - 2 * cut_y, full[1] - 2 * cut_x
-        base = Part(torch.arange(side * side).reshape(side, side), cell_edges(0, 1, side), cell_edges(0, 1, side))
+        base = Part(
+            torch.arange(side * side).reshape(side, side), cell_edges(0, 1, side), cell_edges(0, 1, side)
+        )
         rows = torch.arange(kh)[:, None] * (kw + 1) + torch.arange(kw)[None]  # each row ends with a newline
         tiles = Part(
             index=side * side + rows,

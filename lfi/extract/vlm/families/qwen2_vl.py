@@ -24,6 +24,7 @@ class Qwen2VL(Family):
     name = "qwen2-vl"
     geometry = "whole image resized (smart_resize), merged token grid spans the original image"
     input_names = ("input_ids", "pixel_values", "image_grid_thw")
+    optional_inputs = ("mm_token_type_ids",)  # newer transformers: M-RoPE reads it
 
     def check(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         merge = processor.image_processor.merge_size
@@ -37,7 +38,12 @@ class Qwen2VL(Family):
         return GRID
 
     def layout(
-        self, config: PretrainedConfig, processor: ProcessorMixin, enc: BatchFeature, b: int, image_hw: tuple[int, int]
+        self,
+        config: PretrainedConfig,
+        processor: ProcessorMixin,
+        enc: BatchFeature,
+        b: int,
+        image_hw: tuple[int, int],
     ) -> Layout:
         t, h, w = (int(v) for v in enc["image_grid_thw"][b])
         merge = processor.image_processor.merge_size
