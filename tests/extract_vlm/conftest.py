@@ -193,6 +193,8 @@ def build_tiny_qwen2_vl(attn_implementation: str) -> tuple[PreTrainedModel, Proc
 
 
 FAMILY_BUILDERS = {"llava_next": build_tiny_llava_next, "qwen2_vl": build_tiny_qwen2_vl}
+#: Every family's tiny model, LLaVA-1.5 included (for what all of them must do, e.g. load from a folder).
+ALL_BUILDERS = {"llava": build_tiny_llava, **FAMILY_BUILDERS}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_BUILDERS))
@@ -203,3 +205,13 @@ def family_pair(request) -> tuple[PreTrainedModel, ProcessorMixin, PreTrainedMod
     eager, _ = build("eager")
     eager.load_state_dict(model.state_dict())
     return model, processor, eager
+
+
+@pytest.fixture(scope="module", params=sorted(ALL_BUILDERS))
+def saved_family(request, tmp_path_factory) -> tuple[str, str]:
+    """(model_type, folder): a tiny model of each family and its processor saved with save_pretrained."""
+    model, processor = ALL_BUILDERS[request.param](register_capture_attention())
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return request.param, str(folder)
