@@ -56,7 +56,9 @@ def test_remote_code_stays_off_and_unknown_families_are_refused(tmp_path: Path, 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "blip"}))
     with pytest.raises(ValueError, match="no lfi VLM family for model_type 'blip'"):
         load_vlm(str(tmp_path), device="cpu")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mine", "auto_map": {"AutoConfig": "x.Y"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "mine", "auto_map": {"AutoConfig": "x.Y"}})
+    )
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_vlm(str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="needs model="):
