@@ -42,7 +42,9 @@ def teacher_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if args.weights:
             kwargs["weights"] = args.weights
     elif grid:
-        raise ValueError(f"--grid applies to the oracle, vit and hf teachers; {args.teacher!r} sets its own grid")
+        raise ValueError(
+            f"--grid applies to the oracle, vit and hf teachers; {args.teacher!r} sets its own grid"
+        )
     for item in args.teacher_arg:
         key, sep, value = item.partition("=")
         if not sep:

@@ -541,7 +541,9 @@ def run_eval_human(
     }
     if teacher != "none" or store_by_name is not None or centre:
         weights = teacher_weights(data) if teacher == "vit" else None
-        sources["references"] = reference_map_function(teacher, store_by_name, grid if centre else None, weights)
+        sources["references"] = reference_map_function(
+            teacher, store_by_name, grid if centre else None, weights
+        )
     tables = evaluate_many(dataset, sources, batch_size, resample, eval_side, layer_metrics)  # type: ignore[arg-type]
     refs = tables.get("references")
     reports = [

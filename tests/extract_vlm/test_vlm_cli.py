@@ -45,8 +45,9 @@ def test_cli_extracts_a_store_with_each_family(saved_family, tmp_path: Path, mon
     assert "2 written" in capsys.readouterr().out
     store = InteractionStore(out, expect={"teacher": "hf", "grid": [6, 8]})
     assert store.metadata["family"] == FAMILY_NAMES[model_type] and store.metadata["checkpoint"] == folder
-    assert len(store) == 2
-    for key in store.keys():
+    keys = store.keys()
+    assert len(keys) == 2
+    for key in keys:
         assert store.map(key).shape == (6, 8) and torch.isfinite(torch.as_tensor(store.map(key))).all()
         assert json.loads(json.dumps(store[key].info))["answer"].startswith("{foreground: [")
 
