@@ -3,10 +3,12 @@
 LLaVA-1.5: CLIP 56 px / patch 14 -> 4x4 image tokens. The tokenizer is a small BPE trained here on a few
 sentences, wrapped as a fast tokenizer with BOS added and llava-1.5-7b-hf's chat template; the image
 processor is a CLIPImageProcessor built from its config.
-LLaVA-NeXT and Qwen2-VL (`FAMILY_BUILDERS`): their image processors with the real checkpoints' settings
-(llava-v1.6: 336 px tiles, the five grid pinpoints; Qwen2-VL: patch 14, merge 2, min/max pixels defaults),
+LLaVA-NeXT, Qwen2-VL and Idefics3 (`FAMILY_BUILDERS`): their image processors with the real checkpoints'
+settings (llava-v1.6: 336 px tiles, the five grid pinpoints; Qwen2-VL: patch 14, merge 2, min/max pixels
+defaults; Idefics3: 1456 px longest edge, 364 px tiles + global image),
 tiny towers whose image features are local (LLaVA-NeXT: the CLIP embedding layer, vision_feature_layer=0;
-Qwen2-VL: no vision blocks, only patch embedding + 2x2 merger), so a change of pixels in a region changes
+Qwen2-VL: no vision blocks, only patch embedding + 2x2 merger; Idefics3: no encoder layers, only patch +
+position embedding and the pixel-shuffle connector), so a change of pixels in a region changes
 exactly the image tokens that see it: the geometry tests use that as the ground truth.
 """
 
@@ -19,6 +21,9 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -192,9 +197,54 @@ def build_tiny_qwen2_vl(attn_implementation: str) -> tuple[PreTrainedModel, Proc
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
-FAMILY_BUILDERS = {"llava_next": build_tiny_llava_next, "qwen2_vl": build_tiny_qwen2_vl}
+# HuggingFaceM4/Idefics3-8B-Llama3's chat template ("User:<image>prompt<end_of_utterance>\nAssistant: ...").
+IDEFICS3_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'].capitalize() }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS3_PATCH = (
+    26  # 364 px frames / 26 = 14 patches, pixel shuffle 2 -> 7 x 7 tokens (the real model: 14 -> 13 x 13)
+)
+
+
+def build_tiny_idefics3(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    torch.manual_seed(0)
+    tags = [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+    tokenizer = build_tokenizer(
+        ("<image>", "<fake_token_around_image>", "<end_of_utterance>", "<global-img>", *tags)
+    )
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessor(), tokenizer=tokenizer, image_seq_len=49,
+        chat_template=IDEFICS3_TEMPLATE,
+    )  # fmt: skip  # the image processor's defaults are Idefics3-8B's: 1456 px longest edge, 364 px tiles
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=0, num_attention_heads=2, image_size=364,
+        patch_size=IDEFICS3_PATCH,
+    )  # fmt: skip
+    config = Idefics3Config(
+        vision_config=vision, text_config=LlamaConfig(**tiny_llama(tokenizer)).to_dict(), scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
+FAMILY_BUILDERS = {
+    "idefics3": build_tiny_idefics3,
+    "llava_next": build_tiny_llava_next,
+    "qwen2_vl": build_tiny_qwen2_vl,
+}
 #: Every family's tiny model, LLaVA-1.5 included (for what all of them must do, e.g. load from a folder).
 ALL_BUILDERS = {"llava": build_tiny_llava, **FAMILY_BUILDERS}
+
+
+@pytest.fixture(scope="module")
+def build_family():
+    """model_type -> builder(attn_implementation) of its tiny (model, processor), LLaVA-1.5 included."""
+    return ALL_BUILDERS.__getitem__
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILY_BUILDERS))

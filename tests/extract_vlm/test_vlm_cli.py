@@ -15,7 +15,12 @@ from lfi.extract.store import InteractionStore
 from lfi.extract.teacher import build_teacher
 from lfi.extract.vlm.loader import load_vlm
 
-FAMILY_NAMES = {"llava": "llava-1.5", "llava_next": "llava-next", "qwen2_vl": "qwen2-vl"}
+FAMILY_NAMES = {
+    "llava": "llava-1.5",
+    "llava_next": "llava-next",
+    "qwen2_vl": "qwen2-vl",
+    "idefics3": "idefics3",
+}
 
 
 def _cli(*argv: str) -> int:

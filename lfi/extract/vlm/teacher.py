@@ -47,7 +47,6 @@ from lfi.extract.vlm.prompts import (
 )
 from lfi.extract.vlm.tokens import (
     check_image_offsets,
-    expanded_text,
     image_columns,
     locate,
     pad_rows,
@@ -295,7 +294,7 @@ class VLMTeacher(Teacher):
                     f"{layout.n_tokens}: the processor and the family disagree"
                 )
             layouts.append(layout)
-            full = expanded_text(text, self.processor.image_token, counts[b])
+            full = self.family.expand(self.processor, text, sizes[b], counts[b])
             offsets = enc["offset_mapping"][b]
             check_image_offsets(full, offsets, columns[b, : counts[b]], self.processor.image_token)
             at = locate(full, answer.text)

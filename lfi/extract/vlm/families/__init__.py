@@ -24,6 +24,7 @@ from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, Proces
 
 from lfi.extract.vlm.geometry import Part, place_parts
 from lfi.extract.vlm.prompts import conversation
+from lfi.extract.vlm.tokens import expanded_text
 
 #: model_type (config.json) -> module defining FAMILY. One row per family: the only place to register one.
 FAMILIES: dict[str, str] = {
@@ -31,6 +32,7 @@ FAMILIES: dict[str, str] = {
     "llava_next": "lfi.extract.vlm.families.llava_next",
     "qwen2_vl": "lfi.extract.vlm.families.qwen2_vl",
     "qwen2_5_vl": "lfi.extract.vlm.families.qwen2_vl",
+    "idefics3": "lfi.extract.vlm.families.idefics3",
 }
 
 
@@ -73,6 +75,13 @@ class Family:
     def render(self, processor: ProcessorMixin, prompt: str, answer: str | None) -> str:
         """Chat text of the user turn (image + prompt) and, if given, the assistant's answer."""
         return processor.apply_chat_template(conversation(prompt, answer), tokenize=False)
+
+    def expand(self, processor: ProcessorMixin, text: str, image_hw: tuple[int, int], n_tokens: int) -> str:
+        """The text the processor tokenised: `text` with its image placeholder expanded (offsets point into it).
+
+        Default: the placeholder repeated once per image token (LLaVA, LLaVA-NeXT, Qwen2-VL processors).
+        """
+        return expanded_text(text, processor.image_token, n_tokens)
 
     def layout(
         self,
