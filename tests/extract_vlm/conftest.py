@@ -34,6 +34,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
@@ -171,7 +173,10 @@ def build_tiny_llava_next(attn_implementation: str) -> tuple[PreTrainedModel, Pr
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
-def build_tiny_qwen2_vl(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+def build_tiny_qwen2_vl(
+    attn_implementation: str, v2_5: bool = False
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen2-VL, or Qwen2.5-VL (window-attention tower: its patches are reordered by window and back)."""
     torch.manual_seed(0)
     pads = (
         "<|image_pad|>",
@@ -182,19 +187,24 @@ def build_tiny_qwen2_vl(attn_implementation: str) -> tuple[PreTrainedModel, Proc
         "<|im_end|>",
     )
     tokenizer = build_tokenizer(pads, add_bos=False)
-    processor = Qwen2VLProcessor(
+    processor = (Qwen2_5_VLProcessor if v2_5 else Qwen2VLProcessor)(
         image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer, chat_template=QWEN2_VL_TEMPLATE,
     )  # fmt: skip
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in pads}
     text = {**tiny_llama(tokenizer), "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}
-    config = Qwen2VLConfig(
-        vision_config=dict(depth=0, embed_dim=32, hidden_size=64, num_heads=2), text_config=text,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+    vision = dict(depth=0, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2)
+    config = (Qwen2_5_VLConfig if v2_5 else Qwen2VLConfig)(
+        vision_config=vision if v2_5 else dict(depth=0, embed_dim=32, hidden_size=64, num_heads=2),
+        text_config=text, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )  # fmt: skip
     config._attn_implementation = attn_implementation
     return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
+def build_tiny_qwen2_5_vl(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    return build_tiny_qwen2_vl(attn_implementation, v2_5=True)
 
 
 # HuggingFaceM4/Idefics3-8B-Llama3's chat template ("User:<image>prompt<end_of_utterance>\nAssistant: ...").
@@ -236,6 +246,7 @@ FAMILY_BUILDERS = {
     "idefics3": build_tiny_idefics3,
     "llava_next": build_tiny_llava_next,
     "qwen2_vl": build_tiny_qwen2_vl,
+    "qwen2_5_vl": build_tiny_qwen2_5_vl,
 }
 #: Every family's tiny model, LLaVA-1.5 included (for what all of them must do, e.g. load from a folder).
 ALL_BUILDERS = {"llava": build_tiny_llava, **FAMILY_BUILDERS}

@@ -19,6 +19,7 @@ FAMILY_NAMES = {
     "llava": "llava-1.5",
     "llava_next": "llava-next",
     "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2-vl",
     "idefics3": "idefics3",
 }
 

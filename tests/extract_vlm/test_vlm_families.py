@@ -72,7 +72,7 @@ def _changed_tokens(model, teacher, hw, probes) -> tuple[list[set[int]], int]:  
 
 # Idefics3's real image processor upsamples every image to 1456 px (~1.5 s an image on 2 cores): marked slow.
 @pytest.mark.parametrize(
-    "family", ["llava_next", "qwen2_vl", pytest.param("idefics3", marks=pytest.mark.slow)]
+    "family", ["llava_next", "qwen2_vl", "qwen2_5_vl", pytest.param("idefics3", marks=pytest.mark.slow)]
 )
 def test_each_token_lands_on_the_region_it_sees(build_family, family: str) -> None:
     model, processor = build_family(family)(register_capture_attention())
