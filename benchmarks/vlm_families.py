@@ -1,8 +1,9 @@
 """Extraction throughput per VLM family: lfi's capture forward vs the naive ``output_attentions=True`` path.
 
-Each family at a real 7B architecture (random weights, built on the device in bf16; no download), fed by its
+Each family at a real 7-8B architecture (random weights, built on the device in bf16; no download), fed by its
 real image processor on 640 x 480 images (the token count follows the family's own layout: LLaVA-1.5 576,
-LLaVA-NeXT 2340 with tiles + base + newlines, Qwen2-VL 391 merged tokens), a LLaVA-1.5 sized prompt and answer.
+LLaVA-NeXT 2340 with tiles + base + newlines, Qwen2-VL 391 merged tokens, Idefics3 2197 = 12 tiles + global
+image; its per-tile marker tokens are left out), a LLaVA-1.5 sized prompt and answer.
 Paths (as in `vlm_extraction.py`):
 
 - lfi: "lfi_capture" attention, fore + back rows of the default layer (14/32 depth) in one forward, later
@@ -36,6 +37,8 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ImageProcessor,
     LlamaConfig,
     LlavaConfig,
     LlavaNextConfig,
@@ -56,11 +59,12 @@ from lfi.extract.vlm.tokens import image_columns, pad_rows  # noqa: E402
 
 IMAGE_TOKEN_ID = 32000  # LLaVA's <image>; Qwen2-VL's <|image_pad|> is 151655
 IMAGE_HW = (480, 640)
-FAMILIES = ("llava", "llava_next", "qwen2_vl")
+FAMILIES = ("llava_next", "qwen2_vl", "idefics3", "llava")
 MODELS = {
     "llava": "LLaVA-1.5-7B (CLIP ViT-L/14-336 + Llama-2-7B)",
     "llava_next": "LLaVA-v1.6-Mistral-7B (CLIP ViT-L/14-336 any-res + Mistral-7B)",
     "qwen2_vl": "Qwen2-VL-7B (675M ViT, 2x2 merge + Qwen2-7B)",
+    "idefics3": "Idefics3-8B-Llama3 (SigLIP-so400m/14-364 tiles, pixel shuffle 2 + Llama-3-8B)",
 }
 
 
@@ -116,6 +120,23 @@ def build_config(family: str, tiny: bool) -> PretrainedConfig:
                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
             )  # fmt: skip
         return Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
+    if family == "idefics3":
+        vision = dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=364,
+            patch_size=26,
+        ) if tiny else dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+            image_size=364, patch_size=14,
+        )  # fmt: skip
+        text = _tiny_text() if tiny else dict(
+            hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+            num_key_value_heads=8, vocab_size=128259, max_position_embeddings=8192, rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        )  # fmt: skip
+        return Idefics3Config(
+            vision_config=vision, text_config=LlamaConfig(**text).to_dict(), scale_factor=2,
+            image_token_id=IMAGE_TOKEN_ID,
+        )  # fmt: skip
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
@@ -125,6 +146,8 @@ def image_processor(family: str, tiny: bool):  # noqa: ANN201
         return CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     if family == "llava_next":
         return LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    if family == "idefics3":
+        return Idefics3ImageProcessor()
     return Qwen2VLImageProcessor()
 
 
@@ -136,18 +159,17 @@ def build_inputs(family: str, config: PretrainedConfig, tiny: bool, batch: int, 
         side = max(IMAGE_HW)
         images = [np.pad(im, ((0, side - IMAGE_HW[0]), (0, 0), (0, 0))) for im in images]
     processor = image_processor(family, tiny)
-    enc = dict(processor(images=images, return_tensors="pt"))
-    n = (
-        family_for(config)
-        .layout(config, SimpleNamespace(image_processor=processor), enc, 0, IMAGE_HW)
-        .n_tokens
-    )
+    kind = family_for(config)
+    if family == "idefics3":  # a list per sequence (else the images are one sequence's)
+        images = [[im] for im in images]
+    enc = {k: v for k, v in processor(images=images, return_tensors="pt").items() if k in kind.input_names}
+    n = kind.layout(config, SimpleNamespace(image_processor=processor), enc, 0, IMAGE_HW).n_tokens
     before, after = PROMPT_TOKENS
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(3, 1000, (batch, before + after + ANSWER_TOKENS), generator=g)
     image = torch.full((batch, n), config.image_token_id)
     enc["input_ids"] = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
-    if family == "qwen2_vl":
+    if "mm_token_type_ids" in kind.optional_inputs:
         enc["mm_token_type_ids"] = (enc["input_ids"] == config.image_token_id).long()
     start = before + n + after
     rows = pad_rows([[start + 4, start + 5, *range(start + 12, start + ANSWER_TOKENS - 2)]] * batch)
