@@ -168,3 +168,30 @@ def test_family_is_picked_from_the_config(family_pair) -> None:
     assert family_for(model.config) is family_for(model.config.to_dict())
     with pytest.raises(ValueError, match=r"no lfi VLM family for model_type 'blip'.*a module .* \+ a row"):
         family_for({"model_type": "blip"})
+
+
+def test_batch_dense_and_generated_backgrounds(family_pair) -> None:
+    """Each family: a batch equals its images one by one (padding, token counts), Eq. 12 entries, generation."""
+    model, processor, _ = family_pair
+    teacher = VLMTeacher(model, processor, layers=(1, 2), grid=(6, 9))
+    batch = [
+        {"image": _noise(5, 120, 200), "class_name": "cat"},
+        {"image": _noise(6, 300, 90), "class_name": "red fox"},
+    ]
+    together = teacher(batch)
+    for i, sample in enumerate(batch):
+        torch.testing.assert_close(together.fore[i], teacher([sample]).fore[0], rtol=1e-4, atol=1e-6)
+    dense = VLMTeacher(model, processor, task="dense", layers=(1,))
+    boxes = torch.tensor([[5.0, 5.0, 60.0, 50.0], [100.0, 20.0, 190.0, 110.0]])
+    out = dense(
+        [{"image": _noise(7, 120, 200), "class_name": "dog", "boxes": boxes, "box_names": ["dog", "person"]}]
+    )
+    assert (
+        torch.isclose(out.fore[0].sum(), torch.tensor(2.0))
+        and out.info[0]["prompt"] == "Locate all dog and person instances"
+    )
+    generating = VLMTeacher(model, processor, layers=(1,), background_mode="generate", max_new_tokens=4)
+    out = generating(batch)
+    assert torch.isfinite(out.fore).all() and all(i["background_source"] != "fixed" for i in out.info)
+    with pytest.raises(ValueError, match="grid"):
+        VLMTeacher(model, processor, grid=(0, 4))
