@@ -6,8 +6,9 @@ with the K boxes drawn on the image). For the chosen decoder layers, the attenti
 each foreground entry and of the background words to the image tokens is captured
 (`capture.AttentionCapture`),
 averaged over layers, heads and the entry's tokens, mapped back onto the original image by the model's
-family (`families`: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, ...) and L1-normalised per entry. fore = sum over entries (K = 1 for classification; Eq. 12), back = the background
-words' map. Eq. 11/12 itself is applied by the extraction loop (`lfi.extract.teacher.apply_contrast`).
+family (`families`: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Idefics3) and L1-normalised per entry. fore = sum over
+entries (K = 1 for classification; Eq. 12), back = the background words' map. Eq. 11/12 itself is applied by
+the extraction loop (`lfi.extract.teacher.apply_contrast`).
 
 Why per-entry normalisation: LLaVA puts most attention on the first tokens (an attention sink), and how much
 of a word's attention reaches the image varies by word; normalising compares *where* fore and back look.

@@ -1,10 +1,10 @@
 """VLM families: how each architecture lays out its image tokens, and the registry that picks one.
 
 A family knows, for one kind of Hugging Face VLM (its config's ``model_type``), what the teacher cannot read
-from the token ids alone: the image it hands the processor (`Family.prepare`), the model inputs the
-processor's output feeds (`Family.input_names`, `Family.optional_inputs`), and the *layout*: which of a sequence's image tokens cover
-which region of the original image (`Family.layout`: tiles, merges, base/thumbnail images, padding,
-newline tokens). `Family.to_grid` then turns the answer's attention over the image tokens (C_VLM before
+from the token ids alone: the image it hands the processor (`Family.prepare`), the text the processor
+tokenises (`Family.expand`), the model inputs (`Family.input_names`, `Family.optional_inputs`), and the
+*layout*: which of a sequence's image tokens cover which region of the original image (`Family.layout`:
+tiles, merges, base/thumbnail images, padding, newline tokens). `Family.to_grid` then turns the answer's attention over the image tokens (C_VLM before
 Eq. 11/12) into maps on a fixed grid spanning the original image.
 
 Adding a family = one module under ``lfi/extract/vlm/families/`` defining ``FAMILY`` (a `Family`) plus one
