@@ -4,12 +4,13 @@ A family knows, for one kind of Hugging Face VLM (its config's ``model_type``), 
 from the token ids alone: the image it hands the processor (`Family.prepare`), the text the processor
 tokenises (`Family.expand`), the model inputs (`Family.input_names`, `Family.optional_inputs`), and the
 *layout*: which of a sequence's image tokens cover which region of the original image (`Family.layout`:
-tiles, merges, base/thumbnail images, padding, newline tokens). `Family.to_grid` then turns the answer's attention over the image tokens (C_VLM before
-Eq. 11/12) into maps on a fixed grid spanning the original image.
+tiles, merges, base/thumbnail images, padding, newline tokens). `Family.to_grid` then turns the answer's
+attention over the image tokens (C_VLM before Eq. 11/12) into maps on a fixed grid spanning the original image.
 
 Adding a family = one module under ``lfi/extract/vlm/families/`` defining ``FAMILY`` (a `Family`) plus one
-row in `FAMILIES` (model_type -> module). Its geometry test plants attention on known tokens and checks
-where the map's mass lands (tests/extract_vlm/test_vlm_families.py).
+row in `FAMILIES` (model_type -> module); its tiny model in tests/extract_vlm/conftest.py (`FAMILY_BUILDERS`)
+puts it through the geometry test (the tokens whose features change with a region of the image must be
+placed on that region), the eager-attention reference and the CLI test.
 """
 
 from __future__ import annotations
