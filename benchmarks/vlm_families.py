@@ -9,8 +9,9 @@ Paths (as in `vlm_extraction.py`):
 - lfi: "lfi_capture" attention, fore + back rows of the default layer (14/32 depth) in one forward, later
   layers cut; batch --batch;
 - naive: eager attention + output_attentions=True, one forward per prompt (fore, then back), every layer's
-  (B, H, T, T) weights materialised; batch --naive-batch (its attention weights grow with T^2: LLaVA-NeXT's
-  2340 tokens take ~11 GiB per image for 32 layers).
+  (B, H, T, T) weights materialised; batch --naive-batch, default the largest (up to --batch) whose attention
+  weights (L * H * T^2 * 2 bytes an image: ~11 GiB for LLaVA-NeXT's 2387 tokens) fill at most half of the
+  GPU memory left beside the weights.
 
 Writes JSON (device, date, versions, command, img/s and peak memory per family and path, ratios) to --out.
 Usage (PYTHONPATH=. from the repository root):
@@ -177,6 +178,17 @@ def build_inputs(family: str, config: PretrainedConfig, tiny: bool, batch: int, 
     return enc, rows, columns
 
 
+def naive_batch(model: torch.nn.Module, tokens: int, batch: int, device: torch.device) -> int:
+    """The largest batch <= `batch` whose kept attention weights (sequences of `tokens`) take at most half
+    the free GPU memory."""
+    if device.type != "cuda":
+        return batch
+    text = model.config.text_config
+    per_image = text.num_hidden_layers * text.num_attention_heads * tokens**2 * 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(batch, int(0.5 * free // per_image)))
+
+
 def bench_family(family: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
     config = build_config(family, args.tiny)
     config._attn_implementation = register_capture_attention()
@@ -214,14 +226,15 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device, dt
 
         return run
 
-    results, tokens = {}, None
+    results = {}
+    tokens = inputs(1)[0]["input_ids"].shape[1]
     for name, implementation, make, batch in (
         ("lfi", config._attn_implementation, lfi, args.batch),
-        ("naive", "eager", naive, args.naive_batch),
+        ("naive", "eager", naive, args.naive_batch or naive_batch(model, tokens, args.batch, device)),
     ):
         model.set_attn_implementation(implementation)
         enc, rows, cols = inputs(batch)
-        tokens = {"sequence_length": enc["input_ids"].shape[1], "image_tokens": cols.shape[1]}
+        sizes = {"sequence_length": enc["input_ids"].shape[1], "image_tokens": cols.shape[1]}
         seconds, peak = timed(make(enc, rows, cols), device, args.warmup, args.iters)
         results[name] = {
             "attn_implementation": implementation, "batch": batch, "seconds_per_batch": seconds,
@@ -231,7 +244,7 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device, dt
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
     return {
         "model": ("tiny " + family) if args.tiny else MODELS[family] + ", random weights",
-        "weights_gib": weights_gib, "captured_layer": layer, **tokens, "paths": results,
+        "weights_gib": weights_gib, "captured_layer": layer, **sizes, "paths": results,
         "lfi_vs_naive_throughput": results["lfi"]["images_per_s"] / results["naive"]["images_per_s"],
     }  # fmt: skip
 
@@ -241,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--batch", type=int, default=8, help="images per lfi forward")
-    parser.add_argument("--naive-batch", type=int, default=1, help="images per naive forward")
+    parser.add_argument("--naive-batch", type=int, help="images per naive forward (default: what fits)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="tiny models (CPU smoke test)")
