@@ -38,6 +38,7 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessor,
     LlamaConfig,
@@ -45,9 +46,11 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextImageProcessor,
     MistralConfig,
+    PaliGemmaConfig,
     PretrainedConfig,
     Qwen2VLConfig,
     Qwen2VLImageProcessor,
+    SiglipImageProcessor,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,12 +63,13 @@ from lfi.extract.vlm.tokens import image_columns, pad_rows  # noqa: E402
 
 IMAGE_TOKEN_ID = 32000  # LLaVA's <image>; Qwen2-VL's <|image_pad|> is 151655
 IMAGE_HW = (480, 640)
-FAMILIES = ("llava_next", "qwen2_vl", "idefics3", "llava")
+FAMILIES = ("llava_next", "qwen2_vl", "idefics3", "llava", "paligemma")
 MODELS = {
     "llava": "LLaVA-1.5-7B (CLIP ViT-L/14-336 + Llama-2-7B)",
     "llava_next": "LLaVA-v1.6-Mistral-7B (CLIP ViT-L/14-336 any-res + Mistral-7B)",
     "qwen2_vl": "Qwen2-VL-7B (675M ViT, 2x2 merge + Qwen2-7B)",
     "idefics3": "Idefics3-8B-Llama3 (SigLIP-so400m/14-364 tiles, pixel shuffle 2 + Llama-3-8B)",
+    "paligemma": "PaliGemma-3B-224 (SigLIP-so400m/14-224 + Gemma-2B)",
 }
 
 
@@ -121,6 +125,23 @@ def build_config(family: str, tiny: bool) -> PretrainedConfig:
                 rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
             )  # fmt: skip
         return Qwen2VLConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
+    if family == "paligemma":
+        vision = dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, image_size=224, patch_size=28, projection_dim=64,
+        ) if tiny else dict(
+            model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+            num_attention_heads=16, image_size=224, patch_size=14, projection_dim=2048,
+        )  # fmt: skip
+        text = {**_tiny_text(), "head_dim": 16} if tiny else dict(
+            hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+            num_key_value_heads=1, head_dim=256, vocab_size=257216, max_position_embeddings=8192,
+        )  # fmt: skip
+        width = text["hidden_size"]
+        return PaliGemmaConfig(
+            vision_config=vision, text_config=GemmaConfig(**text).to_dict(), projection_dim=width,
+            hidden_size=width, image_token_index=IMAGE_TOKEN_ID, vocab_size=text["vocab_size"],
+        )  # fmt: skip
     if family == "idefics3":
         vision = dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=364,
@@ -149,6 +170,12 @@ def image_processor(family: str, tiny: bool):  # noqa: ANN201
         return LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     if family == "idefics3":
         return Idefics3ImageProcessor()
+    if family == "paligemma":
+        processor = SiglipImageProcessor(
+            size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        processor.image_seq_length = 64 if tiny else 256
+        return processor
     return Qwen2VLImageProcessor()
 
 
@@ -170,6 +197,9 @@ def build_inputs(family: str, config: PretrainedConfig, tiny: bool, batch: int, 
     text = torch.randint(3, 1000, (batch, before + after + ANSWER_TOKENS), generator=g)
     image = torch.full((batch, n), config.image_token_id)
     enc["input_ids"] = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
+    if "token_type_ids" in kind.input_names:  # PaliGemma: the answer is the causal suffix
+        start = before + n + after
+        enc["token_type_ids"] = (torch.arange(enc["input_ids"].shape[1]) >= start).long().expand(batch, -1)
     if "mm_token_type_ids" in kind.optional_inputs:
         enc["mm_token_type_ids"] = (enc["input_ids"] == config.image_token_id).long()
     start = before + n + after

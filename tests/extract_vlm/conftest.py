@@ -5,10 +5,10 @@ sentences, wrapped as a fast tokenizer with BOS added and llava-1.5-7b-hf's chat
 processor is a CLIPImageProcessor built from its config.
 LLaVA-NeXT, Qwen2-VL and Idefics3 (`FAMILY_BUILDERS`): their image processors with the real checkpoints'
 settings (llava-v1.6: 336 px tiles, the five grid pinpoints; Qwen2-VL: patch 14, merge 2, min/max pixels
-defaults; Idefics3: 1456 px longest edge, 364 px tiles + global image),
+defaults; Idefics3: 1456 px longest edge, 364 px tiles + global image; PaliGemma: 224 px square),
 tiny towers whose image features are local (LLaVA-NeXT: the CLIP embedding layer, vision_feature_layer=0;
 Qwen2-VL: no vision blocks, only patch embedding + 2x2 merger; Idefics3: no encoder layers, only patch +
-position embedding and the pixel-shuffle connector), so a change of pixels in a region changes
+position embedding and the pixel-shuffle connector; PaliGemma: SigLIP embeddings only), so a change of pixels in a region changes
 exactly the image tokens that see it: the geometry tests use that as the ground truth.
 """
 
@@ -21,6 +21,7 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessor,
     Idefics3Processor,
@@ -31,6 +32,8 @@ from transformers import (
     LlavaNextImageProcessor,
     LlavaNextProcessor,
     LlavaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaProcessor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
@@ -40,6 +43,7 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    SiglipImageProcessor,
 )
 
 from lfi.extract.vlm import register_capture_attention
@@ -242,7 +246,30 @@ def build_tiny_idefics3(attn_implementation: str) -> tuple[PreTrainedModel, Proc
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
+def build_tiny_paligemma(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """google/paligemma-3b-pt-224's image settings (224 px square, mean/std 0.5), a Gemma 1 decoder."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(("<image>",), add_bos=False)  # the processor writes BOS after the image
+    image_processor = SiglipImageProcessor(
+        size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    image_processor.image_seq_length = 64  # 224 / 28 = 8 x 8 tokens (the real model: 14 -> 16 x 16 = 256)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    text = {**tiny_llama(tokenizer), "head_dim": 16}
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=0,
+        num_attention_heads=2, image_size=224, patch_size=28, projection_dim=64,
+    )  # fmt: skip
+    config = PaliGemmaConfig(
+        vision_config=vision, text_config=GemmaConfig(**text).to_dict(), projection_dim=64, hidden_size=64,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vocab_size=len(tokenizer),
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
 FAMILY_BUILDERS = {
+    "paligemma": build_tiny_paligemma,
     "idefics3": build_tiny_idefics3,
     "llava_next": build_tiny_llava_next,
     "qwen2_vl": build_tiny_qwen2_vl,

@@ -20,6 +20,7 @@ FAMILY_NAMES = {
     "llava_next": "llava-next",
     "qwen2_vl": "qwen2-vl",
     "qwen2_5_vl": "qwen2-vl",
+    "paligemma": "paligemma",
     "idefics3": "idefics3",
 }
 

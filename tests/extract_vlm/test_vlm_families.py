@@ -16,7 +16,7 @@ from torch import nn
 
 from lfi.extract.vlm import VLMTeacher, family_for, register_capture_attention
 from lfi.extract.vlm.capture import AttentionCapture, language_model
-from lfi.extract.vlm.tokens import image_columns, pad_rows
+from lfi.extract.vlm.tokens import image_columns, pad_rows, token_rows
 
 SIZES = [(120, 200), (300, 90), (60, 500)]  # (H, W): wide, tall, very wide (LLaVA-NeXT: 3 tiles)
 # Probe regions (y0, x0, y1, x1) as fractions of the image: corners, off-centre, edges.
@@ -72,7 +72,8 @@ def _changed_tokens(model, teacher, hw, probes) -> tuple[list[set[int]], int]:  
 
 # Idefics3's real image processor upsamples every image to 1456 px (~1.5 s an image on 2 cores): marked slow.
 @pytest.mark.parametrize(
-    "family", ["llava_next", "qwen2_vl", "qwen2_5_vl", pytest.param("idefics3", marks=pytest.mark.slow)]
+    "family",
+    ["llava_next", "qwen2_vl", "qwen2_5_vl", "paligemma", pytest.param("idefics3", marks=pytest.mark.slow)],
 )
 def test_each_token_lands_on_the_region_it_sees(build_family, family: str) -> None:
     model, processor = build_family(family)(register_capture_attention())
@@ -190,8 +191,40 @@ def test_batch_dense_and_generated_backgrounds(family_pair) -> None:
         torch.isclose(out.fore[0].sum(), torch.tensor(2.0))
         and out.info[0]["prompt"] == "Locate all dog and person instances"
     )
+    if not teacher.family.generates:
+        with pytest.raises(ValueError, match="'generate' is not supported"):
+            VLMTeacher(model, processor, background_mode="generate")
+        return
     generating = VLMTeacher(model, processor, layers=(1,), background_mode="generate", max_new_tokens=4)
     out = generating(batch)
     assert torch.isfinite(out.fore).all() and all(i["background_source"] != "fixed" for i in out.info)
     with pytest.raises(ValueError, match="grid"):
         VLMTeacher(model, processor, grid=(0, 4))
+
+
+def test_paligemma_answer_is_a_causal_suffix_after_a_bidirectional_prefix(build_family) -> None:
+    model, processor = build_family("paligemma")(register_capture_attention())
+    eager, _ = build_family("paligemma")("eager")
+    eager.load_state_dict(model.state_dict())
+    teacher = VLMTeacher(model, processor, layers=(1,))
+    answer = "{foreground: [cat], background: [sky]}"
+    text = teacher.family.render(processor, "Classify foreground vs. background", answer)
+    enc = processor(
+        text=[text], images=[_noise(8, 120, 200)], return_offsets_mapping=True, return_tensors="pt"
+    )
+    full = teacher.family.expand(processor, text, (120, 200), 64)
+    at = full.rfind(answer)
+    first = token_rows(enc["offset_mapping"][0], (at, at + len(answer)))[0]
+    teacher.family.mark_answer(enc, 0, first)
+    assert enc["token_type_ids"][0, :first].sum() == 0 and bool((enc["token_type_ids"][0, first:] == 1).all())
+    inputs = teacher._device_inputs(enc)
+    with torch.no_grad():
+        att = eager.model(**inputs, use_cache=False, output_attentions=True).attentions[1][0]  # (H, T, T)
+    assert att[:, 0, first - 1].min() > 0  # the prefix is bidirectional: an image token sees the prompt's end
+    assert att[:, first - 1, first:].abs().sum() == 0  # the prefix does not see the answer
+    assert att[:, first, first + 1 :].abs().sum() == 0  # the answer is causal
+    rows = torch.arange(first, enc["input_ids"].shape[1])[None]
+    cols, _ = image_columns(enc["input_ids"], model.config.image_token_id)
+    with torch.no_grad(), teacher.capture.capturing(rows, cols) as got:
+        model.model(**inputs, use_cache=False)
+    torch.testing.assert_close(got[1][0], att[:, rows[0]][:, :, cols[0]], rtol=1e-5, atol=1e-6)

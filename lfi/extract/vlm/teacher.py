@@ -108,6 +108,10 @@ class VLMTeacher(Teacher):
             )
         self.family = family if family is not None else family_for(model.config)
         self.family.check(model, processor)
+        if background_mode == "generate" and not self.family.generates:
+            raise ValueError(
+                f"background_mode 'generate' is not supported for {self.family.name}; use 'fixed'"
+            )
         if grid is not None and (len(grid) != 2 or min(grid) < 1):
             raise ValueError(f"grid must be (h, w) positive integers, got {grid}")
         self.grid = tuple(grid) if grid is not None else self.family.default_grid(model.config, processor)
@@ -299,6 +303,7 @@ class VLMTeacher(Teacher):
             offsets = enc["offset_mapping"][b]
             check_image_offsets(full, offsets, columns[b, : counts[b]], self.processor.image_token)
             at = locate(full, answer.text)
+            self.family.mark_answer(enc, b, token_rows(offsets, (at, at + len(answer.text)))[0])
             fore = [token_rows(offsets, (at + s, at + e)) for s, e in answer.fore]
             back = sorted(
                 set(chain.from_iterable(token_rows(offsets, (at + s, at + e)) for s, e in answer.back))

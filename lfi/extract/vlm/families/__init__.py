@@ -34,6 +34,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_vl": "lfi.extract.vlm.families.qwen2_vl",
     "qwen2_5_vl": "lfi.extract.vlm.families.qwen2_vl",
     "idefics3": "lfi.extract.vlm.families.idefics3",
+    "paligemma": "lfi.extract.vlm.families.paligemma",
 }
 
 
@@ -61,6 +62,8 @@ class Family:
     input_names: tuple[str, ...] = ("input_ids", "pixel_values")
     #: Keys passed on where the processor returns them (they depend on the transformers version).
     optional_inputs: tuple[str, ...] = ()
+    #: Whether background_mode "generate" works (the forced answer start continues the rendered text).
+    generates: bool = True
 
     def check(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         """Raise ValueError where the model or processor settings break the family's layout assumptions."""
@@ -83,6 +86,10 @@ class Family:
         Default: the placeholder repeated once per image token (LLaVA, LLaVA-NeXT, Qwen2-VL processors).
         """
         return expanded_text(text, processor.image_token, n_tokens)
+
+    def mark_answer(self, enc: BatchFeature, b: int, first: int) -> None:
+        """Mark sequence `b`'s tokens from row `first` (the answer's first) on as the answer, in place, for
+        models that attend to the answer differently from the prompt (PaliGemma). Default: nothing."""
 
     def layout(
         self,
