@@ -32,7 +32,7 @@ from lfi.files import atomic_write
 TASKS = ("classification", "detection", "segmentation")
 #: The rows of the paper's Table 3 (`lfi.models.TABLE3`): 'vit' is the unconverted model.
 VARIANTS = ("vit", "iq_gc", "ic_original", "iq_ic", "iq_ic_gc")
-TEACHERS = ("llava", "vit", "oracle", "none")
+TEACHERS = ("llava", "hf", "vit", "oracle", "none")
 #: Controls of an aligned run (`lfi.data.controls`): the teacher's maps, or maps that carry no knowledge.
 CONTROLS = ("none", "centre", "uniform", "shuffled")
 DATASETS = {
@@ -52,7 +52,8 @@ class ConfigError(ValueError):
 class TeacherConfig:
     """The teacher whose interaction maps (C_VLM) supervise the student.
 
-    name: 'llava' (the paper's VLM, LLaVA-1.5), or an offline substitute: 'vit' (DeiT-Tiny relevance, a
+    name: 'llava' (the paper's VLM, LLaVA-1.5), 'hf' (any supported Hugging Face VLM family, e.g. LLaVA-NeXT,
+        Qwen2-VL: `lfi.extract.vlm.families`), or an offline substitute: 'vit' (DeiT-Tiny relevance, a
         VFM->VFM teacher) or 'oracle' (ground-truth boxes or masks); 'none' when no maps are read.
     store: folder of the interaction store written by `lfi extract`. Detection with the oracle may leave it
         None: the oracle's maps are then computed on the fly from each transformed image's ground truth.

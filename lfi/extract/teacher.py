@@ -169,6 +169,7 @@ _BUILTIN_MODULES = {
     "oracle": "lfi.extract.oracle",
     "vit": "lfi.extract.vit_teacher",
     "llava": "lfi.extract.vlm",
+    "hf": "lfi.extract.vlm",
 }
 
 

@@ -44,6 +44,7 @@ from lfi.train.runs import Run, load_run
 #: How a teacher is named in tables and figure captions. Only 'llava' is the paper's teacher.
 TEACHER_LABELS = {
     "llava": "LLaVA-1.5 (the paper's VLM teacher)",
+    "hf": "a Hugging Face VLM (its family and checkpoint are in the store's metadata)",
     "vit": "DeiT-Tiny ViT, VFM->VFM substitute (not the paper's LLaVA-1.5)",
     "oracle": "ground-truth box/mask oracle (not the paper's LLaVA-1.5)",
     "none": "none (no interaction maps)",
