@@ -130,6 +130,7 @@ for _spec in (
 
 for _teacher in (
     TeacherSpec("llava", "LLaVA-1.5 (the paper's VLM teacher)", "lfi.extract.vlm"),
+    TeacherSpec("hf", "a Hugging Face VLM (its family and checkpoint are in the store's metadata)", "lfi.extract.vlm"),
     TeacherSpec("vit", "DeiT-Tiny ViT, VFM->VFM substitute (not the paper's LLaVA-1.5)", "lfi.extract.vit_teacher",
                 figures=True),
     TeacherSpec("oracle", "ground-truth box/mask oracle (not the paper's LLaVA-1.5)", "lfi.extract.oracle",

@@ -47,7 +47,8 @@ class ConfigError(ValueError):
 class TeacherConfig:
     """The teacher whose interaction maps (C_VLM) supervise the student.
 
-    name: 'llava' (the paper's VLM, LLaVA-1.5), or an offline substitute: 'vit' (DeiT-Tiny relevance, a
+    name: 'llava' (the paper's VLM, LLaVA-1.5), 'hf' (any supported Hugging Face VLM family, e.g. LLaVA-NeXT,
+        Qwen2-VL: `lfi.extract.vlm.families`), or an offline substitute: 'vit' (DeiT-Tiny relevance, a
         VFM->VFM teacher) or 'oracle' (ground-truth boxes or masks); 'none' when no maps are read.
     store: folder of the interaction store written by `lfi extract`. Detection with the oracle may leave it
         None: the oracle's maps are then computed on the fly from each transformed image's ground truth.

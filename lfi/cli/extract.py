@@ -4,6 +4,7 @@ lfi extract --teacher vit --data ../shared/data --dataset tinyimagenet --split v
 lfi extract --teacher vit --dataset imagefolder --data my_photos/train --out stores/my_vit   # class folders
 lfi extract --teacher oracle --dataset coco --data my_coco/annotations.json --out stores/my_oracle   # COCO json
 torchrun --nproc-per-node 4 -m lfi.cli extract --teacher llava --device cuda ...   # one writer per rank
+lfi extract --teacher hf --teacher-arg model=Qwen/Qwen2-VL-2B-Instruct --device cuda ...   # any VLM family
 lfi store info stores/tin-val-vit
 lfi store verify stores/tin-val-vit --data ../shared/data --dataset tinyimagenet --split val
 lfi store compact stores/tin-val-vit
@@ -34,14 +35,16 @@ def teacher_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if len(args.grid) > 2:
             raise ValueError(f"--grid takes H or H W, got {args.grid}")
         grid = (args.grid[0], args.grid[-1])
-    if args.teacher == "oracle":
+    if args.teacher in ("oracle", "hf"):
         kwargs.update({"grid": grid} if grid else {})
     elif args.teacher == "vit":
         kwargs.update(back=args.vit_back, grid=grid)
         if args.weights:
             kwargs["weights"] = args.weights
     elif grid:
-        raise ValueError(f"--grid applies to the oracle and vit teachers; {args.teacher!r} sets its own grid")
+        raise ValueError(
+            f"--grid applies to the oracle, vit and hf teachers; {args.teacher!r} sets its own grid"
+        )
     for item in args.teacher_arg:
         key, sep, value = item.partition("=")
         if not sep:

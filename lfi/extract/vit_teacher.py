@@ -51,9 +51,10 @@ def shared_weights_dir() -> Path:
     return base / "weights"
 
 
-def default_weights() -> Path:
-    """The shared DeiT-Tiny: the float32 file, else its bfloat16 copy (the path of the float32 one if neither)."""
-    folder = shared_weights_dir()
+def default_weights(folder: Path | None = None) -> Path:
+    """The DeiT-Tiny in `folder` (default: `shared_weights_dir()`): the float32 file, else its bfloat16 copy
+    (the path of the float32 one if neither)."""
+    folder = shared_weights_dir() if folder is None else folder
     bf16 = folder / WEIGHTS_FILE_BF16
     return bf16 if bf16.is_file() and not (folder / WEIGHTS_FILE).is_file() else folder / WEIGHTS_FILE
 

@@ -45,6 +45,7 @@ from lfi.evaluate.human import (
     split_layer,
 )
 from lfi.extract.teacher import apply_contrast, build_teacher
+from lfi.extract.vit_teacher import default_weights
 from lfi.maps import centre_bias
 from lfi.models import InteractionViT, create_vit, interactionize
 from lfi.show.human import human_alignment_figure, human_rows_figure
@@ -159,16 +160,25 @@ def student_map_function(student: Student, per_layer: bool = True) -> SampleFn:
 SampleFn = Callable[[torch.Tensor, Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
 
 
+def teacher_weights(data: str | Path) -> Path:
+    """The DeiT-Tiny of teacher 'vit': in ``<data>/weights/`` (float32, else bfloat16) where it is there, else
+    the shared default (``$LFI_DATA/weights``, else ../shared/data/weights beside the repository)."""
+    found = default_weights(Path(data) / "weights")
+    return found if found.is_file() else default_weights()
+
+
 def reference_map_function(
     teacher: str = "vit",
     store_by_name: Mapping[str, torch.Tensor] | None = None,
     centre_grid: tuple[int, int] | None = (14, 14),
+    weights: Path | None = None,
 ) -> SampleFn:
-    """(images, samples) -> the reference maps: "C_VLM" (teacher 'vit' run now), "C_VLM (store)" (looked up
-    by each sample's ``name`` in `store_by_name`), "centre bias" (a centred Gaussian on `centre_grid`)."""
+    """(images, samples) -> the reference maps: "C_VLM" (teacher 'vit' run now, with `weights`, default the
+    shared DeiT-Tiny), "C_VLM (store)" (looked up by each sample's ``name`` in `store_by_name`), "centre bias"
+    (a centred Gaussian on `centre_grid`)."""
     if teacher not in VLM_CAPTIONS:
         raise ValueError(f"teacher must be one of {sorted(VLM_CAPTIONS)}, got {teacher!r}")
-    vit_teacher = build_teacher("vit") if teacher == "vit" else None
+    vit_teacher = build_teacher("vit", weights=weights) if teacher == "vit" else None
 
     def maps(images: torch.Tensor, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -530,7 +540,10 @@ def run_eval_human(
         for i, s in enumerate(row)
     }
     if teacher != "none" or store_by_name is not None or centre:
-        sources["references"] = reference_map_function(teacher, store_by_name, grid if centre else None)
+        weights = teacher_weights(data) if teacher == "vit" else None
+        sources["references"] = reference_map_function(
+            teacher, store_by_name, grid if centre else None, weights
+        )
     tables = evaluate_many(dataset, sources, batch_size, resample, eval_side, layer_metrics)  # type: ignore[arg-type]
     refs = tables.get("references")
     reports = [
@@ -545,6 +558,8 @@ def run_eval_human(
     header = _header(
         data, osie.sigma, names, students, labels, teacher, store, grid if centre else None, eval_side
     )
+    if teacher == "vit":
+        header += f"  \nC_VLM teacher weights: {teacher_weights(data)}."
     header += f"  \nPer-layer maps scored on: {', '.join(layer_metrics)}."
     n_runs = sum(len(row) for row in students)
     counted = f", {len(rows)} rows" if len(rows) > 1 else ""

@@ -57,14 +57,21 @@ def register_capture_attention() -> str:
     return CAPTURE_ATTENTION
 
 
+def language_model(model: nn.Module) -> nn.Module:
+    """The decoder of a VLM: ``model.model.language_model`` (LLaVA, Qwen2-VL) or ``.text_model`` (Idefics3)."""
+    inner = getattr(model, "model", None)
+    for name in ("language_model", "text_model"):
+        if hasattr(getattr(inner, name, None), "layers"):
+            return getattr(inner, name)
+    raise TypeError(
+        f"{type(model).__name__} has no model.language_model.layers nor model.text_model.layers: "
+        "not a supported VLM"
+    )
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The language model's decoder layers of a LLaVA-family model (``model.model.language_model.layers``)."""
-    try:
-        return model.model.language_model.layers
-    except AttributeError as err:
-        raise TypeError(
-            f"{type(model).__name__} has no model.language_model.layers: not a LLaVA-family model"
-        ) from err
+    """The language model's decoder layers (see `language_model`)."""
+    return language_model(model).layers
 
 
 class AttentionCapture:
@@ -148,7 +155,7 @@ def layers_up_to(model: nn.Module, last: int) -> Iterator[None]:
     Causal decoder layers feed forward only, so the attention of layer `last` is exact with the rest cut;
     it saves (L - 1 - last) / L of the language model's time (18/32 for layer 14 of LLaVA-1.5-7B).
     """
-    lm = model.model.language_model
+    lm = language_model(model)
     full = lm.layers
     lm.layers = nn.ModuleList(list(full)[: last + 1])
     try:

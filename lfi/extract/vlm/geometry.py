@@ -16,6 +16,7 @@ original image, for every aspect ratio.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image, ImageDraw
@@ -70,6 +71,48 @@ def _overlaps(lo: float, hi: float, n_out: int, side: int) -> torch.Tensor:
     start = torch.maximum(edges[:-1, None], cells[None])
     end = torch.minimum(edges[1:, None], cells[None] + 1)
     return (end - start).clamp_min(0).float()
+
+
+@dataclass(frozen=True)
+class Part:
+    """A block of image tokens tiling a box of the original image (a tile, a base image, a merged grid).
+
+    index: (gh, gw) long, positions among the sequence's image tokens (0..N-1) in image raster order.
+    y_edges: (gh + 1,), x_edges: (gw + 1,) float64, increasing: the edges of the token cells as fractions of
+    the original image's height and width. Cells, or parts of cells, outside [0, 1] cover padding.
+    """
+
+    index: torch.Tensor
+    y_edges: torch.Tensor
+    x_edges: torch.Tensor
+
+
+def cell_edges(lo: float, hi: float, n: int) -> torch.Tensor:
+    """(n + 1,) float64 edges of n equal cells spanning [lo, hi]."""
+    return torch.linspace(lo, hi, n + 1, dtype=torch.float64)
+
+
+def _shares(edges: torch.Tensor, n_out: int) -> torch.Tensor:
+    """(n_out, n) share of token cell j (between edges j, j + 1) falling in output cell i of [0, 1]."""
+    out = cell_edges(0.0, 1.0, n_out)
+    start = torch.maximum(out[:-1, None], edges[None, :-1])
+    end = torch.minimum(out[1:, None], edges[None, 1:])
+    return ((end - start).clamp_min(0) / (edges[1:] - edges[:-1])[None]).float()
+
+
+def place_parts(att: torch.Tensor, parts: Sequence[Part], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Put each image token's attention mass on the region of the original image it covers.
+
+    att: (K, N) non-negative attention of K entries over the N image tokens. Each token's mass is spread over
+    the output cells its box overlaps, in proportion to the overlap (mass outside the image, on padding, is
+    dropped); parts add up (a base image and its tiles both count). Returns (K, h, w) on a grid spanning the
+    original image, each map L1-normalised (all-zero stays all-zero).
+    """
+    out = torch.zeros(att.shape[0], *out_hw)
+    for part in parts:
+        block = att[:, part.index].float()  # (K, gh, gw)
+        out += _shares(part.y_edges, out_hw[0]) @ block @ _shares(part.x_edges, out_hw[1]).T
+    return normalize_map(out)
 
 
 def draw_boxes(

@@ -1,13 +1,14 @@
-"""The LLaVA-family teacher: C_fore and C_back from a VLM's answer-to-image attention (paper Eq. 10-12).
+"""The VLM teacher: C_fore and C_back from a VLM's answer-to-image attention (paper Eq. 10-12).
 
 One teacher-forced forward per batch: the chat template renders the task prompt (Sec. 4.2) and the answer
 ``{foreground: [class], background: [w1, ...]}`` (dense: ``{objects: [o1, ..., oK], background: [...]}``,
 with the K boxes drawn on the image). For the chosen decoder layers, the attention of the answer tokens of
 each foreground entry and of the background words to the image tokens is captured
 (`capture.AttentionCapture`),
-averaged over layers, heads and the entry's tokens, mapped back onto the original image (`geometry`) and
-L1-normalised per entry. fore = sum over entries (K = 1 for classification; Eq. 12), back = the background
-words' map. Eq. 11/12 itself is applied by the extraction loop (`lfi.extract.teacher.apply_contrast`).
+averaged over layers, heads and the entry's tokens, mapped back onto the original image by the model's
+family (`families`: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Idefics3) and L1-normalised per entry. fore = sum over
+entries (K = 1 for classification; Eq. 12), back = the background words' map. Eq. 11/12 itself is applied by
+the extraction loop (`lfi.extract.teacher.apply_contrast`).
 
 Why per-entry normalisation: LLaVA puts most attention on the first tokens (an attention sink), and how much
 of a word's attention reaches the image varies by word; normalising compares *where* fore and back look.
@@ -31,8 +32,9 @@ from torchvision.transforms.functional import to_pil_image
 
 from lfi.extract.teacher import Sample, Teacher, TeacherOutput
 from lfi.extract.vlm.capture import AttentionCapture, decoder_layers, layers_up_to
-from lfi.extract.vlm.geometry import draw_boxes, expand_to_square, unpad_map
-from lfi.extract.vlm.loader import DEFAULT_CHECKPOINT, load_llava
+from lfi.extract.vlm.families import Family, family_for
+from lfi.extract.vlm.geometry import draw_boxes
+from lfi.extract.vlm.loader import DEFAULT_CHECKPOINT, load_llava, load_vlm
 from lfi.extract.vlm.prompts import (
     DEFAULT_BACKGROUND_WORDS,
     TASKS,
@@ -40,15 +42,13 @@ from lfi.extract.vlm.prompts import (
     Task,
     answer_prefix,
     check_word,
-    conversation,
     format_answer,
     parse_background,
     task_prompt,
 )
 from lfi.extract.vlm.tokens import (
     check_image_offsets,
-    expanded_text,
-    image_positions,
+    image_columns,
     locate,
     pad_rows,
     token_rows,
@@ -62,10 +62,12 @@ def default_layers(num_layers: int) -> tuple[int, ...]:
     return (num_layers * 14 // 32,)
 
 
-class LlavaTeacher(Teacher):
-    """C_fore / C_back from a LLaVA-family model (`LlavaForConditionalGeneration` + its processor).
+class VLMTeacher(Teacher):
+    """C_fore / C_back from a Hugging Face VLM of a known family (`families.FAMILIES`) + its processor.
 
-    model: loaded with ``attn_implementation="lfi_capture"`` (see `load_llava`). task: "classification"
+    model: loaded with ``attn_implementation="lfi_capture"`` (see `load_vlm`). family: default from
+    ``model.config.model_type``. grid: the stored map's (h, w), spanning the original image (default: the
+    family's, e.g. LLaVA's vision token grid). task: "classification"
     (uses sample["class_name"]) or "dense" (sample["boxes"] (K, 4) XYXY pixels, drawn on the image, and
     optional sample["box_names"], K names, else class_name for every box).
     layers / heads: decoder layers and heads averaged (None: `default_layers`, all heads).
@@ -76,13 +78,15 @@ class LlavaTeacher(Teacher):
     checkpoint / revision: recorded in `metadata`.
     """
 
-    name = "llava"
+    name = "hf"
 
     def __init__(
         self,
-        model: transformers.LlavaForConditionalGeneration,
+        model: transformers.PreTrainedModel,
         processor: transformers.ProcessorMixin,
         *,
+        family: Family | None = None,
+        grid: Sequence[int] | None = None,
         task: Task = "classification",
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
@@ -102,14 +106,15 @@ class LlavaTeacher(Teacher):
             raise ValueError(
                 "the processor's tokenizer must be a fast tokenizer (offsets locate the answer words)"
             )
-        vision = model.config.vision_config
-        if model.config.vision_feature_select_strategy != "default":
+        self.family = family if family is not None else family_for(model.config)
+        self.family.check(model, processor)
+        if background_mode == "generate" and not self.family.generates:
             raise ValueError(
-                "vision_feature_select_strategy must be 'default' (patch tokens only, a square grid), got "
-                f"{model.config.vision_feature_select_strategy!r}"
+                f"background_mode 'generate' is not supported for {self.family.name}; use 'fixed'"
             )
-        side = vision.image_size // vision.patch_size
-        self.grid = (side, side)
+        if grid is not None and (len(grid) != 2 or min(grid) < 1):
+            raise ValueError(f"grid must be (h, w) positive integers, got {grid}")
+        self.grid = tuple(grid) if grid is not None else self.family.default_grid(model.config, processor)
         self.model, self.processor = model, processor
         self.task, self.background_mode = task, background_mode
         self.background_words = tuple(check_word(w, "background_words[]") for w in background_words)
@@ -124,22 +129,20 @@ class LlavaTeacher(Teacher):
         self.revision = revision
         # The hub commit the weights came from (None for a local folder or an in-memory model).
         self.commit = getattr(model.config, "_commit_hash", None)
-        # expand2square in LLaVA-1.5 fills with the processor's mean colour (as int(255 * mean)).
-        self.fill = tuple(int(255 * m) for m in processor.image_processor.image_mean)
 
     @classmethod
     def from_pretrained(
         cls,
-        checkpoint: str = DEFAULT_CHECKPOINT,
+        checkpoint: str,
         revision: str | None = None,
         *,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         trust_remote_code: bool = False,
         **options: Any,
-    ) -> LlavaTeacher:
-        """Load with `load_llava` (bf16 on CUDA) and build the teacher; options go to `__init__`."""
-        model, processor = load_llava(
+    ) -> VLMTeacher:
+        """Load with `load_vlm` (bf16 on CUDA) and build the teacher; options go to `__init__`."""
+        model, processor = load_vlm(
             checkpoint, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
         )
         return cls(model, processor, checkpoint=checkpoint, revision=revision, **options)
@@ -147,6 +150,7 @@ class LlavaTeacher(Teacher):
     def metadata(self) -> dict[str, Any]:
         return {
             **super().metadata(),
+            "family": self.family.name,
             "checkpoint": self.checkpoint,
             "revision": self.revision,
             "commit": self.commit,
@@ -159,7 +163,7 @@ class LlavaTeacher(Teacher):
             "layers": list(self.layers),
             "heads": "all" if self.heads is None else list(self.heads),
             "reduction": "mean over layers, heads and each entry's tokens; each entry L1-normalised",
-            "geometry": "expand-to-square (mean colour) undone: the grid spans the original image",
+            "geometry": self.family.geometry,
             "transformers": transformers.__version__,
         }
 
@@ -169,24 +173,24 @@ class LlavaTeacher(Teacher):
         fore = torch.zeros(n, *self.grid)
         back = torch.zeros(n, *self.grid)
         info: list[dict[str, Any]] = [{} for _ in range(n)]
-        todo, squares, sizes, words, prompts = [], [], [], [], []
+        todo, images, sizes, words, prompts = [], [], [], [], []
         for i, sample in enumerate(batch):
             image, names = self._visual_prompt(sample, i)
             info[i] = {"instances": len(names)}
             if not names:  # dense image without boxes: nothing to attend to, an all-zero (invalid) map
                 continue
             todo.append(i)
-            squares.append(expand_to_square(image, self.fill))
+            images.append(self.family.prepare(image, self.processor))
             sizes.append((image.height, image.width))
             words.append(names)
             prompts.append(task_prompt(self.task, names))
         if not todo:
             return TeacherOutput(fore=fore, back=back, info=info)
-        backgrounds, sources = self._backgrounds(squares, prompts, words)
+        backgrounds, sources = self._backgrounds(images, prompts, words)
         answers = [format_answer(self.task, w, bg) for w, bg in zip(words, backgrounds, strict=True)]
-        maps = self._maps(squares, prompts, answers)
+        maps = self._maps(images, sizes, prompts, answers)
         for j, i in enumerate(todo):
-            per_entry = unpad_map(maps[j], sizes[j], self.grid)  # (K + 1, h, w)
+            per_entry = maps[j]  # (K + 1, h, w)
             fore[i], back[i] = per_entry[:-1].sum(0), per_entry[-1]
             info[i].update(prompt=prompts[j], answer=answers[j].text, background_source=sources[j])
         return TeacherOutput(fore=fore, back=back, info=info)
@@ -219,26 +223,31 @@ class LlavaTeacher(Teacher):
         return check_word(sample["class_name"], f"batch[{index}]['class_name']")
 
     def _device_inputs(self, enc: transformers.BatchFeature) -> dict[str, torch.Tensor]:
+        """The family's model inputs on the model's device; floating ones (pixels) in the model's dtype."""
         param = next(self.model.parameters())
+        missing = [k for k in self.family.input_names if k not in enc]
+        if missing:
+            raise ValueError(f"the processor returned no {missing}, which {self.family.name} models need")
+        names = [*self.family.input_names, *(k for k in self.family.optional_inputs if k in enc)]
         return {
-            "input_ids": enc["input_ids"].to(param.device),
-            "pixel_values": enc["pixel_values"].to(param.device, param.dtype),
+            k: enc[k].to(param.device, param.dtype) if enc[k].is_floating_point() else enc[k].to(param.device)
+            for k in names
         }
 
     def _backgrounds(
-        self, squares: list[Image.Image], prompts: list[str], words: list[list[str]]
+        self, images: list[Image.Image], prompts: list[str], words: list[list[str]]
     ) -> tuple[list[tuple[str, ...]], list[str]]:
         """Background words per image, and their source: "fixed", "generated" or "fixed: none generated"."""
         if self.background_mode == "fixed":
-            return [self.background_words] * len(squares), ["fixed"] * len(squares)
+            return [self.background_words] * len(images), ["fixed"] * len(images)
         texts = []
         for prompt, names in zip(prompts, words, strict=True):
             prefix, _ = answer_prefix(self.task, names)
-            rendered = self.processor.apply_chat_template(conversation(prompt, prefix), tokenize=False)
+            rendered = self.family.render(self.processor, prompt, prefix)
             texts.append(rendered[: locate(rendered, prefix) + len(prefix)])
         # Generation appends after the last token, so pad on the left and pass the mask.
         enc = self.processor(
-            text=texts, images=squares, padding=True, padding_side="left", return_tensors="pt"
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
         )
         inputs = self._device_inputs(enc)
         with torch.inference_mode():
@@ -259,31 +268,42 @@ class LlavaTeacher(Teacher):
         return result, sources
 
     def _maps(
-        self, squares: list[Image.Image], prompts: list[str], answers: list[Answer]
+        self,
+        images: list[Image.Image],
+        sizes: list[tuple[int, int]],
+        prompts: list[str],
+        answers: list[Answer],
     ) -> list[torch.Tensor]:
-        """One forward for the batch -> per image (K + 1, G, G) float32: K foreground entries, background."""
-        texts = [
-            self.processor.apply_chat_template(conversation(p, a.text), tokenize=False)
-            for p, a in zip(prompts, answers, strict=True)
-        ]
+        """One forward for the batch -> per image (K + 1, h, w) float32 on `grid`: K foreground entries, back.
+
+        images: what the processor sees (`Family.prepare`); sizes: (H, W) of the original images.
+        """
+        texts = [self.family.render(self.processor, p, a.text) for p, a in zip(prompts, answers, strict=True)]
         # Right padding needs no attention mask: with causal attention no real token sees the pads after it,
         # so each sequence is computed exactly as alone, and SDPA keeps its fast causal kernel.
         enc = self.processor(
             text=texts,
-            images=squares,
+            images=images,
             padding=True,
             padding_side="right",
             return_offsets_mapping=True,
             return_tensors="pt",
         )
-        n_image = self.grid[0] * self.grid[1]
-        columns = image_positions(enc["input_ids"], self.model.config.image_token_id, n_image)
-        groups = []
+        columns, counts = image_columns(enc["input_ids"], self.model.config.image_token_id)
+        layouts, groups = [], []
         for b, (text, answer) in enumerate(zip(texts, answers, strict=True)):
-            full = expanded_text(text, self.processor.image_token, n_image)
+            layout = self.family.layout(self.model.config, self.processor, enc, b, sizes[b])
+            if layout.n_tokens != counts[b]:
+                raise ValueError(
+                    f"sequence {b} holds {counts[b]} image tokens, the {self.family.name} layout expects "
+                    f"{layout.n_tokens}: the processor and the family disagree"
+                )
+            layouts.append(layout)
+            full = self.family.expand(self.processor, text, sizes[b], counts[b])
             offsets = enc["offset_mapping"][b]
-            check_image_offsets(full, offsets, columns[b], self.processor.image_token)
+            check_image_offsets(full, offsets, columns[b, : counts[b]], self.processor.image_token)
             at = locate(full, answer.text)
+            self.family.mark_answer(enc, b, token_rows(offsets, (at, at + len(answer.text)))[0])
             fore = [token_rows(offsets, (at + s, at + e)) for s, e in answer.fore]
             back = sorted(
                 set(chain.from_iterable(token_rows(offsets, (at + s, at + e)) for s, e in answer.back))
@@ -293,10 +313,35 @@ class LlavaTeacher(Teacher):
         cut = layers_up_to(self.model, max(self.layers)) if self.cut_layers else nullcontext()
         with torch.inference_mode(), self.capture.capturing(rows, columns) as captured, cut:
             self.model.model(**self._device_inputs(enc), use_cache=False)
-        att = torch.stack([captured[i] for i in self.layers]).mean(dim=(0, 2)).cpu()  # (B, R, N)
+        att = torch.stack([captured[i] for i in self.layers]).mean(dim=(0, 2)).cpu()  # (B, R, N_max)
         maps = []
         for b, entries in enumerate(groups):
             starts = [0, *torch.tensor([len(e) for e in entries]).cumsum(0).tolist()]
-            per = [att[b, starts[k] : starts[k + 1]].mean(0) for k in range(len(entries))]
-            maps.append(torch.stack(per).reshape(len(entries), *self.grid))
+            per = torch.stack(
+                [att[b, starts[k] : starts[k + 1], : counts[b]].mean(0) for k in range(len(entries))]
+            )
+            maps.append(self.family.to_grid(per, layouts[b], sizes[b], self.grid))
         return maps
+
+
+class LlavaTeacher(VLMTeacher):
+    """The paper's teacher, LLaVA-1.5 (`LlavaForConditionalGeneration`): registered as "llava"."""
+
+    name = "llava"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        revision: str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> LlavaTeacher:
+        """Load with `load_llava` (bf16 on CUDA) and build the teacher; options go to `__init__`."""
+        model, processor = load_llava(
+            checkpoint, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+        return cls(model, processor, checkpoint=checkpoint, revision=revision, **options)

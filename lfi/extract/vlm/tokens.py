@@ -77,6 +77,20 @@ def image_positions(input_ids: torch.Tensor, image_token_id: int, expected: int)
     return torch.nonzero(is_image)[:, 1].reshape(input_ids.shape[0], expected)
 
 
+def image_columns(input_ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor, list[int]]:
+    """(B, T) token ids -> ((B, N_max) long positions of each row's image tokens, their counts per row).
+
+    Rows with fewer image tokens (any-res, native resolution) repeat their first position up to N_max; callers
+    read the first counts[b] columns of row b only.
+    """
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(dim=1).tolist()
+    if min(counts) == 0:
+        raise ValueError(f"every sequence must hold image tokens (id {image_token_id}), got counts {counts}")
+    cols = [torch.nonzero(row).flatten().tolist() for row in is_image]
+    return pad_rows(cols), counts
+
+
 def pad_rows(rows: Sequence[Sequence[int]]) -> torch.Tensor:
     """Per-sequence query rows -> (B, R) long, R = the longest; shorter lists repeat their first row.
 
