@@ -78,8 +78,8 @@ def test_unknown_names_are_refused_by_config_and_build() -> None:
 def test_a_toy_row_reaches_config_build_and_cli(toy_rows: Path, capsys: pytest.CaptureFixture) -> None:
     from lfi.cli import main
     from lfi.data.build import build_dataset
-    from lfi.extract.store import InteractionStore
     from lfi.show.report import teacher_label
+    from lfi.store.shards import InteractionStore
 
     cfg = load_config(None, TOY_CONFIG)
     assert (cfg.data.dataset, cfg.teacher.name) == ("toy", "toy")

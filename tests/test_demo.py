@@ -135,8 +135,8 @@ def test_controls_train_on_the_centre_prior_and_on_other_images_maps(tmp_path: P
     from lfi.data.controls import derangement
     from lfi.extract.oracle import OracleTeacher
     from lfi.extract.run import extract
-    from lfi.extract.store import InteractionStore
     from lfi.maps import centre_bias
+    from lfi.store.shards import InteractionStore
 
     train = ShortcutShapes("train", 8, size=pipeline.IMG)
     extract(OracleTeacher(grid=(4, 4)), train, tmp_path / "store", progress=False)

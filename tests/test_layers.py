@@ -12,6 +12,7 @@ LFI = Path(__file__).resolve().parents[1] / "lfi"
 #: The floors, lowest first: a package may import its own floor and the ones below it, never one above.
 FLOORS = (
     ("catalog", "config", "maps", "files"),
+    ("store",),
     ("data",),
     ("models",),
     ("extract",),
@@ -62,7 +63,7 @@ def test_packages_import_downwards_only():
 
 def test_extraction_and_store_load_no_model_code():
     """The store and the extraction loop import neither lfi.models nor timm (teachers load what they need)."""
-    code = "import sys, lfi.extract.store, lfi.extract.run; print(sorted(m for m in ('lfi.models', 'timm') if m in sys.modules))"
+    code = "import sys, lfi.store.shards, lfi.extract.run; print(sorted(m for m in ('lfi.models', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -17,7 +17,7 @@ import pytest
 
 from lfi.cli import main as lfi
 from lfi.config import load_config
-from lfi.extract.store import InteractionStore
+from lfi.store.shards import InteractionStore
 from lfi.train.data import build_data
 
 REPO = Path(__file__).resolve().parents[1]

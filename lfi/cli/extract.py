@@ -97,7 +97,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
-    from lfi.extract.layout import summarize  # standard library only: no torch
+    from lfi.store.layout import summarize  # standard library only: no torch
 
     info = summarize(args.store)
     if args.json:
@@ -117,7 +117,7 @@ def cmd_store_info(args: argparse.Namespace) -> int:
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
-    from lfi.extract.store import InteractionStore
+    from lfi.store.shards import InteractionStore
 
     expected, unreadable = None, []
     if args.dataset:
@@ -135,7 +135,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
-    from lfi.extract.store import compact
+    from lfi.store.shards import compact
 
     report = compact(args.store, keep_first=args.keep_first)
     print(report.summary(args.store))

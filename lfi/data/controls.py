@@ -35,7 +35,7 @@ def derangement(keys: list[str], seed: int) -> dict[str, str]:
 class ControlMaps:
     """An interaction store seen through a control: the same keys, other maps (see the module docstring).
 
-    store: an `lfi.extract.store.InteractionStore` (anything with `keys()`, `in`, `[key]` and `grid`);
+    store: an `lfi.store.shards.InteractionStore` (anything with `keys()`, `in`, `[key]` and `grid`);
     control: one of CONTROLS but 'none'; seed: the shuffled control's derangement.
     `self[key]` gives what `lfi.data.interaction.read_stored_map` reads: the other image's record (shuffled,
     valid as that image's) or an (h, w) map on the store's grid (centre, uniform; always valid).

@@ -20,7 +20,7 @@ def _store_where(store: Any) -> str:
 def read_stored_map(store: Any, key: str) -> tuple[torch.Tensor, bool]:
     """(map (h, w) float32, valid) of `key`.
 
-    store: an `lfi.extract.store.InteractionStore` (its Record gives map and valid flag) or any mapping
+    store: an `lfi.store.shards.InteractionStore` (its Record gives map and valid flag) or any mapping
     ``store[key] -> (h, w) tensor`` (valid = the map has mass). A missing key is a KeyError naming the key
     and the store, never a silent substitute map.
     """

@@ -50,9 +50,9 @@ from lfi.data.controls import with_control
 from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
 from lfi.extract.oracle import OracleTeacher
 from lfi.extract.run import extract
-from lfi.extract.store import InteractionStore
 from lfi.maps import attention_to_grid
 from lfi.models import MapRequest
+from lfi.store.shards import InteractionStore
 from lfi.train.data import ExperimentData, stored_maps_of
 
 WEIGHTS = Path("weights/deit_tiny_patch16_224.safetensors")  # inside the shared data root

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from lfi.catalog import dataset_spec, teacher_spec
 from lfi.data.keys import image_key
-from lfi.extract.layout import FAILED_FILE, append_failure
-from lfi.extract.store import Record, StoreWriter
 from lfi.extract.teacher import DEFAULT_EMPTY, EmptyPolicy, Sample, Teacher, apply_contrast, image_hw
+from lfi.store.layout import FAILED_FILE, append_failure
+from lfi.store.shards import Record, StoreWriter
 
 #: What to do with an image that cannot be read or whose map cannot be made: stop (default) or list it in
 #: the store's failed.jsonl and go on.

@@ -199,7 +199,7 @@ def osie_store_maps(store: str | Path, osie: Any, names: Sequence[str]) -> dict[
     """{OSIE file name: its C_VLM} from an interaction store that holds those images (found by the hash of
     each stimulus file's bytes, whatever path the store keys them under); raises naming the missing ones."""
     from lfi.data.osie import STIMULI_DIR
-    from lfi.extract.store import InteractionStore
+    from lfi.store.shards import InteractionStore
 
     datas = [osie.source.read(f"{STIMULI_DIR}/{n}") for n in names]
     return dict(zip(names, store_maps(InteractionStore(store), datas, list(names)), strict=True))

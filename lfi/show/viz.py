@@ -247,7 +247,7 @@ def _vlm_maps(
     if teacher is None:
         if store is None:
             raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
-        from lfi.extract.store import InteractionStore
+        from lfi.store.shards import InteractionStore
 
         return store_maps(InteractionStore(store), datas, names)
     return None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))

@@ -143,7 +143,7 @@ def _oracle_batch_maps(batch: dict, source: str) -> tuple[list, None]:
 
 def open_store(cfg: Config) -> Any:
     """The interaction store of cfg.teacher, checked to come from that teacher."""
-    from lfi.extract.store import InteractionStore
+    from lfi.store.shards import InteractionStore
 
     return InteractionStore(cfg.teacher.store, expect={"teacher": cfg.teacher.name})
 

@@ -102,7 +102,7 @@ def build_data(cfg: Config) -> ExperimentData:
 def skip_failed_images(data: ExperimentData, store: str, held_out: bool) -> None:
     """data.skip_failed: drop from data.train (and data.val when it is held out of the training images) every
     image listed in `store`'s failed.jsonl; data.notes["skipped"] says how many."""
-    from lfi.extract.layout import FAILED_FILE, read_failures
+    from lfi.store.layout import FAILED_FILE, read_failures
 
     listed = [str(f.get("path") or "") for f in read_failures(store)]
     listed = [p for p in listed if p]

@@ -17,8 +17,8 @@ from lfi.data import (
     detection_transforms,
 )
 from lfi.data.keys import image_key
-from lfi.extract.store import InteractionStore, Record, StoreWriter
 from lfi.maps import normalize_map
+from lfi.store.shards import InteractionStore, Record, StoreWriter
 
 
 def make_sample(i: int, hw: tuple[int, int]) -> dict:

@@ -16,8 +16,8 @@ import torch
 from lfi.cli.extract import register
 from lfi.extract.oracle import OracleTeacher
 from lfi.extract.run import extract
-from lfi.extract.store import InteractionStore, StoreMetadataError, store_arrays
 from lfi.extract.teacher import Sample, TeacherOutput
+from lfi.store.shards import InteractionStore, StoreMetadataError, store_arrays
 
 
 def _samples(n: int = 13) -> list[dict]:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lfi.data.keys import image_key
-from lfi.extract.layout import SHARD_DIR, summarize
-from lfi.extract.store import (
+from lfi.store.layout import SHARD_DIR, summarize
+from lfi.store.shards import (
     InteractionStore,
     Record,
     StoreCorruptError,
@@ -282,7 +282,7 @@ def test_store_info_reads_no_tensors(tmp_path: Path) -> None:
         pkg.__path__ = [{str(lfi_dir)!r}]
         sys.modules["lfi"] = pkg
         from lfi.cli.extract import register
-        from lfi.extract.layout import summarize
+        from lfi.store.layout import summarize
         info = summarize(sys.argv[1])
         heavy = sorted(m for m in ("torch", "numpy", "safetensors", "timm") if m in sys.modules)
         print(info["records"], info["valid"], info["empty"], heavy)

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lfi.cli.extract import register
-from lfi.extract.store import InteractionStore
 from lfi.extract.teacher import build_teacher
 from lfi.extract.vlm.loader import load_vlm
+from lfi.store.shards import InteractionStore
 
 FAMILY_NAMES = {
     "llava": "llava-1.5",

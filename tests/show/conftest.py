@@ -39,8 +39,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lfi.demo.synthetic import ShortcutShapes
     from lfi.extract.oracle import OracleTeacher
     from lfi.extract.run import extract
-    from lfi.extract.store import InteractionStore
     from lfi.show.tensorboard import LogInteractionMaps
+    from lfi.store.shards import InteractionStore
     from lfi.train.data import ExperimentData
     from lfi.train.engine import train
 

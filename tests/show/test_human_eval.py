@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from lfi.cli.human import register
 from lfi.config import config_to_dict
 from lfi.data.keys import image_key
-from lfi.extract.store import Record, StoreWriter
 from lfi.show.human_eval import (
     as_rows,
     human_alignment,
@@ -31,6 +30,7 @@ from lfi.show.human_eval import (
     student_map_function,
     write_outputs,
 )
+from lfi.store.shards import Record, StoreWriter
 from lfi.train.build import build_model
 from tests.show.conftest import tiny_config, write_run
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from lfi.cli.show import register
 from lfi.config import load_config, save_config
 from lfi.data.keys import image_key
-from lfi.extract.store import Record, StoreWriter
 from lfi.show.viz import load_trained, model_input, read_image, run_viz, student_maps
+from lfi.store.shards import Record, StoreWriter
 from tests.show.conftest import write_run
 
 

@@ -10,7 +10,7 @@ from lfi.config import Config, config_from_dict
 from lfi.demo.synthetic import ShortcutShapes
 from lfi.extract.oracle import OracleTeacher
 from lfi.extract.run import extract
-from lfi.extract.store import InteractionStore
+from lfi.store.shards import InteractionStore
 from lfi.train.data import ExperimentData
 
 IMG = 32

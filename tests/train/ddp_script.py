@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lfi.extract.store import InteractionStore  # noqa: E402
+from lfi.store.shards import InteractionStore  # noqa: E402
 from lfi.train.engine import train  # noqa: E402
 from tests.train.conftest import tiny_config, tiny_data  # noqa: E402
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from lfi.config import load_config, save_config
 from lfi.evaluate.classification import write_metrics
-from lfi.extract.store import InteractionStore
+from lfi.store.shards import InteractionStore
 from lfi.train.engine import EpochCSV, NonFiniteLoss, train
 from lfi.train.sweep import write_summary
 from tests.train.conftest import tiny_config, tiny_data, write_store
@@ -222,7 +222,7 @@ import lightning as L
 sys.path.insert(0, {root!r})
 import lfi.train.engine as engine
 from lfi.cli import main
-from lfi.extract.store import InteractionStore
+from lfi.store.shards import InteractionStore
 from tests.train.conftest import tiny_data
 
 config, store, ready, pause_at = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])

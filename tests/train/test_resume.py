@@ -28,7 +28,7 @@ import os, signal, sys
 from pathlib import Path
 import lightning as L
 sys.path.insert(0, {root!r})
-from lfi.extract.store import InteractionStore
+from lfi.store.shards import InteractionStore
 from lfi.train.engine import train
 from tests.train.conftest import tiny_config, tiny_data
 

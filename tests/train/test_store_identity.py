@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lfi.extract.store import StoreMetadataError
+from lfi.store.shards import StoreMetadataError
 from lfi.train.build import build
 from tests.train.conftest import tiny_config, tiny_data, write_store
 

@@ -1,6 +1,6 @@
 """The interaction store: one interaction map per image, written once by `lfi extract`, read many times.
 
-Layout of a store folder (`lfi.extract.layout`)::
+Layout of a store folder (`lfi.store.layout`)::
 
     store.json                          metadata of the whole store (teacher, checkpoint, grid, ...; store_uid
                                         and store_id, made at creation: `layout.IDENTITY`)
@@ -42,7 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from lfi.extract.layout import (
+from lfi.store.layout import (
     FORMAT,
     IDENTITY,
     SHARD_DIR,
