@@ -16,8 +16,9 @@ FLOORS = (
     ("data",),
     ("models",),
     ("extract",),
-    ("evaluate",),
+    ("metrics",),
     ("train",),
+    ("evaluate",),
     ("show",),
     ("demo",),
     ("cli",),
@@ -48,17 +49,46 @@ def test_every_package_has_a_floor():
     assert packages <= set(FLOOR), f"packages without a floor in tests/test_layers.py: {packages - set(FLOOR)}"
 
 
-def test_packages_import_downwards_only():
+def upward_imports(root: Path = LFI) -> list[str]:
+    """Every import in the package at `root` that goes up a floor (or imports the whole lfi package)."""
     upward = []
-    for path in sorted(LFI.rglob("*.py")):
-        here = package_of("lfi." + ".".join(path.relative_to(LFI).with_suffix("").parts))
+    for path in sorted(root.rglob("*.py")):
+        here = package_of("lfi." + ".".join(path.relative_to(root).with_suffix("").parts))
         for line, module in imports(path):
             there = package_of(module)
             if module == "lfi" and here is not None:
-                upward.append(f"{path.relative_to(LFI.parent)}:{line} imports the whole lfi package")
+                upward.append(f"{path.relative_to(root.parent)}:{line} imports the whole lfi package")
             elif here is not None and there is not None and FLOOR[there] > FLOOR[here]:
-                upward.append(f"{path.relative_to(LFI.parent)}:{line} ({here}) imports {module} ({there})")
+                upward.append(f"{path.relative_to(root.parent)}:{line} ({here}) imports {module} ({there})")
+    return upward
+
+
+def test_packages_import_downwards_only():
+    upward = upward_imports()
     assert not upward, "imports that go up a floor:\n" + "\n".join(upward)
+
+
+def test_an_upward_import_is_found(tmp_path: Path):
+    """The check itself: metrics (below train) importing the engine, and evaluate importing show, are caught."""
+    for package, module in (("metrics", "lfi.train.engine"), ("evaluate", "lfi.show.viz")):
+        (tmp_path / "lfi" / package).mkdir(parents=True)
+        (tmp_path / "lfi" / package / "x.py").write_text(f"def f():\n    from {module} import g\n")
+    assert upward_imports(tmp_path / "lfi") == [
+        "lfi/evaluate/x.py:2 (evaluate) imports lfi.show.viz (show)",
+        "lfi/metrics/x.py:2 (metrics) imports lfi.train.engine (train)",
+    ]
+
+
+def test_figures_run_no_teacher():
+    """Figures and tables read stores and runs: no module of lfi.show imports a teacher (lfi.extract); a
+    figure that needs C_VLM made now gets it from the evaluate stage (`lfi.evaluate.maps.run_maps`)."""
+    found = [
+        f"{path.relative_to(LFI.parent)}:{line} imports {module}"
+        for path in sorted((LFI / "show").rglob("*.py"))
+        for line, module in imports(path)
+        if package_of(module) == "extract"
+    ]
+    assert not found, "figures that run a teacher:\n" + "\n".join(found)
 
 
 def test_extraction_and_store_load_no_model_code():

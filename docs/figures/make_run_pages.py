@@ -5,14 +5,14 @@
         --html tinyimagenet:ivit_vit pacs:ivit_vit
 
 DATA holds tiny-imagenet-200/*.zip (the val zip) and/or pacs/PACS-*.zip, and weights/ for the `vit` teacher
-($LFI_DATA/weights, see `lfi.extract.vit_teacher`). For each `--run DATASET:ROW=RUN_DIR` it draws Fig. 5
-(`lfi viz`, `lfi.show.viz.run_viz`): the teacher's map beside the run's C_VFM, C_AGT and C_F on test images the
-run never trained on, and writes `<dataset>_<row>.png` and `<dataset>_<row>.md` (what the run is, its test
-top-1, the figure). The teacher column is the run's own teacher: the box oracle (from the images' boxes) for an
-oracle run, else `vit` (DeiT-Tiny relevance). Neither is the paper's LLaVA-1.5. Images, fixed and listed on the
-page: TinyImageNet val, the first image of every tenth class; PACS, the first images of each class in the run's
-unseen (test) domain. `--html DATASET:ROW` also writes `html_<dataset>_<row>/index.html` (`lfi viz --html`) over
-more images of the same kind.
+($LFI_DATA/weights, see `lfi.extract.vit_teacher`). For each `--run DATASET:ROW=RUN_DIR` it draws Fig. 5 (`lfi
+viz`: `lfi.evaluate.maps.run_maps`, drawn by `lfi.show.viz.run_viz`): the teacher's map beside the run's C_VFM,
+C_AGT and C_F on test images the run never trained on, and writes `<dataset>_<row>.png` and `<dataset>_<row>.md`
+(what the run is, its test top-1, the figure). The teacher column is the run's own teacher: the box oracle (from
+the images' boxes) for an oracle run, else `vit` (DeiT-Tiny relevance). Neither is the paper's LLaVA-1.5. Images,
+fixed and listed on the page: TinyImageNet val, the first image of every tenth class; PACS, the first images of
+each class in the run's unseen (test) domain. `--html DATASET:ROW` also writes `html_<dataset>_<row>/index.html`
+(`lfi viz --html`) over more images of the same kind.
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def describe(dataset: str, row: str, run_dir: Path, teacher: str, picked: Picked
 def run_pages(data: Path, out: Path, runs: Sequence[str], html: Sequence[str]) -> list[Path]:
     """Write the page of every `DATASET:ROW=RUN_DIR` and the HTML pages of `html` (DATASET:ROW); returns the
     pages (.md) and index.html files written."""
+    from lfi.evaluate.maps import run_maps
     from lfi.show.viz import run_viz
 
     out.mkdir(parents=True, exist_ok=True)
@@ -137,8 +138,8 @@ def run_pages(data: Path, out: Path, runs: Sequence[str], html: Sequence[str]) -
             teacher = teacher_of(run_dir, picked)
             figure_images = spread(picked, FIGURE_IMAGES)
             figure = out / f"{key}.png"
-            for path in run_viz(run_dir, figure_images.paths, figure, teacher=teacher,
-                                boxes=figure_images.boxes, dpi=80):  # fmt: skip
+            maps = run_maps(run_dir, figure_images.paths, teacher, figure_images.boxes)
+            for path in run_viz(maps, figure, dpi=80):
                 if path.suffix == ".pdf":
                     path.unlink()  # the pages embed the PNG; a PDF of photographs is large
             to_palette(figure)
@@ -146,8 +147,8 @@ def run_pages(data: Path, out: Path, runs: Sequence[str], html: Sequence[str]) -
             page.write_text(describe(dataset, row, run_dir, teacher, figure_images, figure))
             written.append(page)
             if f"{dataset}:{row}" in html:
-                written += run_viz(run_dir, picked.paths, None, teacher=teacher, boxes=picked.boxes,
-                                   html=out / f"html_{key}", labels=picked.labels)  # fmt: skip
+                maps = run_maps(run_dir, picked.paths, teacher, picked.boxes)
+                written += run_viz(maps, None, html=out / f"html_{key}", labels=picked.labels)
                 for png in (out / f"html_{key}").rglob("*.png"):
                     to_palette(png)
     return written

@@ -7,15 +7,17 @@ from pathlib import Path
 
 
 def cmd_eval_human(args: argparse.Namespace) -> int:
-    from lfi.evaluate.human import METRICS
-    from lfi.show.human_eval import LAYER_METRICS, run_eval_human
+    from lfi.evaluate.human import LAYER_METRICS, evaluate_human
+    from lfi.metrics.human import METRICS
+    from lfi.show.human_report import report_text, write_report
 
-    text, written = run_eval_human(
-        args.data, args.out, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size,
+    evaluation = evaluate_human(
+        args.data, args.run, args.model, args.checkpoint, args.limit, args.teacher, args.batch_size,
         store=args.store, resample=args.resample, eval_side=args.eval_side or None,
         layer_metrics=METRICS if args.layer_auc else LAYER_METRICS,
     )  # fmt: skip
-    print(text)
+    written = write_report(evaluation, args.out)
+    print(report_text(evaluation))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -5,22 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from lfi.catalog import teacher_names, teacher_spec
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from lfi.show.viz import parse_box, run_viz
+    from lfi.evaluate.maps import run_maps
+    from lfi.show.viz import check_outputs, run_viz
 
     boxes = [parse_box(b) for b in args.boxes] if args.boxes else None
     if boxes is not None and len(boxes) != len(args.images):
         raise ValueError(f"--boxes: {len(boxes)} boxes for {len(args.images)} images; give one per image")
-    written = run_viz(
-        args.run, args.images, args.out, args.teacher, boxes, args.layer, args.head, args.per, args.dpi,
-        html=args.html, labels=args.labels,
-    )  # fmt: skip
+    check_outputs(args.out, args.html, args.labels, len(args.images))
+    per_head = args.per == "head" or args.head is not None
+    maps = run_maps(args.run, args.images, args.teacher, boxes, per_head)  # C_VLM: the store, or a teacher now
+    written = run_viz(maps, args.out, args.layer, args.head, args.per, args.dpi, html=args.html, labels=args.labels)
     print("wrote " + ", ".join(map(str, written)))
     return 0
+
+
+def parse_box(text: str) -> Any:
+    """'x0,y0,x1,y1' -> (1, 4) float tensor (the oracle teacher's box of one image)."""
+    import torch
+
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise ValueError(f"a box is 'x0,y0,x1,y1', got {text!r}")
+    return torch.tensor([values])
 
 
 def cmd_curves(args: argparse.Namespace) -> int:

@@ -1,474 +1,435 @@
-"""Human alignment of interaction maps (paper Sec. 5.2.3, Fig. 6): how close C_VFM, C_VLM, C_AGT, ... come to
-human attention maps from eye fixations (e.g. `lfi.data.osie.OSIE`).
+"""How close a model's interaction maps come to human attention on OSIE (paper Fig. 6), the runner of
+`lfi eval-human` (`lfi.cli.human`): `evaluate_human` scores, `lfi.show.human_report` writes the tables and chart.
 
-Metrics, per image, computed in float64:
-- ``cosine``: cosine similarity of the two maps flattened (the paper's metric).
-- ``cc``: Pearson correlation of the two maps (Bylinskii et al., "What do different evaluation metrics tell us
-  about saliency models?", TPAMI 2019).
-- ``nss``: normalised scanpath saliency, the mean of the standardised predicted map (zero mean, unit
-  population std over its pixels) at the fixated locations (same reference).
-- ``auc_judd``: AUC-Judd of the MIT saliency benchmark (Judd et al. 2012; Bylinskii et al. 2019): the fixated
-  locations are the positives, every other location a negative; thresholds are the map's values at the
-  fixations only, each giving a point (share of negatives at or above it, share of fixations at or above
-  it), joined by straight lines from (0, 0) to (1, 1) and integrated. Ties: the benchmark's code breaks them
-  with random jitter; here, deterministically, the i-th of a fixations tied at one value counts
-  i / (a + 1) of the b unfixated locations tied with them as above it (their expected share under random
-  tie-breaking); without ties this is the benchmark's curve exactly. 1 = every fixation above every other
-  location; a constant map scores 0.5 (chance). Because the curve goes straight from (0, 0) to its first
-  point, a map whose k fixations all lie below every other location scores 1 / (2k), not 0 (e.g. the
-  negation of a binary fixation map).
-Undefined cases give chance, never NaN: 0 for cosine with an all-zero map, CC or NSS with a constant map (a
-uniform map carries no information about where people look), 0.5 for AUC-Judd of a constant map or one with
-no unfixated location. "Constant" allows float rounding: a map whose std is below `CONSTANT_RTOL` of its
-peak.
+    student = load_student(run="runs/table1/ivit_s")                      # or model="deit_tiny", checkpoint=...
+    table = human_alignment(OSIE("../shared/data"), student, teacher="vit", limit=100)
 
-Common grid (`resample`):
-- ``"to_human"`` (default): model maps (h, w) on the patch grid are bilinearly upsampled to the human map's
-  (H, W). The human map and the fixations stay exact, NSS is scored at the true fixated pixels, as
-  the saliency benchmarks do with maps of any resolution.
-- ``"to_model"``: the human map is area-downsampled to each model map's grid (mass-preserving), and each
-  fixated pixel votes for the cell it falls in (NSS weights cells by their share of fixated pixels; for
-  AUC-Judd a cell with votes is a positive of that weight, a cell without a negative).
-Either way a model map must cover the whole image (resize, no crop), so that its grid maps onto the image.
-Before either, `evaluate_many` can bring the human side down to a coarser scoring grid (`downsample_human`,
-``eval_side``): the human map area-downsampled, each fixated pixel a vote for its cell (NSS and AUC-Judd weight
-the cells by their votes, so every fixated pixel still counts once). Full resolution is exact but slow on a
-CPU (800x600 px: ~0.5 s per map and image here); a longest side of 200 px is ~16x faster.
-
-Ratios (the paper's "C_AGT is 2.7x closer to human attention than C_VFM"): mean score of one map over that of
-another, undefined (NaN) when the denominator is <= 0, since "x times" a score at or below chance level means
-nothing (`score_ratio`).
+C_VFM, C_AGT and C_F: the student's class-token maps as trained (`lfi.maps.attention_to_grid`), mean over its
+alignment layers, and (in `evaluate_human`) each converted block's map alone, named ``C_AGT@L<k>`` (a timm model
+is converted by `lfi.interactionize` first: freshly converted, P'_q = P_q, so C_AGT = C_VFM and their ratio is 1
+until it is trained). Reference rows, the same for every run: C_VLM, a teacher's map computed here on the same
+images (teacher 'vit': `lfi.extract.vit_teacher`, the VFM->VFM substitute, explaining its own top-1 class since
+OSIE has no labels); ``C_VLM (store)``, the maps of an interaction store holding the OSIE images (found by the
+hash of each image file's bytes, as `lfi viz` does); ``centre bias``, a centred Gaussian
+(`lfi.maps.centre_bias`). All are scored against the OSIE human maps and fixations by
+`lfi.metrics.human` (cosine, CC, NSS, AUC-Judd). Several runs (seeds) are scored in one pass over the images,
+and reported as mean ± std over runs of each run's mean; one run as mean ± std over images. Several rows
+(ViT, I-ViT, controls, each over its seeds) are scored in the same pass and compared in one table
+(`HumanComparison`); a plain ViT row has C_VFM only.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from lfi.maps import resample_map
+from lfi.evaluate.maps import load_trained, model_input, store_maps, student_maps
+from lfi.extract.teacher import apply_contrast, build_teacher
+from lfi.extract.vit_teacher import default_weights
+from lfi.maps import centre_bias
+from lfi.metrics.human import (
+    DEFAULT_RESAMPLE,
+    PAPER_RATIO,
+    RATIO_METRICS,
+    AlignmentTable,
+    aggregate,
+    evaluate_human_alignment,
+    evaluate_many,
+    layer_name,
+    layer_ratios,
+    split_layer,
+)
+from lfi.models import InteractionViT, create_vit, interactionize
 
-Resample = Literal["to_human", "to_model"]
-DEFAULT_RESAMPLE: Resample = "to_human"
-METRICS = ("cosine", "cc", "nss", "auc_judd")
-RATIO_METRICS = ("cosine", "cc", "nss")  # AUC-Judd's chance is 0.5, so "x times" it means nothing
-CONSTANT_RTOL = 1e-6  # a map whose std is below this fraction of its peak is treated as constant
-PAPER_RATIO = 2.7  # C_AGT / C_VFM cosine similarity to human maps reported in the paper (Fig. 6)
-
-
-def score_ratio(num: float, den: float) -> float:
-    """num / den, or NaN (undefined) when den <= 0: how many times higher a mean score is than another is
-    only a number when the other is above zero (CC and NSS of a map can be negative, cosine can be 0)."""
-    return num / den if den > 0 else math.nan
-
-
-def _flat(m: torch.Tensor) -> torch.Tensor:
-    return m.reshape(*m.shape[:-2], -1).double()
-
-
-def _varies(p: torch.Tensor) -> torch.Tensor:
-    """(..., n) -> (...,) bool: False for constant vectors. The tolerance is relative, so float32 rounding
-    noise of a resampled uniform map (std ~1e-8 of its value) does not count as signal."""
-    return p.std(-1, correction=0) > CONSTANT_RTOL * p.abs().amax(-1)
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(num))
-
-
-def _cosine(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Cosine over the last dim of (..., n) float64 vectors; 0 where either is all zeros."""
-    return _safe_div((p * t).sum(-1), p.norm(dim=-1) * t.norm(dim=-1))
-
-
-def cosine_similarity(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(..., h, w), (..., h, w) -> (...,) float64 cosine similarity; 0 where either map is all zeros."""
-    return _cosine(_flat(pred), _flat(target))
-
-
-def pearson_cc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(..., h, w), (..., h, w) -> (...,) float64 Pearson correlation; 0 where either map is constant."""
-    p, t = _flat(pred), _flat(target)
-    cc = _cosine(p - p.mean(-1, keepdim=True), t - t.mean(-1, keepdim=True))
-    return torch.where(_varies(p) & _varies(t), cc, torch.zeros_like(cc))
-
-
-def nss(pred: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
-    """Normalised scanpath saliency. pred (..., h, w); fixations (..., h, w) bool, or non-negative weights
-    (fixation counts per cell). Returns (...,) float64: the fixation-weighted mean of (pred - mean) / std
-    (population std over the map); 0 where pred is constant. Raises if a map has no fixation."""
-    p, f = _flat(pred), _flat(fixations)
-    if (f < 0).any():
-        raise ValueError("nss: fixations must be a bool map or non-negative weights")
-    weight = f.sum(-1)
-    if (weight <= 0).any():
-        empty = torch.nonzero(weight.reshape(-1) <= 0).flatten().tolist()
-        raise ValueError(f"nss: fixation map(s) at flat index {empty} have no fixated location")
-    z = (p - p.mean(-1, keepdim=True)) / p.std(-1, correction=0, keepdim=True).clamp_min(
-        torch.finfo(p.dtype).tiny
-    )
-    return torch.where(_varies(p), (z * f).sum(-1) / weight, torch.zeros_like(weight))
-
-
-def _auc_judd_row(p: torch.Tensor, f: torch.Tensor) -> float:
-    """AUC-Judd of one flat map `p` (n,) with fixation weights `f` (n,), positives where f > 0."""
-    pos = f > 0
-    order = torch.sort(p[pos], descending=True, stable=True)
-    pv, pw = order.values, f[pos][order.indices]  # fixations, highest first
-    k = pv.numel()
-    starts = torch.ones(k, dtype=torch.bool)
-    starts[1:] = pv[1:] != pv[:-1]
-    group = starts.cumsum(0) - 1  # tie group of each fixation, highest value first
-    first = torch.nonzero(starts).flatten()
-    rank = torch.arange(k) - first[group] + 1  # 1.. within its group
-    size = torch.bincount(group).double()
-    levels = pv[first].flip(0)  # distinct fixated values, ascending
-    neg = p[~pos]
-    m = levels.numel()
-    # negatives at or above / strictly above each level (level j is index m - 1 - group)
-    ge = (
-        torch.bincount(torch.bucketize(neg, levels, right=True), minlength=m + 1)
-        .flip(0)
-        .cumsum(0)[:m]
-        .flip(0)
-    )
-    gt = (
-        torch.bincount(torch.bucketize(neg, levels, right=False), minlength=m + 1)
-        .flip(0)
-        .cumsum(0)[:m]
-        .flip(0)
-    )
-    ge, gt = ge.double(), gt.double()
-    j = m - 1 - group
-    # ties: the expected negatives ranked above the i-th of a tied fixations under random tie-breaking
-    fp = (gt[j] + (ge[j] - gt[j]) * rank.double() / (size[group] + 1)) / neg.numel()
-    tp = pw.cumsum(0) / pw.sum()
-    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    return torch.trapezoid(torch.cat([zero, tp, one]), torch.cat([zero, fp, one])).item()
-
-
-def auc_judd(pred: torch.Tensor, fixations: torch.Tensor) -> torch.Tensor:
-    """AUC-Judd (module doc). pred (..., h, w); fixations (..., h, w) bool, or non-negative weights (a cell
-    with weight > 0 is a positive counted with that weight). Returns (...,) float64; 0.5 where pred is
-    constant or no location is unfixated. Raises if a map has no fixation."""
-    p, f = _flat(pred), _flat(fixations)
-    if (f < 0).any():
-        raise ValueError("auc_judd: fixations must be a bool map or non-negative weights")
-    lead = p.shape[:-1]
-    p, f = p.reshape(-1, p.shape[-1]), f.reshape(-1, f.shape[-1])
-    out = torch.full((p.shape[0],), 0.5, dtype=torch.float64)
-    varies = _varies(p)
-    for i in range(p.shape[0]):
-        pos = f[i] > 0
-        if not pos.any():
-            raise ValueError(f"auc_judd: fixation map at flat index {i} has no fixated location")
-        if varies[i] and not pos.all():
-            out[i] = _auc_judd_row(p[i], f[i])
-    return out.reshape(lead)
-
-
-#: metric -> f(pred, human map, fixations) on a common grid.
-_METRIC_FNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "cosine": lambda p, h, _f: cosine_similarity(p, h),
-    "cc": lambda p, h, _f: pearson_cc(p, h),
-    "nss": lambda p, _h, f: nss(p, f),
-    "auc_judd": lambda p, _h, f: auc_judd(p, f),
+#: Short names accepted for a timm model.
+MODEL_ALIASES = {"deit_tiny": "deit_tiny_patch16_224", "deit_small": "deit_small_patch16_224"}
+#: The teachers that can compute C_VLM here, as captioned; a substitute is never passed off as LLaVA-1.5.
+VLM_CAPTIONS = {
+    "vit": "C_VLM (teacher: DeiT-Tiny ViT, VFM->VFM substitute)",
+    "none": "no C_VLM (no teacher)",
 }
+CENTRE = "centre bias"
+STORE_MAP = "C_VLM (store)"
+STUDENT_MAPS = ("C_VFM", "C_AGT", "C_F")
+#: Longest side of the grid the human maps are scored on by default: OSIE's 800x600 at 1/4 (200x150); per
+#: layer, ~40 maps an image, full resolution is too slow for a CPU (`lfi.metrics.human.downsample_human`).
+EVAL_SIDE = 200
+#: Metrics of the per-layer maps by default: the ratio's metrics; AUC-Judd (one ranking per map) would make
+#: a 12-layer run ~13x slower to score, and is reported for the maps averaged over the alignment layers.
+LAYER_METRICS = RATIO_METRICS
 
 
-def downsample_human(
-    human: torch.Tensor, fixations: torch.Tensor, max_side: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, H, W) human maps and fixations -> the same on a grid whose longer side is `max_side` (aspect kept;
-    unchanged when already that small): human area-downsampled (mass-preserving), fixations as float votes
-    (the share of each cell's pixels that were fixated, proportional to their count)."""
-    h, w = human.shape[-2:]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return human, fixations
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    votes = F.adaptive_avg_pool2d(fixations.float().unsqueeze(1), size).squeeze(1)
-    return resample_map(human.float(), size), votes
+@dataclass
+class Student:
+    """An I-ViT in eval mode, the side of its square input and where it comes from (for captions)."""
+
+    model: InteractionViT
+    size: int
+    description: str
 
 
-def common_grid(
-    pred: torch.Tensor, human: torch.Tensor, fixations: torch.Tensor, resample: Resample = DEFAULT_RESAMPLE
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bring (N, h, w) model maps and (N, H, W) human maps + fixations onto one grid (see module doc).
-
-    Returns (pred, human, fixations) on that grid; fixations become float weights under ``"to_model"``.
-    """
-    if resample == "to_human":
-        return resample_map(pred.float(), tuple(human.shape[-2:])), human, fixations
-    if resample == "to_model":
-        size = tuple(pred.shape[-2:])
-        votes = F.adaptive_avg_pool2d(fixations.float().unsqueeze(1), size).squeeze(1)
-        return pred, resample_map(human.float(), size), votes
-    raise ValueError(f"resample must be 'to_human' or 'to_model', got {resample!r}")
-
-
-def score_maps(
-    maps: Mapping[str, torch.Tensor],
-    human: torch.Tensor,
-    fixations: torch.Tensor,
-    resample: Resample = DEFAULT_RESAMPLE,
-    layer_metrics: Sequence[str] = METRICS,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Per-image scores: {map name: {metric: (N,) float64}}.
-
-    maps: name -> (N, h, w) non-negative maps over the whole image; human: (N, H, W);
-    fixations: (N, H, W) bool, or non-negative weights (votes, `downsample_human`).
-    layer_metrics: the metrics of the per-layer maps (``"<map>@L<k>"``); every other map gets all of `METRICS`.
-    Why: AUC-Judd ranks the pixels of one map at a time, most of the cost when 12 layers x 3 maps are scored.
-    """
-    unknown = sorted(set(layer_metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"layer_metrics: unknown {unknown}; choose from {list(METRICS)}")
-    if human.dim() != 3 or fixations.shape != human.shape:
+def load_student(
+    run: str | Path | None = None, model: str | None = None, checkpoint: str | Path | None = None
+) -> Student:
+    """The trained student of a run folder, or a timm model (`MODEL_ALIASES` or a timm name) with its
+    checkpoint, freshly converted to I-ViT."""
+    if run is not None:
+        ivit, loaded = load_trained(run)
+        m = loaded.cfg.model
+        return Student(ivit, loaded.cfg.data.img_size, f"run {run} ({m.name}, variant {m.variant})")
+    if model is None or checkpoint is None:
         raise ValueError(
-            f"human must be (N, H, W) and fixations the same shape, got {tuple(human.shape)} "
-            f"and {tuple(fixations.shape)}"
+            "give a run folder (--run RUN_DIR), or a timm model with its weights (--model NAME --checkpoint PATH)"
         )
-    scores: dict[str, dict[str, torch.Tensor]] = {}
-    for name, pred in maps.items():
-        if pred.dim() != 3 or pred.shape[0] != human.shape[0]:
-            raise ValueError(f"map {name!r}: expected ({human.shape[0]}, h, w), got {tuple(pred.shape)}")
-        p, h, f = common_grid(pred.detach().cpu(), human.cpu(), fixations.cpu(), resample)
-        wanted = METRICS if split_layer(name)[1] is None else layer_metrics
-        scores[name] = {m: _METRIC_FNS[m](p, h, f) for m in METRICS if m in wanted}
-    return scores
+    name = MODEL_ALIASES.get(model, model)
+    ivit = interactionize(create_vit(name, checkpoint), inplace=True).eval()
+    description = f"{name} from {Path(checkpoint).name}, freshly converted to I-ViT (untrained P'_q = P_q)"
+    return Student(ivit, ivit.vit.patch_embed.img_size[0], description)
 
 
-@dataclass(frozen=True)
-class AlignmentTable:
-    """Per-image human-alignment scores {map name: {metric: (N,) float64}} and the grid policy used.
+def map_function(student: Student, teacher: str) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """uint8 (B, 3, H, W) -> {"C_VFM", ["C_VLM"], "C_AGT": (B, h, w)}, in the order of Fig. 6."""
+    if teacher not in VLM_CAPTIONS:
+        raise ValueError(f"teacher must be one of {sorted(VLM_CAPTIONS)}, got {teacher!r}")
+    if not student.model.config.interaction_queries:
+        raise ValueError(
+            f"{student.description}: no interaction queries (variant 'vit' or 'ic_original'), so no C_AGT to score"
+        )
+    vit_teacher = build_teacher("vit") if teacher == "vit" else None
+    ivit, size = student.model, student.size
 
-    A name ``"<map>@L<k>"`` (`layer_name`) holds the map of block k alone; a plain name the map as the caller
-    made it (e.g. the mean over the alignment layers)."""
-
-    scores: dict[str, dict[str, torch.Tensor]]
-    resample: str = DEFAULT_RESAMPLE
-
-    @property
-    def metrics(self) -> list[str]:
-        """The metrics any map of the table holds, in `METRICS` order (a per-layer map, or a table made by
-        hand, may hold fewer)."""
-        have = list(dict.fromkeys(m for per_metric in self.scores.values() for m in per_metric))
-        return [m for m in METRICS if m in have] + [m for m in have if m not in METRICS]
-
-    @property
-    def images(self) -> int:
-        first = next(iter(self.scores.values()), {})
-        return next(iter(first.values())).numel() if first else 0
-
-    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
-        """{map name: {metric: (mean, std)}} over images; std is the sample std (0 for one image)."""
-        out = {}
-        for name, per_metric in self.scores.items():
-            out[name] = {
-                m: (v.mean().item(), v.std().item() if v.numel() > 1 else 0.0) for m, v in per_metric.items()
-            }
+    def maps(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        ours = student_maps(ivit, model_input(list(images), (size, size)), layers=ivit.align_layers)
+        out = {"C_VFM": ours["C_VFM"].mean(1)}  # (B, layers, h, w) -> (B, h, w)
+        if vit_teacher is not None:
+            keys = [f"image {i}" for i in range(len(images))]
+            t = vit_teacher([{"image": im, "relpath": k} for im, k in zip(images, keys, strict=True)])
+            out["C_VLM"] = apply_contrast(t.fore, t.back, "skip", keys).maps
+        out["C_AGT"] = ours["C_AGT"].mean(1)
         return out
 
-    def ratio(self, num: str = "C_AGT", den: str = "C_VFM", metric: str = "cosine") -> float:
-        """Mean `metric` of map `num` over that of `den` (paper: C_AGT / C_VFM cosine = 2.7x); NaN (undefined)
-        when the mean of `den` is <= 0 (`score_ratio`)."""
-        for name in (num, den):
-            if name not in self.scores:
-                raise KeyError(f"ratio: no map {name!r} in the table (have {sorted(self.scores)})")
-        return score_ratio(self.scores[num][metric].mean().item(), self.scores[den][metric].mean().item())
-
-    def to_markdown(self) -> str:
-        """A Markdown table (mean ± std over images), then the C_AGT / C_VFM ratios when both maps exist."""
-        summary, metrics = self.summary(), self.metrics
-        lines = [
-            "| map | " + " | ".join(metrics) + " | images |",
-            "|---|" + "---|" * len(metrics) + "---|",
-        ]
-        for name, stats in summary.items():
-            cells = [f"{stats[m][0]:.4f} ± {stats[m][1]:.4f}" if m in stats else "-" for m in metrics]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {self.images} |")
-        lines.append(f"\nGrid: {self.resample}.")
-        if {"C_AGT", "C_VFM"} <= summary.keys():
-            r = {m: self.ratio(metric=m) for m in RATIO_METRICS if m in metrics}
-            r = {m: "undefined (C_VFM's mean <= 0)" if math.isnan(v) else f"{v:.2f}x" for m, v in r.items()}
-            lines.append(
-                f"C_AGT / C_VFM: cosine {r['cosine']} (paper: {PAPER_RATIO}x), CC {r['cc']}, NSS {r['nss']}"
-            )
-        return "\n".join(lines)
-
-    def write_csv(self, path: str | Path) -> Path:
-        """One row per map: name, then mean and std of each metric, then the number of images."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        metrics = self.metrics
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["map", *(f"{m}_{s}" for m in metrics for s in ("mean", "std")), "images"])
-            for name, stats in self.summary().items():
-                cells = [f"{x:.6f}" if m in stats else "" for m in metrics for x in stats.get(m, (0, 0))]
-                writer.writerow([name, *cells, self.images])
-        return path
-
-    @staticmethod
-    def concat(tables: Iterable[AlignmentTable]) -> AlignmentTable:
-        """Join tables over disjoint image sets (e.g. batches) that score the same maps."""
-        tables = list(tables)
-        if not tables:
-            raise ValueError("concat: no tables")
-        first = tables[0].scores
-        for t in tables:
-            same = {n: list(v) for n, v in t.scores.items()} == {n: list(v) for n, v in first.items()}
-            if list(t.scores) != list(first) or t.resample != tables[0].resample or not same:
-                raise ValueError(
-                    f"concat: tables differ in maps ({list(t.scores)} vs {list(first)}), metrics or grid policy"
-                )
-        scores = {
-            n: {m: torch.cat([t.scores[n][m] for t in tables]) for m in per} for n, per in first.items()
-        }
-        return AlignmentTable(scores, tables[0].resample)
-
-    def __str__(self) -> str:
-        return self.to_markdown()
+    return maps
 
 
-def compare_to_human(
-    maps: Mapping[str, torch.Tensor],
-    human: torch.Tensor,
-    fixations: torch.Tensor,
-    resample: Resample = DEFAULT_RESAMPLE,
-    layer_metrics: Sequence[str] = METRICS,
-) -> AlignmentTable:
-    """Score named maps {name: (N, h, w)} against human maps (N, H, W) and fixations (N, H, W) bool
-    (`score_maps`)."""
-    return AlignmentTable(score_maps(maps, human, fixations, resample, layer_metrics), resample)
-
-
-SampleMaps = Callable[[torch.Tensor, Sequence[Mapping[str, Any]]], Mapping[str, torch.Tensor]]
-
-
-def evaluate_many(
+def human_alignment(
     dataset: Dataset | Sequence[Mapping[str, Any]],
-    sources: Mapping[str, SampleMaps],
+    student: Student,
+    teacher: str = "vit",
+    limit: int | None = None,
     batch_size: int = 8,
-    resample: Resample = DEFAULT_RESAMPLE,
-    eval_side: int | None = None,
-    layer_metrics: Sequence[str] = METRICS,
-) -> dict[str, AlignmentTable]:
-    """Score several map sources (e.g. one per run, and the reference maps) in one pass over a dataset: each
-    batch is decoded and its human maps made once. sources: {key: f(images uint8 (B, 3, H, W), samples) ->
-    {name: (B, h, w)}}; samples are the batch's dicts (a source may read e.g. their ``name``).
-    eval_side: score on a human grid of this longest side (`downsample_human`); None = full resolution.
-    layer_metrics: the metrics of per-layer maps (`score_maps`). Returns {key: AlignmentTable}."""
-    parts: dict[str, list[AlignmentTable]] = {k: [] for k in sources}
-    for start in range(0, len(dataset), batch_size):
-        batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([s["image"] for s in batch])
-        human = torch.stack([s["human_map"] for s in batch])
-        fixations = torch.stack([s["fixations"] for s in batch])
-        if eval_side is not None:
-            human, fixations = downsample_human(human, fixations, eval_side)
-        for key, source in sources.items():
-            with torch.no_grad():
-                maps = source(images, batch)
-            parts[key].append(compare_to_human(maps, human, fixations, resample, layer_metrics))
-    return {k: AlignmentTable.concat(v) for k, v in parts.items()}
-
-
-def evaluate_human_alignment(
-    dataset: Dataset | Sequence[Mapping[str, Any]],
-    model_maps: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
-    batch_size: int = 8,
-    resample: Resample = DEFAULT_RESAMPLE,
 ) -> AlignmentTable:
-    """Score `model_maps(images)` on a human-attention dataset (`lfi.data.osie.OSIE`, a Subset, a list of samples).
-
-    The dataset yields dicts with ``image`` uint8 (3, H, W), ``human_map`` (H, W), ``fixations`` (H, W) bool,
-    all images of one size. model_maps: uint8 (B, 3, H, W) -> {name: (B, h, w)} maps over the whole image.
-    Scores are computed batch by batch, so full-resolution human maps of the whole set are never held at once.
-    """
-    return evaluate_many(dataset, {"": lambda images, _: model_maps(images)}, batch_size, resample)[""]
+    """Scores of the student's (and the teacher's) maps on the first `limit` samples of a human-attention
+    dataset (`lfi.data.osie.OSIE`, or samples with image, human_map and fixations)."""
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    return evaluate_human_alignment(dataset, map_function(student, teacher), batch_size=batch_size)
 
 
-# --- per layer and over runs (seeds) -------------------------------------------------------------------------
+def student_map_function(student: Student, per_layer: bool = True) -> SampleFn:
+    """uint8 (B, 3, H, W) -> {"C_VFM", "C_AGT", "C_F": (B, h, w)}, each the trained map (`student_maps`) averaged
+    over the alignment layers, then (per_layer) ``"<map>@L<k>"`` for every converted block k, from one pass.
+    A plain ViT (variant 'vit' or 'ic_original': no interaction queries) has C_VFM only, read on the same
+    alignment layers, so that it is the baseline of an I-ViT converted the same way."""
+    ivit, size = student.model, student.size
+    names = STUDENT_MAPS if ivit.config.interaction_queries else ("C_VFM",)
+    converted = list(ivit.converted)
+    align = [converted.index(layer) for layer in ivit.align_layers]
 
-LAYER_TAG = "@L"
+    def maps(images: torch.Tensor, _samples: Sequence[Mapping[str, Any]] = ()) -> dict[str, torch.Tensor]:
+        ours = student_maps(ivit, model_input(list(images), (size, size)))  # (B, layers, h, w)
+        out = {n: ours[n][:, align].mean(1) for n in names}
+        if per_layer:
+            for n in names:
+                for k, layer in enumerate(converted):
+                    out[layer_name(n, layer)] = ours[n][:, k]
+        return out
 
-
-def layer_name(name: str, layer: int) -> str:
-    """The table name of map `name` read at block `layer` alone: ``"C_AGT@L6"``."""
-    return f"{name}{LAYER_TAG}{layer}"
-
-
-def split_layer(name: str) -> tuple[str, int | None]:
-    """``"C_AGT@L6"`` -> ("C_AGT", 6); a name without a layer -> (name, None)."""
-    base, tag, layer = name.rpartition(LAYER_TAG)
-    if tag and layer.isdigit():
-        return base, int(layer)
-    return name, None
-
-
-def _stat(values: Sequence[float]) -> dict[str, float | int | None]:
-    """mean, sample std (None for one value) and n of finite values; mean None when there is none."""
-    finite = [v for v in values if not math.isnan(v)]
-    n = len(finite)
-    mean = sum(finite) / n if n else None
-    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1)) if n > 1 else None
-    return {"mean": mean, "std": std, "n": n}
+    return maps
 
 
-def aggregate(tables: Sequence[AlignmentTable]) -> dict[str, dict[str, dict[str, float | int | None]]]:
-    """{map: {metric: {"mean", "std", "n"}}}. One table: over its images (n = images). Several (one per run,
-    e.g. seeds, on the same images): over the runs' per-image means (n = runs), std the sample std."""
-    if not tables:
-        raise ValueError("aggregate: no tables")
-    first = tables[0]
-    if len(tables) == 1:
+SampleFn = Callable[[torch.Tensor, Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]
+
+
+def teacher_weights(data: str | Path) -> Path:
+    """The DeiT-Tiny of teacher 'vit': in ``<data>/weights/`` (float32, else bfloat16) where it is there, else
+    the shared default (``$LFI_DATA/weights``, else ../shared/data/weights beside the repository)."""
+    found = default_weights(Path(data) / "weights")
+    return found if found.is_file() else default_weights()
+
+
+def reference_map_function(
+    teacher: str = "vit",
+    store_by_name: Mapping[str, torch.Tensor] | None = None,
+    centre_grid: tuple[int, int] | None = (14, 14),
+    weights: Path | None = None,
+) -> SampleFn:
+    """(images, samples) -> the reference maps: "C_VLM" (teacher 'vit' run now, with `weights`, default the
+    shared DeiT-Tiny), "C_VLM (store)" (looked up by each sample's ``name`` in `store_by_name`), "centre bias"
+    (a centred Gaussian on `centre_grid`)."""
+    if teacher not in VLM_CAPTIONS:
+        raise ValueError(f"teacher must be one of {sorted(VLM_CAPTIONS)}, got {teacher!r}")
+    vit_teacher = build_teacher("vit", weights=weights) if teacher == "vit" else None
+
+    def maps(images: torch.Tensor, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if vit_teacher is not None:
+            keys = [str(s.get("name", f"image {i}")) for i, s in enumerate(samples)]
+            t = vit_teacher([{"image": im, "relpath": k} for im, k in zip(images, keys, strict=True)])
+            out["C_VLM"] = apply_contrast(t.fore, t.back, "skip", keys).maps
+        if store_by_name is not None:
+            out[STORE_MAP] = torch.stack([store_by_name[s["name"]].float() for s in samples])
+        if centre_grid is not None:
+            out[CENTRE] = centre_bias(centre_grid).expand(len(images), *centre_grid)
+        return out
+
+    return maps
+
+
+def osie_store_maps(store: str | Path, osie: Any, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """{OSIE file name: its C_VLM} from an interaction store that holds those images (found by the hash of
+    each stimulus file's bytes, whatever path the store keys them under); raises naming the missing ones."""
+    from lfi.data.osie import STIMULI_DIR
+    from lfi.store.shards import InteractionStore
+
+    datas = [osie.source.read(f"{STIMULI_DIR}/{n}") for n in names]
+    return dict(zip(names, store_maps(InteractionStore(store), datas, list(names)), strict=True))
+
+
+@dataclass
+class HumanReport:
+    """The scores of one evaluation: a table per run (student maps, mean and per layer), the reference table
+    (maps that do not depend on the run; None when there is none), and what each run is."""
+
+    runs: list[AlignmentTable]
+    labels: list[str]
+    references: AlignmentTable | None = None
+
+    @property
+    def over(self) -> str:
+        return "images" if len(self.runs) == 1 else "runs"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything for the JSON file: aggregated maps, per layer, ratios, references, and per run."""
+        maps = aggregate(self.runs)
+        layers: dict[str, dict[str, Any]] = {}
+        for name, stats in maps.items():
+            base, layer = split_layer(name)
+            if layer is not None:
+                layers.setdefault(f"L{layer}", {})[base] = stats
         return {
-            name: {m: _stat([float(x) for x in v.tolist()]) for m, v in per.items()}
-            for name, per in first.scores.items()
+            "images": self.runs[0].images,
+            "resample": self.runs[0].resample,
+            "aggregated_over": self.over,
+            "runs": self.labels,
+            "maps": {n: s for n, s in maps.items() if split_layer(n)[1] is None},
+            "layers": layers,
+            "ratio_agt_over_vfm": layer_ratios(self.runs),
+            "paper_ratio_cosine": PAPER_RATIO,
+            "references": aggregate([self.references]) if self.references is not None else {},
+            "per_run": [
+                {"run": label, "maps": aggregate([t]), "ratio_agt_over_vfm": layer_ratios([t])}
+                for label, t in zip(self.labels, self.runs, strict=True)
+            ],
         }
-    for t in tables:
-        if {n: list(v) for n, v in t.scores.items()} != {n: list(v) for n, v in first.scores.items()}:
-            raise ValueError(
-                f"aggregate: runs score different maps ({list(t.scores)} vs {list(first.scores)})"
-            )
-    return {
-        name: {m: _stat([t.scores[name][m].mean().item() for t in tables]) for m in per_metric}
-        for name, per_metric in first.scores.items()
-    }
+
+    @property
+    def groups(self) -> list[list[AlignmentTable]]:
+        """The tables aggregated together: the runs, then the references (when there are some)."""
+        return [self.runs] + ([[self.references]] if self.references is not None else [])
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """{map: {metric: (mean, std)}} of the plain student maps then the references, for the bar chart."""
+        return plain_summary(self.groups)
 
 
-def layer_ratios(
-    tables: Sequence[AlignmentTable], num: str = "C_AGT", den: str = "C_VFM"
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """{"mean" or "L<k>": {metric: {"mean", "std", "n", "runs": [ratio per run]}}}: the ratio of the mean
-    score of `num` over that of `den` (`score_ratio`), for the plain maps ("mean") and each layer both have,
-    per run, then mean ± std over runs (std None for one run; undefined ratios, NaN, are left out of the
-    mean and counted out of n)."""
-    names = tables[0].scores.keys()
-    if any(t.scores.keys() != names for t in tables):
-        raise ValueError("layer_ratios: runs score different maps")
-    layers: dict[str, tuple[str, str]] = {}
-    if {num, den} <= names:
-        layers["mean"] = (num, den)
-    for name in names:
-        base, layer = split_layer(name)
-        if base == num and layer is not None and layer_name(den, layer) in names:
-            layers[f"L{layer}"] = (name, layer_name(den, layer))
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for key, (n, d) in layers.items():
-        out[key] = {}
-        for m in RATIO_METRICS:
-            if m not in tables[0].scores[n] or m not in tables[0].scores[d]:
-                continue
-            runs = [t.ratio(n, d, m) for t in tables]
-            out[key][m] = {**_stat(runs), "runs": [None if math.isnan(r) else r for r in runs]}
+def plain_summary(groups: Sequence[Sequence[AlignmentTable]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """{map: {metric: (mean, std)}} of the maps that are not per layer, each group aggregated (`aggregate`)."""
+    out = {}
+    for tables in groups:
+        for name, stats in aggregate(tables).items():
+            if split_layer(name)[1] is None:
+                out[name] = {m: (s["mean"], s["std"] or 0.0) for m, s in stats.items()}
     return out
+
+
+@dataclass
+class HumanComparison:
+    """Several rows (e.g. ViT, I-ViT and controls, each a `HumanReport` over its seeds) scored on the same
+    images, and the reference maps, scored once."""
+
+    rows: dict[str, HumanReport]
+    references: AlignmentTable | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON file: images, grid, each row's `HumanReport.to_dict` (less what is shared) and references."""
+        first = next(iter(self.rows.values())).runs[0]
+        shared = ("images", "resample", "paper_ratio_cosine", "references")
+        return {
+            "images": first.images,
+            "resample": first.resample,
+            "paper_ratio_cosine": PAPER_RATIO,
+            "rows": [
+                {"row": label, **{k: v for k, v in r.to_dict().items() if k not in shared}}
+                for label, r in self.rows.items()
+            ],
+            "references": aggregate([self.references]) if self.references is not None else {},
+        }
+
+    def figure_rows(self) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+        """{row: {map: {metric: (mean, std)}}} of the plain maps, for `human_rows_figure`."""
+        return {label: r.summary() for label, r in self.rows.items()}
+
+    def figure_references(self) -> dict[str, dict[str, tuple[float, float]]]:
+        return plain_summary([[self.references]]) if self.references is not None else {}
+
+
+RunPath = str | Path
+
+
+def as_rows(run: RunPath | Sequence[RunPath] | Sequence[Sequence[RunPath]] | None) -> list[list[Path]]:
+    """Run folders as rows: one folder -> one row of one run; a list of folders -> one row (e.g. its seeds);
+    a list of lists -> one row per list."""
+    if run is None:
+        return []
+    if isinstance(run, str | Path):
+        return [[Path(run)]]
+    items = list(run)
+    if all(isinstance(r, str | Path) for r in items):
+        return [[Path(r) for r in items]] if items else []
+    return [[Path(r) for r in row] for row in items]  # type: ignore[union-attr]
+
+
+def row_labels(rows: Sequence[Sequence[Path]]) -> list[str]:
+    """A name per row: the folder its runs share, relative to the folder all the rows share ("probe" for
+    study/probe/seed0 and study/probe/seed1 beside study/full/seed0 ...); one row: that folder's name."""
+    import os
+
+    parents = [Path(os.path.commonpath([r.resolve() for r in row])) for row in rows]
+    root = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
+    labels = [p.relative_to(root).as_posix() if p != root else p.name for p in parents]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"eval-human: rows {repeated} are given more than once (each --run is one row)")
+    return labels
+
+
+@dataclass
+class HumanEvaluation:
+    """What `evaluate_human` scored: one row (`HumanReport`) or several (`HumanComparison`), the header saying
+    what was scored on what, and the chart's title."""
+
+    report: HumanReport | HumanComparison
+    header: str
+    title: str
+
+
+def evaluate_human(
+    data: str | Path,
+    run: RunPath | Sequence[RunPath] | Sequence[Sequence[RunPath]] | None = None,
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    limit: int = 100,
+    teacher: str = "vit",
+    batch_size: int = 8,
+    store: str | Path | None = None,
+    per_layer: bool = True,
+    centre: bool = True,
+    resample: str = DEFAULT_RESAMPLE,
+    eval_side: int | None = EVAL_SIDE,
+    layer_metrics: Sequence[str] = LAYER_METRICS,
+) -> HumanEvaluation:
+    """Score the students of `run` (`as_rows`: one run folder, several as one row, e.g. its seeds, or a list
+    of rows: ViT, I-ViT, controls ...), or `model` + `checkpoint`, on the first `limit` OSIE stimuli under
+    `data`, with the reference maps (teacher `teacher`, the interaction store `store` holding the OSIE images,
+    the centre bias), in one pass over the images. eval_side: the longest side of the grid the human maps and
+    fixations are scored on (`lfi.metrics.human.downsample_human`), None = full resolution. layer_metrics: the
+    metrics of the per-layer maps (`LAYER_METRICS`; the maps averaged over the alignment layers get all four).
+    `lfi.show.human_report.write_report` writes what this returns."""
+    from lfi.data.osie import OSIE
+
+    rows = as_rows(run)
+    labels = row_labels(rows) if rows else ["model"]
+    students = [[load_student(r) for r in row] for row in rows] or [[load_student(None, model, checkpoint)]]
+    osie = OSIE(data)
+    dataset = Subset(osie, range(min(limit, len(osie))))
+    names = [osie.names[i] for i in dataset.indices]
+    store_by_name = osie_store_maps(store, osie, names) if store is not None else None
+    first = students[0][0]
+    centre_grid = first.model.patch_grid((first.size,) * 2) if centre else None
+    sources: dict[str, SampleFn] = {
+        f"{r} {i}": student_map_function(s, per_layer) for r, row in enumerate(students) for i, s in enumerate(row)
+    }
+    if teacher != "none" or store_by_name is not None or centre_grid is not None:
+        weights = teacher_weights(data) if teacher == "vit" else None
+        sources["references"] = reference_map_function(teacher, store_by_name, centre_grid, weights)
+    tables = evaluate_many(dataset, sources, batch_size, resample, eval_side, layer_metrics)  # type: ignore[arg-type]
+    report = _report(tables, students, labels)
+    header = _header(data, osie.sigma, names, students, labels, teacher, store, centre_grid, eval_side)
+    if teacher == "vit":
+        header += f"  \nC_VLM teacher weights: {teacher_weights(data)}."
+    header += f"  \nPer-layer maps scored on: {', '.join(layer_metrics)}."
+    n_runs = sum(len(row) for row in students)
+    counted = f", {len(rows)} rows" if len(rows) > 1 else ""
+    counted += f", {n_runs} runs" if n_runs > 1 else ""
+    title = f"Human alignment, {len(names)} OSIE images{counted}; {VLM_CAPTIONS[teacher]}"
+    return HumanEvaluation(report, header, title)
+
+
+def _report(
+    tables: Mapping[str, AlignmentTable], students: Sequence[Sequence[Student]], labels: Sequence[str]
+) -> HumanReport | HumanComparison:
+    """The tables of `evaluate_many` ({"<row> <run>": ..., "references": ...}) as one row or several."""
+    refs = tables.get("references")
+    reports = [
+        HumanReport([tables[f"{r} {i}"] for i in range(len(row))], [s.description for s in row])
+        for r, row in enumerate(students)
+    ]
+    if len(reports) == 1:
+        return HumanReport(reports[0].runs, reports[0].labels, refs)
+    return HumanComparison(dict(zip(labels, reports, strict=True)), refs)
+
+
+def _header(
+    data: str | Path,
+    sigma: float,
+    names: Sequence[str],
+    students: Sequence[Sequence[Student]],
+    labels: Sequence[str],
+    teacher: str,
+    store: str | Path | None,
+    centre_grid: tuple[int, int] | None,
+    eval_side: int | None,
+) -> str:
+    """What was scored, on what, and against which references: the first lines of the report."""
+    refs_text = [VLM_CAPTIONS[teacher]]
+    if store is not None:
+        refs_text.append(f"{STORE_MAP}: interaction store {store}")
+    if centre_grid is not None:
+        refs_text.append(
+            f"{CENTRE}: centred Gaussian, sigma 1/4 of each side, on the {centre_grid[0]}x{centre_grid[1]} grid"
+        )
+    if len(students) == 1:
+        models = "; ".join(s.description for s in students[0])
+        plural = "s" if len(students[0]) > 1 else ""
+    else:
+        models = "; ".join(
+            f"{label} = {len(row)} run{'s' if len(row) > 1 else ''}: " + ", ".join(s.description for s in row)
+            for label, row in zip(labels, students, strict=True)
+        )
+        plural = "s (rows)"
+    layers = sorted({tuple(s.model.align_layers) for row in students for s in row})
+    layer_text = " or ".join(str(list(x)) for x in layers)
+    scored = (
+        "full resolution" if eval_side is None else f"a longest side of {eval_side} px (fixations as votes)"
+    )
+    return (
+        f"Human alignment on OSIE ({data}), first {len(names)} stimuli, human maps from eye fixations (Gaussian "
+        f"sigma {sigma:g} px); NSS and AUC-Judd at the fixated pixels; scored at {scored}.  \n"
+        f"Model{plural}: {models}; C_VFM / C_AGT / C_F: class-token rows as trained (heads averaged, "
+        f"then the prefix dropped), mean over alignment layers {layer_text} (a plain ViT: C_VFM only).  \nReferences: {'; '.join(refs_text)}."
+    )

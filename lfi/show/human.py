@@ -1,6 +1,6 @@
 """Bar chart of human alignment (paper Fig. 6): each map's score against human attention, mean ± std.
 
-Takes the summary of `lfi.evaluate.human.AlignmentTable` ({map name: {metric: (mean, std)}}), so it needs
+Takes the summary of `lfi.metrics.human.AlignmentTable` ({map name: {metric: (mean, std)}}), so it needs
 nothing but numbers.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lfi.evaluate.human import score_ratio
+from lfi.metrics.human import score_ratio
 from lfi.show.save import save_figure
 
 METRIC_LABELS = {"cosine": "cosine similarity", "cc": "CC (Pearson)", "nss": "NSS", "auc_judd": "AUC-Judd"}

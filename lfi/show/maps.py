@@ -1,7 +1,7 @@
 """Interaction maps over their images (paper Fig. 5): C_VFM, C_VLM, C_AGT, C_F and a human map side by side.
 
 Independent of the model code: maps come in as tensors, one map (h, w), one per layer (layers, h, w) or one
-per layer and head (layers, heads, h, w); `lfi.show.viz.student_maps` makes the student's with
+per layer and head (layers, heads, h, w); `lfi.evaluate.maps.student_maps` makes the student's with
 `lfi.maps.attention_to_grid`, the map that was trained.
 
 Each map is drawn over its whole image: cell (i, j) of an (h, w) map covers the image's patch (i, j), so maps
@@ -36,7 +36,7 @@ def select_map(
     and, for per-head maps, the given head.
 
     A 2-D map (e.g. C_VLM, one per image) is returned as it is whatever `layer` and `head` say. Per-head maps
-    need a head: the student's map is `lfi.maps.attention_to_grid` over all heads (`lfi.show.viz.student_maps`),
+    need a head: the student's map is `lfi.maps.attention_to_grid` over all heads (`lfi.evaluate.maps.student_maps`),
     which the mean of the per-head maps is not.
     """
     if m.dim() == 2:

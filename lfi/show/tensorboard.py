@@ -21,9 +21,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lfi.data.pipelines import IMAGENET_MEAN, IMAGENET_STD
+from lfi.evaluate.maps import student_maps
 from lfi.models import InteractionViT
 from lfi.show.maps import interaction_grid
-from lfi.show.viz import student_maps
 
 TAG = "interaction_maps"
 

@@ -147,7 +147,7 @@ def train_domains(d: DataConfig) -> list[str] | None:
 def _detection_data(cfg: Config) -> ExperimentData:
     from lfi.data.build import build_dataset
     from lfi.data.detection import coco_ground_truth, fraction_subset
-    from lfi.evaluate.coco import coco_from_dataset
+    from lfi.metrics.coco import coco_from_dataset
 
     d, root = cfg.data, Path(cfg.data.root)
     masks = wants_masks(cfg)

@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lfi.config import Config, save_config
-from lfi.evaluate.classification import cross_domain_summary, write_metrics
 from lfi.files import atomic_path
+from lfi.metrics.classification import cross_domain_summary, write_metrics
 from lfi.train.build import Built, build
 from lfi.train.data import ExperimentData, Transform
 from lfi.train.progress import progress_callbacks

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lfi.evaluate.classification import AccuracyEvaluator
 from lfi.maps import normalize_map
+from lfi.metrics.classification import AccuracyEvaluator
 
 
 def step_losses(
@@ -76,13 +76,13 @@ class DetectionTask:
         return {"loss_dict": out.outputs.loss_dict, "maps": maps, "grid_mask": out.grid_mask}
 
     def evaluator(self) -> Any:
-        from lfi.evaluate.coco import CocoEvaluator  # pycocotools: only where COCO is scored
+        from lfi.metrics.coco import CocoEvaluator  # pycocotools: only where COCO is scored
 
         return CocoEvaluator(self.coco_gt, ("bbox", "segm") if self.masks else ("bbox",))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch: dict[str, Any], evaluator: Any) -> None:
-        from lfi.evaluate.coco import detr_predictions
+        from lfi.metrics.coco import detr_predictions
 
         pixels = batch["image"]
         outputs = model(pixel_values=pixels, pixel_mask=batch["pixel_mask"].long())

@@ -1,4 +1,4 @@
-"""lfi.evaluate.coco equals pycocotools run directly on the same predictions."""
+"""lfi.metrics.coco equals pycocotools run directly on the same predictions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from lfi.evaluate.coco import STAT_NAMES, CocoEvaluator, coco_evaluate, coco_from_dataset, to_coco_results
+from lfi.metrics.coco import STAT_NAMES, CocoEvaluator, coco_evaluate, coco_from_dataset, to_coco_results
 
 
 def _direct(gt, predictions, iou_type):

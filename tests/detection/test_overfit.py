@@ -98,7 +98,7 @@ def test_perfect_detr_outputs_score_one_through_the_pipeline(shared_data):
     from types import SimpleNamespace
 
     from lfi.data.coco import CocoDetection
-    from lfi.evaluate.coco import CocoEvaluator, detr_predictions
+    from lfi.metrics.coco import CocoEvaluator, detr_predictions
     from lfi.models.detr import build_processor
     from lfi.train.tasks import detr_labels
 

@@ -155,13 +155,15 @@ def test_infer_label_takes_the_nearest_class_folder() -> None:
 
 
 def test_viz_needs_an_output_and_one_label_per_image(trained_run: Path, tmp_path: Path) -> None:
-    from lfi.show.viz import run_viz
-
     image = _png(tmp_path / "a.png", 0)
-    with pytest.raises(ValueError, match="--out .* --html"):
-        run_viz(trained_run, [image], None, teacher="none")
-    with pytest.raises(ValueError, match="2 labels for 1 images"):
-        run_viz(trained_run, [image], None, teacher="none", html=tmp_path / "p", labels=["a", "b"])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["viz", str(trained_run), "--images", str(image), "--teacher", "none"]
+    labels = ["--html", str(tmp_path / "p"), "--labels", "a", "b"]
+    for extra, error in (([], "--out .* --html"), (labels, "2 labels for 1 images")):
+        args = parser.parse_args(base + extra)
+        with pytest.raises(ValueError, match=error):
+            args.func(args)
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 import lfi
+import lfi.evaluate.maps
 import lfi.show.maps
-import lfi.show.viz
+from lfi.evaluate.human import Student, map_function, student_map_function
+from lfi.evaluate.maps import run_maps
 from lfi.models.ivit import InteractionOutput
-from lfi.show.human_eval import Student, map_function, student_map_function
 from lfi.show.tensorboard import LogInteractionMaps
 from lfi.show.viz import run_viz
 from lfi.train.tasks import ClassificationTask
@@ -92,12 +93,12 @@ def test_figure_draws_the_trained_map(tmp_path: Path, monkeypatch, drawn) -> Non
         data=SimpleNamespace(img_size=16), teacher=SimpleNamespace(name="oracle", store=None),
         model=SimpleNamespace(name="tiny", variant="iq_ic_gc"),
     )  # fmt: skip
-    monkeypatch.setattr(lfi.show.viz, "load_trained", lambda run_dir: (ivit, SimpleNamespace(cfg=cfg)))
+    monkeypatch.setattr(lfi.evaluate.maps, "load_trained", lambda run_dir: (ivit, SimpleNamespace(cfg=cfg)))
     path = tmp_path / "a.png"
     Image.fromarray(images(1)[0].permute(1, 2, 0).numpy()).save(path)
     for per in ("mean", "layer"):
         drawn.clear()
-        run_viz(tmp_path, [path], tmp_path / f"fig_{per}.png", teacher="none", per=per)
+        run_viz(run_maps(tmp_path, [path], teacher="none"), tmp_path / f"fig_{per}.png", per=per)
         assert len(drawn) == (3 if per == "mean" else 2 * 3)  # C_VFM, C_AGT, C_F (per layer)
         for m in drawn:
             assert_trained(m)

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from lfi.cli.show import register
 from lfi.config import load_config, save_config
 from lfi.data.keys import image_key
-from lfi.show.viz import load_trained, model_input, read_image, run_viz, student_maps
+from lfi.evaluate.maps import load_trained, model_input, read_image, run_maps, student_maps, student_outputs
+from lfi.show.viz import run_viz
 from lfi.store.shards import Record, StoreWriter
 from tests.show.conftest import write_run
 
@@ -79,10 +80,10 @@ def test_viz_reads_c_vlm_from_the_store_and_refuses_missing_images(
     run_with_store: Path, images: list[Path]
 ) -> None:
     out = run_with_store.parent / "fig5"
-    written = run_viz(run_with_store, images[:1], out)
+    written = run_viz(run_maps(run_with_store, images[:1]), out)
     assert [p.suffix for p in written] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in written)
     with pytest.raises(KeyError, match=r"not in the interaction store .*b\.png.*--teacher"):
-        run_viz(run_with_store, images, out)
+        run_maps(run_with_store, images)
 
 
 def test_viz_cli_with_oracle_teacher_per_head(trained_run: Path, images: list[Path], tmp_path: Path) -> None:
@@ -96,7 +97,7 @@ def test_viz_cli_with_oracle_teacher_per_head(trained_run: Path, images: list[Pa
     for stem in ("heads_a", "heads_b"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 1000 and (tmp_path / f"{stem}.pdf").is_file()
     with pytest.raises(ValueError, match="needs --boxes"):
-        run_viz(trained_run, images, out, teacher="oracle")
+        run_maps(trained_run, images, teacher="oracle")
     one_box = ["viz", str(trained_run), "--images", *map(str, images), "--teacher", "oracle", "--boxes", "0,0,24,20",
                "--out", str(out)]  # fmt: skip
     args = parser.parse_args(one_box)
@@ -105,10 +106,14 @@ def test_viz_cli_with_oracle_teacher_per_head(trained_run: Path, images: list[Pa
 
 
 def test_student_outputs_gives_the_logits_of_the_same_pass(trained_run: Path, images: list[Path]) -> None:
-    from lfi.show.viz import student_outputs
-
     model, _ = load_trained(trained_run)
     x = model_input([read_image(p)[0] for p in images], (32, 32))
     maps, logits = student_outputs(model, x)
     torch.testing.assert_close(logits, model(x))
     assert list(maps) == ["C_VFM", "C_AGT", "C_F"] and logits.shape == (2, 4)
+
+
+def test_per_head_figures_need_the_maps_of_each_head(trained_run: Path, images: list[Path], tmp_path: Path) -> None:
+    maps = run_maps(trained_run, images[:1], teacher="none")
+    with pytest.raises(ValueError, match="per_head=True"):
+        run_viz(maps, tmp_path / "fig.png", per="head")

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from lfi.config import load_config, save_config
-from lfi.evaluate.classification import write_metrics
+from lfi.metrics.classification import write_metrics
 from lfi.store.shards import InteractionStore
 from lfi.train.engine import EpochCSV, NonFiniteLoss, train
 from lfi.train.sweep import write_summary

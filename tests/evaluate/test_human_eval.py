@@ -1,4 +1,4 @@
-"""`lfi eval-human` (`lfi.show.human_eval`): the trained run's maps scored against human maps (offline, on
+"""`lfi eval-human` (`lfi.evaluate.human`, tables by `lfi.show.human_report`): the trained run's maps scored against human maps (offline, on
 hand-made samples and a tiny OSIE folder with an interaction store), and a converted DeiT-Tiny with the ViT
 teacher on 2 real OSIE images."""
 
@@ -9,6 +9,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,19 +21,25 @@ from safetensors.torch import save_file
 from lfi.cli.human import register
 from lfi.config import config_to_dict
 from lfi.data.keys import image_key
-from lfi.show.human_eval import (
+from lfi.evaluate.human import (
     as_rows,
+    evaluate_human,
     human_alignment,
     load_student,
     map_function,
     row_labels,
-    run_eval_human,
     student_map_function,
-    write_outputs,
 )
+from lfi.show.human_report import report_text, write_outputs, write_report
 from lfi.store.shards import Record, StoreWriter
 from lfi.train.build import build_model
 from tests.show.conftest import tiny_config, write_run
+
+
+def run_eval_human(data: Path, out: Path, run: Any = None, **kwargs: Any) -> tuple[str, list[Path]]:
+    """What `lfi eval-human` does: score (evaluate stage), then write the tables and chart (show stage)."""
+    evaluation = evaluate_human(data, run, **kwargs)
+    return report_text(evaluation), write_report(evaluation, out)
 
 
 def _samples(n: int = 3) -> list[dict[str, torch.Tensor]]:
@@ -276,7 +283,8 @@ def test_eval_human_compares_rows_each_as_if_scored_alone(trained_run: Path, tmp
         together = report["rows"][0 if row == "vit" else 1]
         for name, stats in alone["maps"].items():
             for metric, stat in stats.items():
-                assert together["maps"][name][metric]["mean"] == pytest.approx(stat["mean"]), (
+                # batches of 2 together, of 3 alone: float32 rounding in the model differs (~1e-6)
+                assert together["maps"][name][metric]["mean"] == pytest.approx(stat["mean"], rel=1e-5, abs=1e-5), (
                     row,
                     name,
                     metric,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lfi.evaluate.human import (
+from lfi.maps import centre_bias
+from lfi.metrics.human import (
     METRICS,
     AlignmentTable,
     aggregate,
@@ -27,7 +28,6 @@ from lfi.evaluate.human import (
     score_ratio,
     split_layer,
 )
-from lfi.maps import centre_bias
 
 
 def cos_ref(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,8 +11,8 @@ import scipy.io
 import torch
 
 from lfi.data.osie import OSIE, fixation_maps, parse_fixations
-from lfi.evaluate.human import evaluate_human_alignment
 from lfi.maps import centre_bias
+from lfi.metrics.human import evaluate_human_alignment
 
 
 def test_fixation_maps_place_1_based_points_and_weight_durations() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfi.evaluate.classification import AccuracyEvaluator, cross_domain_summary, topk_correct, write_metrics
+from lfi.metrics.classification import AccuracyEvaluator, cross_domain_summary, topk_correct, write_metrics
 from lfi.train.engine import evaluate
 from lfi.train.tasks import ClassificationTask
 

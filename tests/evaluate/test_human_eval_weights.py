@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from lfi.cli.human import register
 from lfi.extract.vit_teacher import SYNSETS_FILE, WEIGHTS_FILE_BF16
-from tests.show.test_human_eval import _tiny_osie
+from tests.evaluate.test_human_eval import _tiny_osie
 
 
 def test_eval_human_vit_teacher_reads_weights_under_data(
