@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,20 @@ def test_every_package_has_a_floor():
     packages = {p.stem if p.is_file() else p.name for p in LFI.iterdir() if not p.name.startswith("_")}
     packages -= {"__pycache__"}
     assert packages <= set(FLOOR), f"packages without a floor in tests/test_layers.py: {packages - set(FLOOR)}"
+
+
+def test_readme_layout_table_follows_the_floors():
+    """README's layout table names every package once, lowest floor first."""
+    text = (LFI.parent / "README.md").read_text()
+    table = text.split("\n## Layout")[1].split("\n## ")[0]
+    named = [
+        name
+        for row in table.splitlines()
+        if row.startswith("| `lfi/")
+        for name in re.findall(r"`lfi/(\w+)(?:\.py|/)`", row.split(" | ")[0])
+    ]
+    assert sorted(named) == sorted(FLOOR), f"README's layout table names {named}, the floors are {FLOORS}"
+    assert [FLOOR[n] for n in named] == sorted(FLOOR[n] for n in named), f"README's layout table order: {named}"
 
 
 def upward_imports(root: Path = LFI) -> list[str]:
