@@ -81,8 +81,8 @@ def run_viz(
     if (per == "head" or head is not None) and maps.heads is None:
         raise ValueError("per-head figures need the maps of each head: run_maps(..., per_head=True)")
     cfg, names = maps.run.cfg, maps.names
-    # a chosen head, or a row per head, reads each head's own map; otherwise the trained (head-averaged) one
     title_vlm = vlm_title(maps.teacher)
+    # a chosen head, or a row per head, reads each head's own map; otherwise the trained (head-averaged) one
     figure_maps = maps.heads if per == "head" or (per == "mean" and head is not None) else maps.maps
     per_image = _per_image(figure_maps, maps.vlm, title_vlm)
     title = f"{maps.run_dir.name}: {cfg.model.name}, variant {cfg.model.variant}"
