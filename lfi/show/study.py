@@ -6,6 +6,7 @@
                         2. claims: the study file's claims (a row against another), each a Welch test,
                            Holm-corrected over all claims and test sets together
                         3. tuning: every grid point of every row with its val score (the choice in bold)
+                        4. stale: seed runs trained at an earlier choice of their row (not reported)
 """
 
 from __future__ import annotations
@@ -147,12 +148,26 @@ def study_markdown(result: Mapping[str, Any], reference: str | None = None) -> s
             lines.append(f"- `{name}`: takes the choice of `{row['like']}`")
             continue
         scores = ", ".join(_grid_point(g, g["point"] == row["chosen"]) for g in row["grid"])
-        edge = at_edge(row.get("tune") or {}, row["chosen"])
+        # the edge of the points that ran: a point added to the grid but not trained yet moves no edge
+        tried = {
+            k: [g["point"][k] for g in row["grid"] if g["score"] is not None] for k in row.get("tune") or {}
+        }
+        edge = at_edge(tried, row["chosen"])
         lines.append(
             f"- `{name}`: {scores or 'no grid'}"
             + (f" (**at the edge** of {', '.join(edge)})" if edge else "")
         )
+    lines += stale_markdown(rows)
     return "\n".join(lines) + "\n"
+
+
+def stale_markdown(rows: Mapping[str, Any]) -> list[str]:
+    """The runs left out of the tables because their row's choice moved since they were trained."""
+    stale = [(name, run, old) for name, row in rows.items() for run, old in (row.get("stale") or {}).items()]
+    if not stale:
+        return []
+    lines = ["", "## Stale runs (trained at an earlier choice of their row; not in the tables)", ""]
+    return lines + [f"- `{name}`: {Path(run).name} at {_point(old)}" for name, run, old in stale]
 
 
 def write_study_report(result: Mapping[str, Any], root: str | Path, reference: str | None = None) -> Path:

@@ -19,6 +19,10 @@ Phases (`run_study`):
   3. final    every row with its chosen point (a `like` row takes the chosen point of the row it names: the
               controls run with the hyper-parameters of the method they control) over the other seeds, into
               <study>/<row>/seed<k>; the tuning run of the chosen point is the row's seeds[0] run
+A seed folder's name does not hold the point, so when a grid grows and a row's choice moves, its seed folders
+hold runs of the old choice (`drift`, read from their config.yaml): training moves each aside, to
+<row>/seed<k>.stale-<old point>, and trains it again at the new choice; `train=False` reports them as stale,
+never as the row's runs.
 A run's overrides: the row's `set`, then the command line's (paths of data, weights, stores on this machine),
 then its grid point. Every run is a `lfi.train.sweep` run: resumable, a finished run is not run again. `study.json` in
 <output_dir>/<study> records the grids, every tuning run's score, the choices and each row's run folders
@@ -38,7 +42,7 @@ import yaml
 from lfi.config import ConfigError, load_config
 from lfi.files import atomic_write
 from lfi.train.runs import finished, load_run
-from lfi.train.sweep import Runner, RunStatus, SweepRun, plan, run_sweep
+from lfi.train.sweep import Runner, RunStatus, SweepRun, plan, run_sweep, value_label
 
 
 @dataclass
@@ -185,6 +189,50 @@ def final_runs(study: Study, chosen: Mapping[str, SweepRun], overrides: Sequence
     return out
 
 
+def drift(run: SweepRun, point: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of `point` that the run folder's config.yaml holds at another value ({key: its value}); {}
+    when they agree or when the folder has no config.yaml yet (nothing trained there)."""
+    path = run.run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    saved = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for key, value in point.items():
+        node: Any = saved
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{path}: no {key!r}: cannot tell whether this run has the study's choice")
+            node = node[part]
+        if node != value:
+            out[key] = node
+    return out
+
+
+def stale_runs(
+    study: Study, chosen: Mapping[str, SweepRun], finals: Mapping[str, list[SweepRun]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per row, its planned runs whose folder was trained at another point than the row's choice: {row:
+    {run folder: the point's values it holds}}. A tuned row's own tuning run always has its point."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, runs in finals.items():
+        point = chosen[study.rows[name].like or name].point
+        for run in runs:
+            if found := drift(run, point):
+                out.setdefault(name, {})[str(run.run_dir)] = found
+    return out
+
+
+def set_aside(run_dir: Path, old: Mapping[str, Any]) -> Path:
+    """Move a stale run folder to <name>.stale-<its old values> beside it (kept, never reported)."""
+    label = "__".join(f"{k.rsplit('.', 1)[-1]}={value_label(v)}" for k, v in old.items())
+    target = run_dir.with_name(f"{run_dir.name}.stale-{label}")
+    k = 1
+    while target.exists():
+        k += 1
+        target = run_dir.with_name(f"{run_dir.name}.stale-{label}-{k}")
+    return run_dir.rename(target)
+
+
 def run_study(
     study: Study,
     overrides: Sequence[str] = (),
@@ -210,8 +258,19 @@ def run_study(
         if best is not None:
             chosen[name] = best
     finals = final_runs(study, chosen, overrides, only)
-    if train:
+    stale = stale_runs(study, chosen, finals)
+    if train:  # a run of an earlier choice is trained again at the row's choice, its folder kept aside
+        for name, runs in stale.items():
+            for run_dir, old in runs.items():
+                moved = set_aside(Path(run_dir), old)
+                if echo is not None:
+                    echo(f"{name}: {run_dir} was trained at {old}, not at the choice: moved to {moved.name}")
+        stale = {}
         statuses += run_sweep([r for runs in finals.values() for r in runs], jobs, devices, runner, echo)
+    reported = {
+        name: [str(r.run_dir) for r in runs if str(r.run_dir) not in stale.get(name, {})]
+        for name, runs in finals.items()
+    }
     result = {
         "study": study.name,
         "select": study.select,
@@ -224,7 +283,8 @@ def run_study(
                 "config": str(row.config), "set": row.set, "tune": row.tune, "like": row.like,
                 "grid": grids.get(name, []),
                 "chosen": (chosen.get(row.like or name).point if chosen.get(row.like or name) else None),
-                "runs": [str(r.run_dir) for r in finals.get(name, [])],
+                "runs": reported.get(name, []),
+                "stale": stale.get(name, {}),
             }
             for name, row in study.rows.items() if not only or name in only
         },

@@ -215,3 +215,40 @@ def test_gpu_study_script_gives_the_student_weights_unless_scratch(
     prepare, study = (tmp_path / "calls").read_text().splitlines()
     assert prepare.startswith("-m lfi.cli prepare configs/study/scratch/base.yaml ")
     assert ("model.checkpoint=" in study) is loads_weights and "loss.kd.checkpoint=data/weights/" in study
+
+
+def test_a_moved_choice_trains_the_seed_runs_again(study_file: Path, tmp_path: Path) -> None:
+    """A grid that grows moves a row's choice: seed folders of the old choice are stale (reported as such,
+    never as the row's runs) and training moves them aside and trains them at the new choice."""
+    run_study(read_study(study_file), jobs=2, runner=fake_train([]), echo=None)
+    # the probe's grid loses its best point (1e-3): the choice moves to 3e-4, tie-broken by order
+    study_file.write_text(study_file.read_text().replace("[3.0e-4, 1.0e-3, 3.0e-3]", "[3.0e-4, 3.0e-3]"))
+    report = run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+    probe = report["rows"]["probe"]
+    assert probe["chosen"] == {"optim.lr": 3e-4}
+    runs = tmp_path / "runs" / "demo_study" / "probe"
+    assert probe["stale"] == {str(runs / f"seed{k}"): {"optim.lr": 1e-3} for k in (1, 2)}
+    assert probe["runs"] == [str(runs / "tune" / "lr=0.0003" / "seed0")]  # the stale seeds are not reported
+    text = study_markdown(report)
+    assert "- `probe`: seed1 at lr=0.001" in text
+    study_file.write_text(study_file.read_text().replace("[3.0e-4, 3.0e-3]", "[1.0e-4, 3.0e-4, 3.0e-3]"))
+    grown = study_markdown(run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False))
+    assert "lr=0.0001: -, **lr=0.0003: 54.00**, lr=0.003: 41.00 (**at the edge** of optim.lr)" in grown
+    study_file.write_text(study_file.read_text().replace("[1.0e-4, 3.0e-4, 3.0e-3]", "[3.0e-4, 3.0e-3]"))
+    assert report["rows"]["ivit"]["stale"] == {} and len(report["rows"]["ivit"]["runs"]) == 3
+
+    calls: list[str] = []
+    result = run_study(read_study(study_file), runner=fake_train(calls), echo=None)
+    assert sorted(calls) == ["demo_study/probe/seed1", "demo_study/probe/seed2"]
+    assert result["rows"]["probe"]["stale"] == {} and len(result["rows"]["probe"]["runs"]) == 3
+    for k in (1, 2):
+        assert load_config(runs / f"seed{k}" / "config.yaml").optim.lr == 3e-4
+        assert load_config(runs / f"seed{k}.stale-lr=0.001" / "config.yaml").optim.lr == 1e-3  # kept aside
+
+
+def test_a_run_folder_without_the_tuned_key_is_named(study_file: Path, tmp_path: Path) -> None:
+    run_study(read_study(study_file), runner=fake_train([]), echo=None)
+    config = tmp_path / "runs" / "demo_study" / "shuffled" / "seed1" / "config.yaml"
+    config.write_text(config.read_text().replace("  lr:", "  rate:", 1))
+    with pytest.raises(ConfigError, match=r"shuffled/seed1/config.yaml: no 'optim.lr'"):
+        run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
