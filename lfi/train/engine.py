@@ -282,18 +282,26 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     written after its removal; the end of fit, errors and signals included, waits for every write."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        super().save_checkpoint(apply_to_collection(checkpoint, torch.Tensor, _host_copy), *args, **kwargs)
+        # not AsyncCheckpointIO's own save: it would copy the state a second time
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+        self._submit(self.checkpoint_io.save_checkpoint, snapshot, *args, **kwargs)
 
     def remove_checkpoint(self, path: Any) -> None:
+        self._submit(self.checkpoint_io.remove_checkpoint, path)
+
+    def _submit(self, action: Any, *args: Any, **kwargs: Any) -> None:
+        """Queue `action`; an error of an earlier one is raised here (and at the end of fit, by teardown)."""
         self._ensure_setup()
 
-        def remove() -> None:
+        def run() -> None:
             try:
-                self.checkpoint_io.remove_checkpoint(path)
-            except BaseException as error:  # raised on the training thread by the next save or teardown
+                action(*args, **kwargs)
+            except BaseException as error:
                 self._error = error
 
-        self._executor.submit(remove)
+        self._executor.submit(run)
+        if self._error:
+            raise self._error
 
 
 def _host_copy(t: torch.Tensor) -> torch.Tensor:

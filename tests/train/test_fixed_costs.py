@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from lfi.train.engine import train
@@ -73,3 +74,15 @@ def test_background_checkpoints_are_snapshots_and_removals_wait_for_writes(tmp_p
     io.teardown()  # waits for every write (the end of fit)
     assert (torch.load(tmp_path / "a.ckpt", weights_only=True)["w"] == 0).all()
     assert not (tmp_path / "b.ckpt").exists()
+
+
+def test_a_failed_background_write_is_raised_by_the_end_of_fit(tmp_path):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from lfi.train.engine import BackgroundCheckpointIO
+
+    (tmp_path / "file").write_text("")
+    io = BackgroundCheckpointIO(TorchCheckpointIO())
+    io.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "file" / "last.ckpt")  # under a file: cannot be written
+    with pytest.raises(Exception, match="file"):
+        io.teardown()
