@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 31 on one GPU, one call (~4-5 min): the GPU tests of the kernels and of the GPU data path (the gate's
+# Issue 31 on one GPU, one call (~5-6 min): the GPU tests of the kernels and of the GPU data path (the gate's
 # products on tf32 and on bf16 operands), end to end against the step for probe / full / I-ViT (10 epochs,
 # FitClock's split of each fit), the fused attention per layer with either gate precision, the I-ViT-S/16
 # frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
