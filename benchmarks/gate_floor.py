@@ -14,6 +14,12 @@ hidden units, sigmoid). Each mode runs over all pairs of the shape; the fastest 
 counts. These times are what a gated kernel in this formulation would spend if everything else it does were free,
 i.e. a floor, not an estimate.
 
+Beside it, what every attention layer of this shape costs without any gate: two softmax attentions (the
+layer's two query sets over the same keys and values), forward and backward, as cuDNN's fused SDPA computes them
+(`attention_ms`). A gated layer does all of that work and the gate's: `layer_floor_ms` = attention_ms +
+floor_ms_per_layer is what the fastest kernels imaginable in this formulation would need per layer, the figure
+to hold against a step's budget.
+
     python benchmarks/gate_floor.py --out $OUT/gate_floor.json            # ViT-S/16 and ViT-B/16 layers, batch 256
     python benchmarks/gate_floor.py --shapes 256x6x197 --configs 256,8     # one shape, one tile
 """
@@ -26,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 import triton.testing
@@ -35,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from attention_kernels import environment  # noqa: E402  (benchmarks/, this script's folder)
 
-from lfi.models.kernels._mix import _gate, _gate_weights  # noqa: E402
+from lfi.models.kernels._mix import _gate, _gate_weights, _gdot  # noqa: E402
 from lfi.models.kernels.fused import _mix_meta, _mix_weights  # noqa: E402
 
 MODES = {"forward": 0, "backward": 1, "backward_weight_grads": 2}
@@ -72,12 +79,12 @@ def _gate_floor_kernel(
         else:
             dcf = x  # stands in for dO V^T, a matrix product outside the gate
             dt = dcf * x * g * (1.0 - g)
-            du = tl.dot(dt, w2, input_precision=PREC_G) * dz
-            dp = dcf * g + tl.dot(du, w1, input_precision=PREC_G)
+            du = _gdot(dt, w2, PREC_G) * dz
+            dp = dcf * g + _gdot(du, w1, PREC_G)
             acc += x * dp  # D's terms P dP
             if MODE == 2:
-                dw1t += tl.dot(tl.trans(x), du, input_precision=PREC_G)
-                dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC_G)
+                dw1t += _gdot(tl.trans(x), du, PREC_G)
+                dw2t += _gdot(tl.trans(z), dt, PREC_G)
     offs_e = tl.arange(0, EP)
     tag1 = (offs_c[:, None] * EP + offs_e[None, :] + 1).to(tl.float32)
     tag2 = (offs_e[:, None] * (2 * HP) + offs_c[None, :] + 1).to(tl.float32)
@@ -85,7 +92,7 @@ def _gate_floor_kernel(
     tl.store(OUT + pid, total)
 
 
-def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: int) -> float:
+def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: int, dots: str) -> float:
     """Median ms of one mode over `pairs` pairs (rounded up to whole programs), random gate weights."""
     g = torch.Generator(device="cuda").manual_seed(0)
     w1, b1, w2, b2 = (
@@ -109,28 +116,53 @@ def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: in
             EP=ep,
             ES=es,
             BP=bp,
-            PREC_G="tf32",
+            PREC_G=dots,
             num_warps=warps,
         )
 
     return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
 
 
+def time_attention(batch: int, heads: int, tokens: int, head_dim: int) -> float:
+    """Median ms of two SDPA attentions (q and q_int over the same k, v), forward + backward, bf16, with
+    gradients for every input: the ungated layer's attention (the cuDNN kernels where torch picks them)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, qi, k, v = (
+        torch.randn(batch, heads, tokens, head_dim, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_()
+        for _ in range(4)
+    )
+    grad = torch.randn_like(q)
+
+    def run() -> None:
+        out = F.scaled_dot_product_attention(q, k, v) + F.scaled_dot_product_attention(qi, k, v)
+        torch.autograd.grad(out, (q, qi, k, v), grad)
+
+    return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median")
+
+
 def measure(
-    shape: tuple[int, int, int], hidden: int, configs: list[tuple[int, int]], modes: list[str]
+    shape: tuple[int, int, int],
+    hidden: int,
+    configs: list[tuple[int, int]],
+    modes: list[str],
+    head_dim: int,
+    dots: str,
 ) -> dict:
     """The modes of one layer shape (B, H, N): per mode the fastest config; with all modes, the layer's floor."""
     batch, heads, tokens = shape
     pairs = batch * tokens * tokens
     rec: dict = {"shape": f"{batch}x{heads}x{tokens}", "heads": heads, "hidden": hidden, "pairs": pairs}
     hp, ep, es = _mix_meta(heads, hidden)
-    rec.update(channels=2 * heads, padded_channels=2 * hp, padded_hidden=ep, hidden_stride=es)
+    rec.update(channels=2 * heads, padded_channels=2 * hp, padded_hidden=ep, hidden_stride=es, gate_dots=dots)
     for mode in modes:
-        trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w) for bp, w in configs}
+        trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w, dots) for bp, w in configs}
         best = min(trials, key=trials.get)
         rec[mode] = {"ms": trials[best], "config": best, "all_ms": trials}
     if {"forward", "backward_weight_grads"} <= set(modes):
         rec["floor_ms_per_layer"] = rec["forward"]["ms"] + rec["backward_weight_grads"]["ms"]
+        if head_dim:
+            rec["attention_ms"] = time_attention(batch, heads, tokens, head_dim)
+            rec["layer_floor_ms"] = rec["attention_ms"] + rec["floor_ms_per_layer"]
     return rec
 
 
@@ -146,6 +178,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(MODES),
         help="forward and backward_weight_grads give the floor",
     )
+    p.add_argument(
+        "--gate-dots",
+        nargs="+",
+        choices=["tf32", "bf16"],
+        default=["tf32", "bf16"],
+        help="operand precision of the gate's matrix products (fused.GATE_DOTS); each is measured",
+    )
+    p.add_argument("--head-dim", type=int, default=64, help="d of the two SDPA attentions timed beside (0: none)")
     p.add_argument("--out", type=Path, default=Path("gate_floor.json"))
     args = p.parse_args(argv)
     args.shape_list = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
@@ -162,13 +202,15 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         **environment(torch.device("cuda")),
         "what": "the head-mixing gate's FFN alone over every pair of a layer; floor = forward + backward with "
-        "weight gradients (ms per layer)",
+        "weight gradients (ms per layer); attention_ms: two SDPA attentions fwd + bwd (bf16) of the layer; "
+        "layer_floor_ms: their sum",
         "results": [],
     }
     for shape in args.shape_list:
-        rec = measure(shape, args.hidden, args.config_list, args.modes)
-        report["results"].append(rec)
-        print(json.dumps(rec), flush=True)
+        for dots in args.gate_dots:
+            rec = measure(shape, args.hidden, args.config_list, args.modes, args.head_dim, dots)
+            report["results"].append(rec)
+            print(json.dumps(rec), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return report

@@ -7,7 +7,11 @@ For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen 
           fit, with its validations, checkpoint writes and sanity check (their cadence: the config's trainer.*
           keys, or `--set`), for each data path asked (`--paths device loader`: the GPU-resident path of
           `lfi.data.gpu`, and the worker loaders decoding JPEGs).
-The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart.
+The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart. Each run's
+wall time is split by `FitClock` (host clock at Lightning's hooks): set-up before the first step, validations,
+the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
+loader's new epoch; the GPU's queue drains there once, at the loss check), the end of fit and the steps (first
+step start to last step end of each epoch).
 
     python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
         --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader] \\
@@ -26,6 +30,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +62,49 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "command": shlex.join([sys.executable, *sys.argv]),
     }
+
+
+class FitClock(L.Callback):
+    """Where a fit's wall time goes, from the host clock at Lightning's hooks (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.spent = dict.fromkeys(("steps_s", "setup_s", "validation_s", "epoch_edges_s", "end_s"), 0.0)
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.marks["fit"] = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: object, index: int) -> None:
+        now = time.perf_counter()
+        if "last" not in self.marks:
+            self.spent["setup_s"] = now - self.marks["fit"]
+        elif index == 0:
+            self._epoch_done(now)
+        if index == 0:
+            self.marks["epoch"] = now
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        self.marks["last"] = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.marks["val_start"] = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        took = time.perf_counter() - self.marks.pop("val_start")
+        self.spent["validation_s"] += took
+        self.marks["val"] = self.marks.get("val", 0.0) + took  # not counted again in the epoch's edge
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch_done(time.perf_counter(), edge="end_s")
+
+    def _epoch_done(self, now: float, edge: str = "epoch_edges_s") -> None:
+        self.spent["steps_s"] += self.marks["last"] - self.marks["epoch"]
+        self.spent[edge] += now - self.marks["last"] - self.marks.pop("val", 0.0)
+
+    def report(self, total: float) -> dict[str, float]:
+        """The split of a fit of `total` seconds; `other_s`: outside the hooks (Lightning's set-up and teardown)."""
+        out = {k: round(v, 3) for k, v in self.spent.items()}
+        return {**out, "other_s": round(total - sum(self.spent.values()), 3)}
 
 
 def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
@@ -142,7 +190,8 @@ def main() -> None:
                 start = time.perf_counter()
                 LfiDataModule(run_cfg, build_data(run_cfg)).prepare_caches()
                 result["cache_build_s"] = round(time.perf_counter() - start, 1)
-            run = train(run_cfg)
+            clock = FitClock()
+            run = train(run_cfg, callbacks=[clock])
             images = run.metrics["global_step"] * args.batch  # every step trains one full batch (drop_last)
             rate = images / run.metrics["train_seconds"]
             result[path] = {
@@ -152,6 +201,7 @@ def main() -> None:
                 "epochs": run.metrics["epochs"],
                 "train_images": images,
                 "best_val": run.metrics["best_val"],
+                "split": clock.report(run.metrics["train_seconds"]),
             }
             print(row, path, json.dumps(result[path]), flush=True)
         report["rows"][row] = result

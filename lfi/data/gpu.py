@@ -97,6 +97,16 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
     return roi_align(images, rois.to(images.dtype), size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+def epoch_indices(indices: list[int], device: torch.device) -> torch.Tensor:
+    """An epoch's sample order as one int64 tensor on `device`, copied without waiting for the GPU: a tensor
+    built from host values per batch would be a synchronous copy, which drains the GPU's queue at every
+    step and leaves it idle while the host launches the next one."""
+    order = torch.tensor(indices, dtype=torch.int64)
+    if device.type == "cuda":
+        order = order.pin_memory()
+    return order.to(device, non_blocking=True)
+
+
 class DeviceBatches:
     """Batches of a `DeviceImages` in the order of `sampler` (which yields indices, or (epoch, index) pairs
     like `lfi.train.data.ResumableSampler`), augmented on the device.
@@ -125,9 +135,14 @@ class DeviceBatches:
         self.data, self.sampler, self.batch_size, self.size = data, sampler, batch_size, size
         self.train, self.seed, self.grid, self.crop_pct = train, seed, grid, crop_pct
         self.augment = train if augment is None else augment
-        device = data.images.device
+        # host values become device tensors here, once: each such copy waits for the GPU to drain its queue
+        device, side = data.images.device, data.images.shape[-1]
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.center = center_boxes(1, side, crop_pct, device)
+        if data.maps is not None:
+            th, tw = data.maps.shape[-2:]
+            self.map_scale = torch.tensor([tw / side, th / side, tw / side, th / side], device=device)
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -138,36 +153,41 @@ class DeviceBatches:
         indices = [i[1] if isinstance(i, tuple) else i for i in order]
         first = len(self.sampler) - len(order)  # batches skipped by a resume keep their numbers
         first_batch = -(-first // self.batch_size) if first else 0
+        order_on_device = epoch_indices(indices, self.data.images.device)
         for b, start in enumerate(range(0, len(indices), self.batch_size), start=first_batch):
-            index = torch.tensor(indices[start : start + self.batch_size], device=self.data.images.device)
-            yield self.batch(index, epoch, b)
+            yield self.batch(order_on_device[start : start + self.batch_size], epoch, b)
 
     def batch(self, index: torch.Tensor, epoch: int = 0, number: int = 0) -> dict[str, torch.Tensor]:
-        """The batch of `index` (B,): images cropped, resized, flipped (augmented) and normalised."""
-        images = self.data.images[index].float()
+        """The batch of `index` (B,): images cropped, resized, flipped (augmented) and normalised.
+
+        The flip and the normalisation act on the stored images, before the crop, which is the same (the
+        resampling is linear with weights summing to one inside the image, and a flipped image's crop under
+        the mirrored box is the flipped crop) and touches the small source instead of the (B, 3, size, size)
+        result three more times."""
+        images = self.data.images[index]
         n, side = len(index), images.shape[-1]
         if self.augment:
             generator = torch.Generator(device=images.device)
             generator.manual_seed(hash((self.seed, epoch, number)) & 0x7FFF_FFFF_FFFF_FFFF)
             boxes = random_resized_boxes(n, side, generator)
             flip = torch.rand(n, device=images.device, generator=generator) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            x0, y0, x1, y1 = boxes.unbind(1)
+            mirrored = torch.stack([side - x1, y0, side - x0, y1], dim=1)
+            source_boxes = torch.where(flip[:, None], mirrored, boxes)
         else:
-            boxes = center_boxes(n, side, self.crop_pct, images.device)
+            boxes = source_boxes = self.center.expand(n, 4)
             flip = torch.zeros(n, dtype=torch.bool, device=images.device)
-        images = crop_resize(images, boxes, (self.size, self.size))
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        out = {"image": (images - self.mean) / self.std, "label": self.data.labels[index]}
+        images = crop_resize((images.float() - self.mean) / self.std, source_boxes, (self.size, self.size))
+        out = {"image": images, "label": self.data.labels[index]}
         if self.train and self.data.maps is not None:
-            out["map"], out["map_valid"] = self._maps(index, boxes, flip, side)
+            out["map"], out["map_valid"] = self._maps(index, boxes, flip)
         return out
 
-    def _maps(
-        self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, side: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
         maps = self.data.maps[index]  # (B, th, tw), each over its whole image
-        th, tw = maps.shape[-2:]
-        window = boxes * torch.tensor([tw / side, th / side, tw / side, th / side], device=boxes.device)
+        window = boxes * self.map_scale
         window = torch.where(flip[:, None], window[:, [2, 1, 0, 3]], window)  # a flip mirrors the window
         grid = crop_to_grid(maps, window, self.grid)
         valid = self.data.valid[index] & is_valid_map(grid)

@@ -25,6 +25,8 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from safetensors.torch import save_file
 from torch import nn
 
@@ -273,10 +275,44 @@ class EpochCSV(L.Callback):
             writer.writerows(rows)
 
 
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """Checkpoint files serialised and written by one background thread while training goes on. The state is
+    first copied to host memory on the training thread (a point-in-time snapshot: one wait for the GPU, no
+    extra device memory); removals (a superseded best checkpoint) queue behind the writes, so no file is
+    written after its removal; the end of fit, errors and signals included, waits for every write."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        # not AsyncCheckpointIO's own save: it would copy the state a second time
+        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
+        self._submit(self.checkpoint_io.save_checkpoint, snapshot, *args, **kwargs)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self._submit(self.checkpoint_io.remove_checkpoint, path)
+
+    def _submit(self, action: Any, *args: Any, **kwargs: Any) -> None:
+        """Queue `action`; an error of an earlier one is raised here (and at the end of fit, by teardown)."""
+        self._ensure_setup()
+
+        def run() -> None:
+            try:
+                action(*args, **kwargs)
+            except BaseException as error:
+                self._error = error
+
+        self._executor.submit(run)
+        if self._error:
+            raise self._error
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", copy=True)
+
+
 class LastCheckpoint(ModelCheckpoint):
     """checkpoints/last.ckpt (full state, for --resume) at the end of every `period`-th epoch and of the final
-    one (max_epochs). A write stalls training (the whole state leaves the GPU), so short epochs may take a
-    longer period; a run stopped in between resumes from the last written one, exactly as from any other."""
+    one (max_epochs). Each write copies the whole state off the GPU (`BackgroundCheckpointIO` then writes it
+    while training goes on), so short epochs may take a longer period; a run stopped in between resumes from
+    the last written one, exactly as from any other."""
 
     def __init__(self, dirpath: Path, period: int) -> None:
         # the arguments (hence Lightning's state key) of the every-epoch checkpoint: old runs resume
@@ -302,7 +338,8 @@ class ValidateFinalEpoch(L.Callback):
 def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | None = None) -> L.Trainer:
     """A Trainer writing the run folder: checkpoints/last.ckpt every trainer.checkpoint_every_n_epochs epochs,
     after the final one (and every trainer.checkpoint_every_n_steps), best-epoch=N.ckpt (weights only) by
-    val/{monitor}, metrics.csv, tb/. Validation every trainer.check_val_every_n_epoch epochs and after the
+    val/{monitor}, metrics.csv, tb/; checkpoint files are written in the background (`BackgroundCheckpointIO`).
+    Validation every trainer.check_val_every_n_epoch epochs and after the
     final one; trainer.sanity_val_steps validation batches before training (0: none)."""
     t = cfg.trainer
     last = LastCheckpoint(files.checkpoints, t.checkpoint_every_n_epochs)
@@ -337,6 +374,7 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
         use_distributed_sampler=False,  # LfiDataModule shards by rank itself (exact resume needs its sampler)
         logger=TensorBoardLogger(files.root, name="tb", version="", default_hp_metric=False),
         callbacks=[*ours, *(callbacks or [])],
+        plugins=[BackgroundCheckpointIO()],
     )
 
 

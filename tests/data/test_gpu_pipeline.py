@@ -4,10 +4,11 @@ crop, determinism per (seed, epoch, batch), resumed batches, and the image cache
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lfi.data.cache import ImageCache
-from lfi.data.gpu import DeviceBatches, DeviceImages, random_resized_boxes
+from lfi.data.gpu import DeviceBatches, DeviceImages, crop_resize, random_resized_boxes
 from lfi.demo.synthetic import ShortcutShapes
 from lfi.maps import normalize_map, resample_map
 
@@ -54,6 +55,41 @@ def test_batches_depend_only_on_seed_epoch_and_number():
 
     resumed = list(DeviceBatches(data, Skipped([(1, i) for i in range(4, 8)]), 4, SIDE, True, 0, (4, 4)))
     assert len(resumed) == 1 and torch.equal(resumed[0]["image"], a[1]["image"])
+
+
+def test_flip_and_normalisation_before_the_crop_equal_them_after():
+    """The batch flips and normalises the stored images before cropping them (cheaper): the same images as
+    cropping first, then flipping and normalising the (B, 3, size, size) result."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (6, 3, SIDE, SIDE), dtype=torch.uint8, generator=g)
+    data = DeviceImages.of(images.numpy(), np.arange(6), device="cpu")
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    seed, epoch, number = 5, 2, 1
+    batch = DeviceBatches(data, list(range(6)), 6, 20, True, seed, mean=mean, std=std).batch(torch.arange(6), epoch, number)
+    generator = torch.Generator().manual_seed(hash((seed, epoch, number)) & 0x7FFF_FFFF_FFFF_FFFF)
+    boxes = random_resized_boxes(6, SIDE, generator)
+    flip = torch.rand(6, generator=generator) < 0.5
+    assert flip.any() and not flip.all()  # both cases are checked
+    crops = crop_resize(images.float(), boxes, (20, 20))
+    crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    expected = (crops - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    torch.testing.assert_close(batch["image"], expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_device_batches_never_wait_for_the_gpu():
+    """Drawing batches enqueues work only: no host-device synchronisation (one per batch would idle the GPU
+    while the host launches every step)."""
+    data = blob_data()
+    data = DeviceImages(*(t.cuda() for t in (data.images, data.labels, data.maps, data.valid)))
+    batches = DeviceBatches(data, [(0, i) for i in range(8)], 2, SIDE, True, 0, (4, 4))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        drawn = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(drawn) == 4 and drawn[0]["image"].is_cuda
 
 
 def test_eval_is_the_central_crop():

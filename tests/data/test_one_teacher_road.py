@@ -38,7 +38,7 @@ def gpu_map(m: torch.Tensor, box: list[float], flip: bool) -> torch.Tensor:
         "cpu",
     )
     batches = DeviceBatches(data, [0], 1, SIZE, train=True, grid=GRID)
-    return batches._maps(torch.tensor([0]), torch.tensor([box]), torch.tensor([flip]), SIDE)[0][0]
+    return batches._maps(torch.tensor([0]), torch.tensor([box]), torch.tensor([flip]))[0][0]
 
 
 @pytest.mark.parametrize(

@@ -100,11 +100,22 @@ def _gate_weights(W1T, B1, W2T, B2, HP: tl.constexpr, EP: tl.constexpr):
 
 
 @triton.jit
+def _gdot(a, b, PREC_G: tl.constexpr):
+    """One of the gate's matrix products, fp32 accumulation: fp32 operands at PREC_G ('ieee', 'tf32'), or with
+    PREC_G 'bf16' operands rounded to bf16 (the precision of the reference path's nn.Linear under bf16 autocast;
+    half the operand bytes through shared memory, twice the matrix-unit rate of tf32)."""
+    if PREC_G == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        return tl.dot(a, b, input_precision=PREC_G)
+
+
+@triton.jit
 def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
     """The FFN at every pair: x (P, 2HP) -> z = gelu(x w1t + b1) and dz = gelu'(.) (P, EP),
     g = sigmoid(z w2t + b2) (P, 2HP). The forward drops dz (the compiler removes its work).
     ES = 2: the real hidden units are the even columns; the odd ones get z = dz = 0 without any GELU."""
-    u = tl.dot(x, w1t, input_precision=PREC_G) + b1[None, :]
+    u = _gdot(x, w1t, PREC_G) + b1[None, :]
     if ES == 2:
         u_real, _ = tl.split(tl.reshape(u, (u.shape[0], u.shape[1] // 2, 2)))
         z_real, dz_real = _gelu_with_grad(u_real)
@@ -113,7 +124,7 @@ def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
         dz = tl.reshape(tl.join(dz_real, zero), u.shape)
     else:
         z, dz = _gelu_with_grad(u)
-    return z, dz, tl.sigmoid(tl.dot(z, w2t, input_precision=PREC_G) + b2[None, :])
+    return z, dz, tl.sigmoid(_gdot(z, w2t, PREC_G) + b2[None, :])
 
 
 @triton.jit
@@ -196,11 +207,11 @@ def _mix_gate_bwd_kernel(
         z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
         dcf2 = _to_pairs(dcf, dcf, HP, BM, BN)
         dt = dcf2 * x * g * (1.0 - g)
-        du = tl.dot(dt, w2, input_precision=PREC_G) * dz
-        dp = dcf2 * g + tl.dot(du, w1, input_precision=PREC_G)
+        du = _gdot(dt, w2, PREC_G) * dz
+        dp = dcf2 * g + _gdot(du, w1, PREC_G)
         rowstat += tl.sum(tl.reshape(x * dp, (BM, BN, 2 * HP)), 1)
-        dw1t += tl.dot(tl.trans(x), du, input_precision=PREC_G)
-        dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC_G)
+        dw1t += _gdot(tl.trans(x), du, PREC_G)
+        dw2t += _gdot(tl.trans(z), dt, PREC_G)
         db1 += tl.sum(du, 0)
         db2 += tl.sum(dt, 0)
         # what the dK/dV and dQ kernels need of each pair: dP of both maps and C_F (summed in-thread: a
