@@ -44,6 +44,10 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
     SiglipImageProcessor,
+    SmolVLMConfig,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
 )
 
 from lfi.extract.vlm import register_capture_attention
@@ -246,6 +250,44 @@ def build_tiny_idefics3(attn_implementation: str) -> tuple[PreTrainedModel, Proc
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
+# HuggingFaceTB/SmolVLM2's chat template (transformers' SmolVLM default), image turns only.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# 512 px frames / 32 = 16 patches, pixel shuffle 4 -> 4 x 4 tokens (the real model: 16 -> 8 x 8)
+SMOLVLM_PATCH = 32
+
+
+def build_tiny_smolvlm(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """SmolVLM2-256M/500M's image settings: 512 px tiles, 2048 px longest edge, mean/std 0.5, scale 4."""
+    torch.manual_seed(0)
+    tags = [f"<row_{i}_col_{j}>" for i in range(1, 5) for j in range(1, 5)]
+    specials = ("<image>", "<fake_token_around_image>", "<end_of_utterance>", "<global-img>", "<|im_start|>")
+    tokenizer = build_tokenizer((*specials, *tags))
+    settings = dict(
+        size={"longest_edge": 2048}, max_image_size={"longest_edge": 512}, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(**settings), video_processor=SmolVLMVideoProcessor(**settings),
+        tokenizer=tokenizer, image_seq_len=16, chat_template=SMOLVLM_TEMPLATE,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=0, num_attention_heads=2, image_size=512,
+        patch_size=SMOLVLM_PATCH,
+    )  # fmt: skip
+    config = SmolVLMConfig(
+        vision_config=vision, text_config=LlamaConfig(**tiny_llama(tokenizer)).to_dict(), scale_factor=4,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
 def build_tiny_paligemma(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """google/paligemma-3b-pt-224's image settings (224 px square, mean/std 0.5), a Gemma 1 decoder."""
     torch.manual_seed(0)
@@ -271,6 +313,7 @@ def build_tiny_paligemma(attn_implementation: str) -> tuple[PreTrainedModel, Pro
 FAMILY_BUILDERS = {
     "paligemma": build_tiny_paligemma,
     "idefics3": build_tiny_idefics3,
+    "smolvlm": build_tiny_smolvlm,
     "llava_next": build_tiny_llava_next,
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,

@@ -6,7 +6,8 @@ with the K boxes drawn on the image). For the chosen decoder layers, the attenti
 each foreground entry and of the background words to the image tokens is captured
 (`capture.AttentionCapture`),
 averaged over layers, heads and the entry's tokens, mapped back onto the original image by the model's
-family (`families`: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Idefics3) and L1-normalised per entry. fore = sum over
+family (`families.FAMILIES`: LLaVA-1.5, LLaVA-NeXT, Qwen2(.5)-VL, Idefics3, SmolVLM, PaliGemma) and
+L1-normalised per entry. fore = sum over
 entries (K = 1 for classification; Eq. 12), back = the background words' map. Eq. 11/12 itself is applied by
 the extraction loop (`lfi.extract.teacher.apply_contrast`).
 
@@ -247,7 +248,11 @@ class VLMTeacher(Teacher):
             texts.append(rendered[: locate(rendered, prefix) + len(prefix)])
         # Generation appends after the last token, so pad on the left and pass the mask.
         enc = self.processor(
-            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
+            text=texts,
+            images=self.family.batch_images(images),
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
         )
         inputs = self._device_inputs(enc)
         with torch.inference_mode():
@@ -283,7 +288,7 @@ class VLMTeacher(Teacher):
         # so each sequence is computed exactly as alone, and SDPA keeps its fast causal kernel.
         enc = self.processor(
             text=texts,
-            images=images,
+            images=self.family.batch_images(images),
             padding=True,
             padding_side="right",
             return_offsets_mapping=True,

@@ -34,6 +34,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_vl": "lfi.extract.vlm.families.qwen2_vl",
     "qwen2_5_vl": "lfi.extract.vlm.families.qwen2_vl",
     "idefics3": "lfi.extract.vlm.families.idefics3",
+    "smolvlm": "lfi.extract.vlm.families.smolvlm",
     "paligemma": "lfi.extract.vlm.families.paligemma",
 }
 
@@ -75,6 +76,10 @@ class Family:
     def prepare(self, image: Image.Image, processor: ProcessorMixin) -> Image.Image:
         """The image handed to the processor (default: as is; the processor's own resizing is in `layout`)."""
         return image
+
+    def batch_images(self, images: list[Image.Image]) -> list[Any]:
+        """The processor's ``images`` argument for one image per sequence (default: the flat list)."""
+        return images
 
     def render(self, processor: ProcessorMixin, prompt: str, answer: str | None) -> str:
         """Chat text of the user turn (image + prompt) and, if given, the assistant's answer."""

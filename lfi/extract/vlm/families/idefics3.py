@@ -13,6 +13,7 @@ original image; the global image's tokens cover (i, i + 1) / g, (j, j + 1) / g.
 from __future__ import annotations
 
 import torch
+from PIL import Image
 from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from lfi.extract.vlm.families import Family, Layout
@@ -46,6 +47,10 @@ class Idefics3(Family):
     def default_grid(self, config: PretrainedConfig, processor: ProcessorMixin) -> tuple[int, int]:
         side = config.vision_config.image_size // config.vision_config.patch_size // config.scale_factor
         return (side, side)
+
+    def batch_images(self, images: list[Image.Image]) -> list[list[Image.Image]]:
+        # One list per sequence: SmolVLM's processor reads a flat list as all the images of one sequence.
+        return [[image] for image in images]
 
     def expand(self, processor: ProcessorMixin, text: str, image_hw: tuple[int, int], n_tokens: int) -> str:
         rows, cols = _tiles(processor, image_hw)
