@@ -18,7 +18,7 @@ run's classes (ImageFolder layouts), or else unknown.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,32 @@ MAP_TITLES = {"vfm": "C_VFM", "agt": "C_AGT", "fused": "C_F"}
 DISPLAY_SIDE = 320  # longest side of the images drawn: panels are ~2 inches, and full-size photos bloat files
 
 
-def vlm_title(teacher: str) -> str:
-    """Column title of the teacher's map; a substitute teacher is never passed off as the paper's LLaVA."""
+def vlm_title(teacher: str, record: Mapping[str, Any] | None = None) -> str:
+    """Column title of the teacher's map; a substitute teacher is never passed off as the paper's LLaVA.
+
+    record: the interaction store's metadata where the maps come from a store: an 'hf' teacher is named by
+    the family and checkpoint it recorded, and called LLaVA-1.5 only if its family is LLaVA-1.5.
+    """
     if teacher == "vit":
         return "C_VLM (teacher: DeiT-Tiny ViT,\nVFM->VFM substitute)"
     if teacher == "llava":
         return "C_VLM (teacher: LLaVA-1.5)"
+    if teacher == "hf":
+        return _hf_title(record or {})
     return f"C_VLM (teacher: {teacher},\nnot LLaVA-1.5)"
+
+
+def _hf_title(record: Mapping[str, Any]) -> str:
+    """Title of an 'hf' teacher's map from its store record (`VLMTeacher.metadata`: family, checkpoint)."""
+    from lfi.extract.vlm.families.llava import FAMILY as LLAVA_15  # imports transformers: only when needed
+
+    family, checkpoint = record.get("family"), record.get("checkpoint")
+    if family is None:
+        return "C_VLM (teacher: a Hugging Face VLM,\nits family not recorded)"
+    model = Path(str(checkpoint)).name if checkpoint else "checkpoint not recorded"
+    if family == LLAVA_15.name:
+        return f"C_VLM (teacher: LLaVA-1.5,\n{model})"
+    return f"C_VLM (teacher: {family}, {model},\nnot LLaVA-1.5)"
 
 
 def load_trained(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[InteractionViT, Run]:
@@ -210,8 +229,8 @@ def run_viz(
     maps, logits = student_outputs(model, x)
     # a chosen head, or a row per head, reads each head's own map; otherwise the trained (head-averaged) one
     heads = student_maps(model, x, per_head=True) if per == "head" or head is not None else None
-    vlm = _vlm_maps(run_dir, cfg.teacher.store, teacher, images, datas, names, boxes)
-    title_vlm = vlm_title(teacher if teacher else cfg.teacher.name)
+    vlm, record = _vlm_maps(run_dir, cfg.teacher.store, teacher, images, datas, names, boxes)
+    title_vlm = vlm_title(teacher or record["teacher"], record)  # a store's maps: the teacher it recorded
     figure_maps = heads if per == "head" or (per == "mean" and head is not None) else maps
     per_image = _per_image(figure_maps, vlm, title_vlm)
     title = f"{Path(run_dir).name}: {cfg.model.name}, variant {cfg.model.variant}"
@@ -242,15 +261,20 @@ def _vlm_maps(
     datas: Sequence[bytes],
     names: Sequence[str],
     boxes: Sequence[torch.Tensor] | None,
-) -> list[torch.Tensor] | None:
-    """C_VLM (h, w) of each image for `run_viz`: from the run's store (teacher None), computed now, or None."""
+) -> tuple[list[torch.Tensor] | None, dict[str, Any]]:
+    """C_VLM (h, w) of each image for `run_viz`: from the run's store (teacher None), computed now, or None;
+    and the store's metadata (empty when computed now)."""
     if teacher is None:
         if store is None:
             raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
+        from lfi.store.layout import metadata_path
         from lfi.store.shards import InteractionStore
 
-        return store_maps(InteractionStore(store), datas, names)
-    return None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))
+        opened = InteractionStore(store)
+        if "teacher" not in opened.metadata:
+            raise ValueError(f"{metadata_path(store)}: no 'teacher' field, so the maps' teacher is unknown")
+        return store_maps(opened, datas, names), opened.metadata
+    return (None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))), {}
 
 
 def _per_image(

@@ -7,8 +7,8 @@ each foreground entry and of the background words to the image tokens is capture
 (`capture.AttentionCapture`),
 averaged over layers, heads and the entry's tokens, mapped back onto the original image by the model's
 family (`families.FAMILIES`: LLaVA-1.5, LLaVA-NeXT, Qwen2(.5)-VL, Idefics3, SmolVLM, PaliGemma) and
-L1-normalised per entry. fore = sum over
-entries (K = 1 for classification; Eq. 12), back = the background words' map. Eq. 11/12 itself is applied by
+L1-normalised per entry. fore = sum over entries (K = 1 for classification; Eq. 12), back = the background
+words' map. Eq. 11/12 itself is applied by
 the extraction loop (`lfi.extract.teacher.apply_contrast`).
 
 Why per-entry normalisation: LLaVA puts most attention on the first tokens (an attention sink), and how much
