@@ -23,6 +23,7 @@ FAMILY_NAMES = {
     "paligemma": "paligemma",
     "idefics3": "idefics3",
     "smolvlm": "smolvlm",
+    "gemma3": "gemma3",
 }
 
 

@@ -81,6 +81,7 @@ def _changed_tokens(model, teacher, hw, probes) -> tuple[list[set[int]], int]:  
         "qwen2_vl",
         "qwen2_5_vl",
         "paligemma",
+        "gemma3",
         pytest.param("idefics3", marks=pytest.mark.slow),
         pytest.param("smolvlm", marks=pytest.mark.slow),
     ],

@@ -306,7 +306,9 @@ class VLMTeacher(Teacher):
             layouts.append(layout)
             full = self.family.expand(self.processor, text, sizes[b], counts[b])
             offsets = enc["offset_mapping"][b]
-            check_image_offsets(full, offsets, columns[b, : counts[b]], self.processor.image_token)
+            check_image_offsets(
+                full, offsets, columns[b, : counts[b]], self.family.image_token(self.processor)
+            )
             at = locate(full, answer.text)
             self.family.mark_answer(enc, b, token_rows(offsets, (at, at + len(answer.text)))[0])
             fore = [token_rows(offsets, (at + s, at + e)) for s, e in answer.fore]

@@ -13,7 +13,6 @@ original image; the global image's tokens cover (i, i + 1) / g, (j, j + 1) / g.
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from lfi.extract.vlm.families import Family, Layout
@@ -30,6 +29,7 @@ class Idefics3(Family):
     name = "idefics3"
     geometry = "tiles stretched over the image + global image, each a pixel-shuffled raster grid"
     input_names = ("input_ids", "pixel_values", "pixel_attention_mask")
+    nested_images = True  # SmolVLM's processor reads a flat list as one sequence's images
 
     def check(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         tile = processor.image_processor.max_image_size["longest_edge"]
@@ -47,10 +47,6 @@ class Idefics3(Family):
     def default_grid(self, config: PretrainedConfig, processor: ProcessorMixin) -> tuple[int, int]:
         side = config.vision_config.image_size // config.vision_config.patch_size // config.scale_factor
         return (side, side)
-
-    def batch_images(self, images: list[Image.Image]) -> list[list[Image.Image]]:
-        # One list per sequence: SmolVLM's processor reads a flat list as all the images of one sequence.
-        return [[image] for image in images]
 
     def expand(self, processor: ProcessorMixin, text: str, image_hw: tuple[int, int], n_tokens: int) -> str:
         rows, cols = _tiles(processor, image_hw)
