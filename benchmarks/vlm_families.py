@@ -1,9 +1,10 @@
 """Extraction throughput per VLM family: lfi's capture forward vs the naive ``output_attentions=True`` path.
 
-Each family at a real 7-8B architecture (random weights, built on the device in bf16; no download), fed by its
+Each family at a real 2-8B architecture (random weights, built on the device in bf16; no download), fed by its
 real image processor on 640 x 480 images (the token count follows the family's own layout: LLaVA-1.5 576,
 LLaVA-NeXT 2340 with tiles + base + newlines, Qwen2-VL 391 merged tokens, Idefics3 2197 = 12 tiles + global
-image; its per-tile marker tokens are left out), a LLaVA-1.5 sized prompt and answer.
+image, SmolVLM2 1053 = 12 tiles + global image of 81 tokens; their per-tile marker tokens are left out;
+PaliGemma 256, Gemma 3 256 pooled tokens), a LLaVA-1.5 sized prompt and answer.
 Paths (as in `vlm_extraction.py`):
 
 - lfi: "lfi_capture" attention, fore + back rows of the default layer (14/32 depth) in one forward, later
@@ -38,6 +39,9 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ImageProcessor,
+    Gemma3TextConfig,
     GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessor,
@@ -51,6 +55,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLImageProcessor,
     SiglipImageProcessor,
+    SmolVLMConfig,
+    SmolVLMImageProcessor,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,13 +69,15 @@ from lfi.extract.vlm.tokens import image_columns, pad_rows  # noqa: E402
 
 IMAGE_TOKEN_ID = 32000  # LLaVA's <image>; Qwen2-VL's <|image_pad|> is 151655
 IMAGE_HW = (480, 640)
-FAMILIES = ("llava_next", "qwen2_vl", "idefics3", "llava", "paligemma")
+FAMILIES = ("llava_next", "qwen2_vl", "idefics3", "llava", "paligemma", "smolvlm", "gemma3")
 MODELS = {
     "llava": "LLaVA-1.5-7B (CLIP ViT-L/14-336 + Llama-2-7B)",
     "llava_next": "LLaVA-v1.6-Mistral-7B (CLIP ViT-L/14-336 any-res + Mistral-7B)",
     "qwen2_vl": "Qwen2-VL-7B (675M ViT, 2x2 merge + Qwen2-7B)",
     "idefics3": "Idefics3-8B-Llama3 (SigLIP-so400m/14-364 tiles, pixel shuffle 2 + Llama-3-8B)",
     "paligemma": "PaliGemma-3B-224 (SigLIP-so400m/14-224 + Gemma-2B)",
+    "smolvlm": "SmolVLM2-2.2B (SigLIP-so400m/14-384 tiles, pixel shuffle 3 + SmolLM2-1.7B)",
+    "gemma3": "Gemma-3-4B (SigLIP-so400m/14-896, 4x4 average pool + Gemma-3 4B text)",
 }
 
 
@@ -159,6 +167,40 @@ def build_config(family: str, tiny: bool) -> PretrainedConfig:
             vision_config=vision, text_config=LlamaConfig(**text).to_dict(), scale_factor=2,
             image_token_id=IMAGE_TOKEN_ID,
         )  # fmt: skip
+    if family == "smolvlm":
+        vision = dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=384,
+            patch_size=32,
+        ) if tiny else dict(
+            hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+            image_size=384, patch_size=14,
+        )  # fmt: skip
+        text = _tiny_text() if tiny else dict(
+            hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+            num_key_value_heads=32, vocab_size=49280, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        )  # fmt: skip
+        return SmolVLMConfig(
+            vision_config=vision, text_config=LlamaConfig(**text).to_dict(), scale_factor=3,
+            image_token_id=IMAGE_TOKEN_ID,
+        )  # fmt: skip
+    if family == "gemma3":
+        vision = dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, image_size=896, patch_size=56,
+        ) if tiny else dict(
+            model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+            num_attention_heads=16, image_size=896, patch_size=14, vision_use_head=False,
+        )  # fmt: skip
+        text = {**_tiny_text(), "head_dim": 16} if tiny else dict(
+            hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+            num_key_value_heads=4, head_dim=256, vocab_size=262208, sliding_window=1024,
+            max_position_embeddings=131072,
+        )  # fmt: skip
+        return Gemma3Config(
+            vision_config=vision, text_config=Gemma3TextConfig(**text), mm_tokens_per_image=64 if tiny else 256,
+            image_token_index=IMAGE_TOKEN_ID, boi_token_index=IMAGE_TOKEN_ID + 1,
+            eoi_token_index=IMAGE_TOKEN_ID + 2,
+        )  # fmt: skip
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
@@ -170,6 +212,15 @@ def image_processor(family: str, tiny: bool):  # noqa: ANN201
         return LlavaNextImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     if family == "idefics3":
         return Idefics3ImageProcessor()
+    if family == "smolvlm":  # SmolVLM2-2.2B: 384 px tiles, 1536 px longest edge
+        return SmolVLMImageProcessor(size={"longest_edge": 1536}, max_image_size={"longest_edge": 384})
+    if family == "gemma3":
+        return Gemma3ImageProcessor(
+            size={"height": 896, "width": 896},
+            image_mean=[0.5] * 3,
+            image_std=[0.5] * 3,
+            do_pan_and_scan=False,
+        )
     if family == "paligemma":
         processor = SiglipImageProcessor(
             size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3
@@ -188,7 +239,7 @@ def build_inputs(family: str, config: PretrainedConfig, tiny: bool, batch: int, 
         images = [np.pad(im, ((0, side - IMAGE_HW[0]), (0, 0), (0, 0))) for im in images]
     processor = image_processor(family, tiny)
     kind = family_for(config)
-    if family == "idefics3":  # a list per sequence (else the images are one sequence's)
+    if kind.nested_images:  # a list per sequence (else the images are one sequence's)
         images = [[im] for im in images]
     enc = {k: v for k, v in processor(images=images, return_tensors="pt").items() if k in kind.input_names}
     n = kind.layout(config, SimpleNamespace(image_processor=processor), enc, 0, IMAGE_HW).n_tokens
@@ -197,7 +248,9 @@ def build_inputs(family: str, config: PretrainedConfig, tiny: bool, batch: int, 
     text = torch.randint(3, 1000, (batch, before + after + ANSWER_TOKENS), generator=g)
     image = torch.full((batch, n), config.image_token_id)
     enc["input_ids"] = torch.cat([text[:, :before], image, text[:, before:]], dim=1)
-    if "token_type_ids" in kind.input_names:  # PaliGemma: the answer is the causal suffix
+    if family == "gemma3":  # the image tokens attend to each other bidirectionally
+        enc["token_type_ids"] = (enc["input_ids"] == config.image_token_id).long()
+    elif "token_type_ids" in kind.input_names:  # PaliGemma: the answer is the causal suffix
         start = before + n + after
         enc["token_type_ids"] = (torch.arange(enc["input_ids"].shape[1]) >= start).long().expand(batch, -1)
     if "mm_token_type_ids" in kind.optional_inputs:

@@ -152,6 +152,7 @@ class RunMaps:
     heads: dict[str, torch.Tensor] | None
     vlm: list[torch.Tensor] | None
     teacher: str
+    vlm_record: dict[str, Any]  # the store's metadata where C_VLM was read from one (empty otherwise)
 
     @property
     def names(self) -> list[str]:
@@ -176,8 +177,9 @@ def run_maps(
     x = model_input(images, (run.cfg.data.img_size,) * 2)
     maps, logits = student_outputs(model, x)
     heads = student_maps(model, x, per_head=True) if per_head else None
-    vlm = _vlm_maps(run_dir, run.cfg.teacher.store, teacher, images, datas, names, boxes)
-    return RunMaps(Path(run_dir), run, paths, images, maps, logits, heads, vlm, teacher or run.cfg.teacher.name)
+    vlm, record = _vlm_maps(run_dir, run.cfg.teacher.store, teacher, images, datas, names, boxes)
+    teacher = teacher or record["teacher"]
+    return RunMaps(Path(run_dir), run, paths, images, maps, logits, heads, vlm, teacher, record)
 
 
 def _vlm_maps(
@@ -188,12 +190,17 @@ def _vlm_maps(
     datas: Sequence[bytes],
     names: Sequence[str],
     boxes: Sequence[torch.Tensor] | None,
-) -> list[torch.Tensor] | None:
-    """C_VLM (h, w) of each image for `run_maps`: from the run's store (teacher None), computed now, or None."""
+) -> tuple[list[torch.Tensor] | None, dict[str, Any]]:
+    """C_VLM (h, w) of each image for `run_maps`: from the run's store (teacher None), computed now, or None;
+    and the store's metadata (empty when computed now)."""
     if teacher is None:
         if store is None:
             raise ValueError(f"{run_dir}: the run has no interaction store; pass --teacher vit|oracle|none")
+        from lfi.store.layout import metadata_path
         from lfi.store.shards import InteractionStore
 
-        return store_maps(InteractionStore(store), datas, names)
-    return None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))
+        opened = InteractionStore(store)
+        if "teacher" not in opened.metadata:
+            raise ValueError(f"{metadata_path(store)}: no 'teacher' field, so the maps' teacher is unknown")
+        return store_maps(opened, datas, names), opened.metadata
+    return (None if teacher == "none" else list(teacher_maps(teacher, images, names, boxes))), {}

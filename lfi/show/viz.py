@@ -13,8 +13,9 @@ run's classes (ImageFolder layouts), or else unknown.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -26,13 +27,34 @@ from lfi.show.save import save_figure
 DISPLAY_SIDE = 320  # longest side of the images drawn: panels are ~2 inches, and full-size photos bloat files
 
 
-def vlm_title(teacher: str) -> str:
-    """Column title of the teacher's map; a substitute teacher is never passed off as the paper's LLaVA."""
+# the family name `lfi.extract.vlm.families.llava` records (a literal: figures import no teacher code)
+LLAVA_15 = "llava-1.5"
+
+
+def vlm_title(teacher: str, record: Mapping[str, Any] | None = None) -> str:
+    """Column title of the teacher's map; a substitute teacher is never passed off as the paper's LLaVA.
+
+    record: the interaction store's metadata where the maps come from a store: an 'hf' teacher is named by
+    the family and checkpoint it recorded, and called LLaVA-1.5 only if its family is LLaVA-1.5.
+    """
     if teacher == "vit":
         return "C_VLM (teacher: DeiT-Tiny ViT,\nVFM->VFM substitute)"
     if teacher == "llava":
         return "C_VLM (teacher: LLaVA-1.5)"
+    if teacher == "hf":
+        return _hf_title(record or {})
     return f"C_VLM (teacher: {teacher},\nnot LLaVA-1.5)"
+
+
+def _hf_title(record: Mapping[str, Any]) -> str:
+    """Title of an 'hf' teacher's map from its store record (`VLMTeacher.metadata`: family, checkpoint)."""
+    family, checkpoint = record.get("family"), record.get("checkpoint")
+    if family is None:
+        return "C_VLM (teacher: a Hugging Face VLM,\nits family not recorded)"
+    model = Path(str(checkpoint)).name if checkpoint else "checkpoint not recorded"
+    if family == LLAVA_15:
+        return f"C_VLM (teacher: LLaVA-1.5,\n{model})"
+    return f"C_VLM (teacher: {family}, {model},\nnot LLaVA-1.5)"
 
 
 def thumbnail(image: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
@@ -81,7 +103,7 @@ def run_viz(
     if (per == "head" or head is not None) and maps.heads is None:
         raise ValueError("per-head figures need the maps of each head: run_maps(..., per_head=True)")
     cfg, names = maps.run.cfg, maps.names
-    title_vlm = vlm_title(maps.teacher)
+    title_vlm = vlm_title(maps.teacher, maps.vlm_record)  # a store's maps: the teacher it recorded
     # a chosen head, or a row per head, reads each head's own map; otherwise the trained (head-averaged) one
     figure_maps = maps.heads if per == "head" or (per == "mean" and head is not None) else maps.maps
     per_image = _per_image(figure_maps, maps.vlm, title_vlm)

@@ -21,6 +21,10 @@ from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    Gemma3TextConfig,
     GemmaConfig,
     Idefics3Config,
     Idefics3ImageProcessor,
@@ -44,6 +48,10 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
     SiglipImageProcessor,
+    SmolVLMConfig,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
 )
 
 from lfi.extract.vlm import register_capture_attention
@@ -246,6 +254,44 @@ def build_tiny_idefics3(attn_implementation: str) -> tuple[PreTrainedModel, Proc
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
+# HuggingFaceTB/SmolVLM2's chat template (transformers' SmolVLM default), image turns only.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+# 512 px frames / 32 = 16 patches, pixel shuffle 4 -> 4 x 4 tokens (the real model: 16 -> 8 x 8)
+SMOLVLM_PATCH = 32
+
+
+def build_tiny_smolvlm(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """SmolVLM2-256M/500M's image settings: 512 px tiles, 2048 px longest edge, mean/std 0.5, scale 4."""
+    torch.manual_seed(0)
+    tags = [f"<row_{i}_col_{j}>" for i in range(1, 5) for j in range(1, 5)]
+    specials = ("<image>", "<fake_token_around_image>", "<end_of_utterance>", "<global-img>", "<|im_start|>")
+    tokenizer = build_tokenizer((*specials, *tags))
+    settings = dict(
+        size={"longest_edge": 2048}, max_image_size={"longest_edge": 512}, image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )  # fmt: skip
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(**settings), video_processor=SmolVLMVideoProcessor(**settings),
+        tokenizer=tokenizer, image_seq_len=16, chat_template=SMOLVLM_TEMPLATE,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=0, num_attention_heads=2, image_size=512,
+        patch_size=SMOLVLM_PATCH,
+    )  # fmt: skip
+    config = SmolVLMConfig(
+        vision_config=vision, text_config=LlamaConfig(**tiny_llama(tokenizer)).to_dict(), scale_factor=4,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    return AutoModelForImageTextToText.from_config(config).eval(), processor
+
+
 def build_tiny_paligemma(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
     """google/paligemma-3b-pt-224's image settings (224 px square, mean/std 0.5), a Gemma 1 decoder."""
     torch.manual_seed(0)
@@ -268,9 +314,67 @@ def build_tiny_paligemma(attn_implementation: str) -> tuple[PreTrainedModel, Pro
     return AutoModelForImageTextToText.from_config(config).eval(), processor
 
 
+# google/gemma-3-4b-it's chat template, reduced to text and image items (no system turn).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' }}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<start_of_image>' }}{% elif item['type'] == 'text' %}"
+    "{{ item['text'] | trim }}{% endif %}{% endfor %}{{ '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def build_tiny_gemma3(attn_implementation: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """gemma-3-4b's image settings (896 px square, mean/std 0.5, no pan-and-scan); 896 / 56 = 16 x 16
+    patches pooled 2 x 2 -> 8 x 8 tokens (the real model: 64 x 64 pooled 4 x 4 -> 16 x 16); sliding and
+    full attention layers as in Gemma 3."""
+    torch.manual_seed(0)
+    marks = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+    tokenizer = build_tokenizer((*marks.values(), "<start_of_turn>", "<end_of_turn>"), add_bos=False)
+    tokenizer = PreTrainedTokenizerFast(  # the chat template writes BOS
+        tokenizer_object=tokenizer.backend_tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", extra_special_tokens=marks,
+    )  # fmt: skip
+    image_processor = Gemma3ImageProcessor(
+        size={"height": 896, "width": 896}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_pan_and_scan=False
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=64,
+        chat_template=GEMMA3_TEMPLATE,
+    )
+    # A window shorter than the sequences (the real 1024 is longer): the capture must take it from the mask.
+    text = Gemma3TextConfig(
+        **{**tiny_llama(tokenizer), "head_dim": 16},
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=24,
+    )  # fmt: skip
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=0,
+        num_attention_heads=2, image_size=896, patch_size=56,
+    )  # fmt: skip
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in marks.items()}
+    config = Gemma3Config(
+        text_config=text, vision_config=vision, mm_tokens_per_image=64, boi_token_index=ids["boi_token"],
+        eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"],
+    )  # fmt: skip
+    config._attn_implementation = attn_implementation
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    # Gemma 3 initialises the image projection to zeros: every image would give the same tokens
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
+    return model, processor
+
+
 FAMILY_BUILDERS = {
     "paligemma": build_tiny_paligemma,
+    "gemma3": build_tiny_gemma3,
     "idefics3": build_tiny_idefics3,
+    "smolvlm": build_tiny_smolvlm,
     "llava_next": build_tiny_llava_next,
     "qwen2_vl": build_tiny_qwen2_vl,
     "qwen2_5_vl": build_tiny_qwen2_5_vl,

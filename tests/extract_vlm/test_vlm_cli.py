@@ -22,6 +22,8 @@ FAMILY_NAMES = {
     "qwen2_5_vl": "qwen2-vl",
     "paligemma": "paligemma",
     "idefics3": "idefics3",
+    "smolvlm": "smolvlm",
+    "gemma3": "gemma3",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lfi.cli.show import register
 from lfi.config import load_config, save_config
 from lfi.data.keys import image_key
 from lfi.evaluate.maps import load_trained, model_input, read_image, run_maps, student_maps, student_outputs
-from lfi.show.viz import run_viz
+from lfi.show.viz import run_viz, vlm_title
 from lfi.store.shards import Record, StoreWriter
 from tests.show.conftest import write_run
 
@@ -38,11 +39,10 @@ def images(tmp_path: Path) -> list[Path]:
     return paths
 
 
-@pytest.fixture
-def run_with_store(trained_run: Path, images: list[Path], tmp_path: Path) -> Path:
-    """A copy of the trained run whose interaction store holds C_VLM of a.png only."""
+def copy_with_store(trained_run: Path, images: list[Path], tmp_path: Path, metadata: dict) -> Path:
+    """A copy of the trained run whose interaction store (of `metadata`) holds C_VLM of a.png only."""
     store = tmp_path / "store"
-    with StoreWriter(store, {"teacher": "oracle", "grid": [4, 4]}) as writer:
+    with StoreWriter(store, {**metadata, "grid": [4, 4]}) as writer:
         m = torch.zeros(4, 4)
         m[1, 2] = 1.0
         writer.add(Record(image_key("train/a.png", images[0].read_bytes()), m, (40, 48), True, False))
@@ -50,6 +50,11 @@ def run_with_store(trained_run: Path, images: list[Path], tmp_path: Path) -> Pat
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "tb"))
     save_config(load_config(run / "config.yaml", [f"teacher.store={store}"]), run / "config.yaml")
     return run
+
+
+@pytest.fixture
+def run_with_store(trained_run: Path, images: list[Path], tmp_path: Path) -> Path:
+    return copy_with_store(trained_run, images, tmp_path, {"teacher": "oracle"})
 
 
 def test_load_trained_restores_the_trained_student(trained_run: Path, images: list[Path]) -> None:
@@ -117,3 +122,31 @@ def test_per_head_figures_need_the_maps_of_each_head(trained_run: Path, images: 
     maps = run_maps(trained_run, images[:1], teacher="none")
     with pytest.raises(ValueError, match="per_head=True"):
         run_viz(maps, tmp_path / "fig.png", per="head")
+
+
+def test_vlm_title_names_the_family_the_store_recorded() -> None:
+    llava = {"teacher": "hf", "family": "llava-1.5", "checkpoint": "llava-hf/llava-1.5-7b-hf"}
+    assert vlm_title("hf", llava) == "C_VLM (teacher: LLaVA-1.5,\nllava-1.5-7b-hf)"
+    qwen = {"teacher": "hf", "family": "qwen2-vl", "checkpoint": "/models/Qwen2-VL-7B-Instruct"}
+    assert vlm_title("hf", qwen) == "C_VLM (teacher: qwen2-vl, Qwen2-VL-7B-Instruct,\nnot LLaVA-1.5)"
+    assert "LLaVA-1.5" not in vlm_title("hf", {"teacher": "hf"})  # nothing recorded: nothing claimed
+    assert vlm_title("llava") == "C_VLM (teacher: LLaVA-1.5)"
+    assert vlm_title("oracle").endswith("not LLaVA-1.5)") and "substitute" in vlm_title("vit")
+
+
+@pytest.mark.parametrize(
+    ("family", "caption"),
+    [
+        ("llava-1.5", "C_VLM (teacher: LLaVA-1.5, tiny-llava)"),
+        ("smolvlm", "C_VLM (teacher: smolvlm, tiny-llava, not LLaVA-1.5)"),
+    ],
+)
+def test_viz_captions_an_hf_store_by_its_family(
+    trained_run: Path, images: list[Path], tmp_path: Path, family: str, caption: str
+) -> None:
+    """The run's config says teacher 'hf' or not: the caption comes from the store's own record."""
+    meta = {"teacher": "hf", "family": family, "checkpoint": str(tmp_path / "tiny-llava")}
+    run = copy_with_store(trained_run, images, tmp_path, meta)
+    run_viz(run_maps(run, images[:1]), None, html=tmp_path / "page")
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", (tmp_path / "page" / "index.html").read_text())
+    assert captions[2] == caption

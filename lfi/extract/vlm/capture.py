@@ -58,7 +58,7 @@ def register_capture_attention() -> str:
 
 
 def language_model(model: nn.Module) -> nn.Module:
-    """The decoder of a VLM: ``model.model.language_model`` (LLaVA, Qwen2-VL) or ``.text_model`` (Idefics3)."""
+    """The decoder of a VLM: ``model.model.language_model`` (LLaVA, Qwen2-VL) or ``.text_model`` (Idefics3, SmolVLM)."""
     inner = getattr(model, "model", None)
     for name in ("language_model", "text_model"):
         if hasattr(getattr(inner, name, None), "layers"):

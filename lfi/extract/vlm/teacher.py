@@ -6,8 +6,9 @@ with the K boxes drawn on the image). For the chosen decoder layers, the attenti
 each foreground entry and of the background words to the image tokens is captured
 (`capture.AttentionCapture`),
 averaged over layers, heads and the entry's tokens, mapped back onto the original image by the model's
-family (`families`: LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Idefics3) and L1-normalised per entry. fore = sum over
-entries (K = 1 for classification; Eq. 12), back = the background words' map. Eq. 11/12 itself is applied by
+family (`families.FAMILIES`: LLaVA-1.5, LLaVA-NeXT, Qwen2(.5)-VL, Idefics3, SmolVLM, PaliGemma) and
+L1-normalised per entry. fore = sum over entries (K = 1 for classification; Eq. 12), back = the background
+words' map. Eq. 11/12 itself is applied by
 the extraction loop (`lfi.extract.teacher.apply_contrast`).
 
 Why per-entry normalisation: LLaVA puts most attention on the first tokens (an attention sink), and how much
@@ -247,7 +248,11 @@ class VLMTeacher(Teacher):
             texts.append(rendered[: locate(rendered, prefix) + len(prefix)])
         # Generation appends after the last token, so pad on the left and pass the mask.
         enc = self.processor(
-            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
+            text=texts,
+            images=self.family.batch_images(images),
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
         )
         inputs = self._device_inputs(enc)
         with torch.inference_mode():
@@ -283,7 +288,7 @@ class VLMTeacher(Teacher):
         # so each sequence is computed exactly as alone, and SDPA keeps its fast causal kernel.
         enc = self.processor(
             text=texts,
-            images=images,
+            images=self.family.batch_images(images),
             padding=True,
             padding_side="right",
             return_offsets_mapping=True,
@@ -301,7 +306,9 @@ class VLMTeacher(Teacher):
             layouts.append(layout)
             full = self.family.expand(self.processor, text, sizes[b], counts[b])
             offsets = enc["offset_mapping"][b]
-            check_image_offsets(full, offsets, columns[b, : counts[b]], self.processor.image_token)
+            check_image_offsets(
+                full, offsets, columns[b, : counts[b]], self.family.image_token(self.processor)
+            )
             at = locate(full, answer.text)
             self.family.mark_answer(enc, b, token_rows(offsets, (at, at + len(answer.text)))[0])
             fore = [token_rows(offsets, (at + s, at + e)) for s, e in answer.fore]

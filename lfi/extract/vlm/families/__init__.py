@@ -34,7 +34,9 @@ FAMILIES: dict[str, str] = {
     "qwen2_vl": "lfi.extract.vlm.families.qwen2_vl",
     "qwen2_5_vl": "lfi.extract.vlm.families.qwen2_vl",
     "idefics3": "lfi.extract.vlm.families.idefics3",
+    "smolvlm": "lfi.extract.vlm.families.smolvlm",
     "paligemma": "lfi.extract.vlm.families.paligemma",
+    "gemma3": "lfi.extract.vlm.families.gemma3",
 }
 
 
@@ -62,6 +64,8 @@ class Family:
     input_names: tuple[str, ...] = ("input_ids", "pixel_values")
     #: Keys passed on where the processor returns them (they depend on the transformers version).
     optional_inputs: tuple[str, ...] = ()
+    #: Whether the processor wants one list of images per sequence (it reads a flat list as one sequence's).
+    nested_images: bool = False
     #: Whether background_mode "generate" works (the forced answer start continues the rendered text).
     generates: bool = True
 
@@ -75,6 +79,15 @@ class Family:
     def prepare(self, image: Image.Image, processor: ProcessorMixin) -> Image.Image:
         """The image handed to the processor (default: as is; the processor's own resizing is in `layout`)."""
         return image
+
+    def image_token(self, processor: ProcessorMixin) -> str:
+        """The text of one image token in the expanded text (default: the processor's ``image_token``)."""
+        return processor.image_token
+
+    def batch_images(self, images: list[Image.Image]) -> list[Any]:
+        """The processor's ``images`` argument for one image per sequence: a flat list, or with
+        `nested_images` one list per sequence."""
+        return [[image] for image in images] if self.nested_images else images
 
     def render(self, processor: ProcessorMixin, prompt: str, answer: str | None) -> str:
         """Chat text of the user turn (image + prompt) and, if given, the assistant's answer."""

@@ -29,6 +29,7 @@ class Idefics3(Family):
     name = "idefics3"
     geometry = "tiles stretched over the image + global image, each a pixel-shuffled raster grid"
     input_names = ("input_ids", "pixel_values", "pixel_attention_mask")
+    nested_images = True  # SmolVLM's processor reads a flat list as one sequence's images
 
     def check(self, model: PreTrainedModel, processor: ProcessorMixin) -> None:
         tile = processor.image_processor.max_image_size["longest_edge"]
