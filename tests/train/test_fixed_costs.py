@@ -83,6 +83,11 @@ def test_a_failed_background_write_is_raised_by_the_end_of_fit(tmp_path):
 
     (tmp_path / "file").write_text("")
     io = BackgroundCheckpointIO(TorchCheckpointIO())
-    io.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "file" / "last.ckpt")  # under a file: cannot be written
+    # under a file: cannot be written. The write fails at once on its thread, so whether `save_checkpoint`
+    # itself (the next save's check) or `teardown` (the end of fit) raises depends on the threads' timing: either
+    # is the promised behaviour, so the test takes both
     with pytest.raises(Exception, match="file"):
-        io.teardown()
+        try:
+            io.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "file" / "last.ckpt")
+        finally:
+            io.teardown()
