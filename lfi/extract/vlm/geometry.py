@@ -92,6 +92,11 @@ def cell_edges(lo: float, hi: float, n: int) -> torch.Tensor:
     return torch.linspace(lo, hi, n + 1, dtype=torch.float64)
 
 
+def square_part(side: int) -> Part:
+    """A side x side grid of image tokens, row-major, covering the whole image (a fixed square resize)."""
+    return Part(torch.arange(side * side).reshape(side, side), cell_edges(0, 1, side), cell_edges(0, 1, side))
+
+
 def _shares(edges: torch.Tensor, n_out: int) -> torch.Tensor:
     """(n_out, n) share of token cell j (between edges j, j + 1) falling in output cell i of [0, 1]."""
     out = cell_edges(0.0, 1.0, n_out)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from lfi.extract.vlm.families import Family, Layout
-from lfi.extract.vlm.geometry import Part, cell_edges
+from lfi.extract.vlm.geometry import square_part
 
 
 def _side(config: PretrainedConfig) -> int:
@@ -71,10 +70,7 @@ class Gemma3(Family):
         image_hw: tuple[int, int],
     ) -> Layout:
         side = _side(config)
-        part = Part(
-            torch.arange(side * side).reshape(side, side), cell_edges(0, 1, side), cell_edges(0, 1, side)
-        )
-        return Layout(n_tokens=side * side, parts=(part,))
+        return Layout(n_tokens=side * side, parts=(square_part(side),))
 
 
 FAMILY = Gemma3()

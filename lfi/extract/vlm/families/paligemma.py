@@ -11,11 +11,10 @@ softmax(q k^T) and SDPA cannot soft-cap.
 
 from __future__ import annotations
 
-import torch
 from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from lfi.extract.vlm.families import Family, Layout
-from lfi.extract.vlm.geometry import Part, cell_edges
+from lfi.extract.vlm.geometry import square_part
 
 
 def _side(config: PretrainedConfig) -> int:
@@ -68,10 +67,7 @@ class PaliGemma(Family):
         image_hw: tuple[int, int],
     ) -> Layout:
         side = _side(config)
-        part = Part(
-            torch.arange(side * side).reshape(side, side), cell_edges(0, 1, side), cell_edges(0, 1, side)
-        )
-        return Layout(n_tokens=side * side, parts=(part,))
+        return Layout(n_tokens=side * side, parts=(square_part(side),))
 
 
 FAMILY = PaliGemma()
