@@ -4,31 +4,35 @@
 # FitClock's split of each fit), the fused attention per layer with either gate precision, the I-ViT-S/16
 # frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
 #   scripts/gpu_issue31.sh DATA        # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
-# Results under $OUT (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
+# Results in $OUT/issue31.tgz, env.txt also beside it (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
 # so a slow part costs its own figures only.
 set -u
 data=$1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH=$PWD
+R=/tmp/issue31; mkdir -p $R  # every file here, then one tarball in $OUT (at most 8 files come back)
 t0=$(date +%s); el() { echo $(( $(date +%s) - t0 )); }
-part() { echo "$1 rc $2 $(el) s" >> "$OUT/env.txt"; }
+part() { echo "$1 rc $2 $(el) s" >> "$R/env.txt"; }
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  python3 -c "import torch,timm,lightning,triton;print(torch.__version__,timm.__version__,lightning.__version__,triton.__version__)"; } > "$OUT/env.txt" 2>&1
+  python3 -c "import torch,timm,lightning,triton;print(torch.__version__,timm.__version__,lightning.__version__,triton.__version__)"; } > "$R/env.txt" 2>&1
 weights=$(ls "$data"/weights/deit_tiny_patch16_224*.safetensors | head -1)
 store=stores/tin_train_oracle14
 [ -f $store/store.json ] || timeout 90 python3 -m lfi.cli extract --teacher oracle --data "$data" --dataset tinyimagenet \
-  --split train --grid 14 --batch-size 256 --workers 15 --out $store > "$OUT/extract.log" 2>&1; part extract $?
+  --split train --grid 14 --batch-size 256 --workers 15 --out $store > "$R/extract.log" 2>&1; part extract $?
 timeout 80 python3 -m pytest -q -m gpu tests/kernels/test_fused_interaction_attention.py tests/data/test_gpu_pipeline.py \
-  -p no:cacheprovider > "$OUT/kernels_gpu.txt" 2>&1; part tests $?
+  -p no:cacheprovider > "$R/kernels_gpu.txt" 2>&1; part tests $?
 timeout 150 python3 benchmarks/train_throughput.py --data "$data" --weights "$weights" --store $store --epochs 10 --workers 8 \
-  --paths device --steps 20 --out "$OUT/train_throughput.json" \
+  --paths device --steps 20 --out "$R/train_throughput.json" \
   --set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0 \
-  > "$OUT/train_throughput.log" 2>&1; part throughput $?
+  > "$R/train_throughput.log" 2>&1; part throughput $?
 for dots in tf32 bf16; do
   timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --impls fused --prof-iters 3 \
-    --gate-dots $dots --out "$OUT/attention_kernels_$dots.json" > "$OUT/attention_kernels_$dots.log" 2>&1; part "kernels $dots" $?
+    --gate-dots $dots --out "$R/attention_kernels_$dots.json" > "$R/attention_kernels_$dots.log" 2>&1; part "kernels $dots" $?
 done
-timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \
-  --time-budget 45 --out "$OUT/ivit_step_vit_s_frozen.json" > "$OUT/ivit_step.log" 2>&1; part step $?
-timeout 50 python3 benchmarks/gate_floor.py --shapes 256x6x197 --configs 128,4 256,4 --out "$OUT/gate_floor.json" \
-  > "$OUT/gate_floor.log" 2>&1; part floor $?
-date -u >> "$OUT/env.txt"
+for dots in tf32 bf16; do
+  timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \
+    --gate-dots $dots --time-budget 45 --out "$R/ivit_step_vit_s_frozen_$dots.json" >> "$R/ivit_step.log" 2>&1; part "step $dots" $?
+done
+timeout 50 python3 benchmarks/gate_floor.py --shapes 256x6x197 --configs 128,4 256,4 --out "$R/gate_floor.json" \
+  > "$R/gate_floor.log" 2>&1; part floor $?
+date -u >> "$R/env.txt"
+tar czf "$OUT/issue31.tgz" -C /tmp issue31; cp "$R/env.txt" "$OUT/"
