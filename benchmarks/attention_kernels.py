@@ -20,8 +20,7 @@ goes on); the JSON is rewritten after every case; a compact table is printed at 
     python benchmarks/attention_kernels.py --gates mix --blocks gate_bwd=16,16,16,1   # try other tiles
 
 --blocks overrides entries of lfi.models.kernels.fused.BLOCKS (kernel=BM,BN,num_warps,num_stages, space-
-separated) for the whole run; the tiles in force are recorded in the JSON ("blocks"); --gate-dots sets the
-operand precision of the gate's matrix products (fused.GATE_DOTS, recorded as "gate_dots").
+separated) for the whole run; the tiles in force are recorded in the JSON ("blocks").
 
 --quick: shape 2x2x20x32, short timings. On a CPU (dtype fp32 unless --dtype), timings use time.perf_counter and
 the profiler reports CPU op self-time; fused cases run only under TRITON_INTERPRET=1 (set before start), else
@@ -200,9 +199,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_kernels.json")
     p.add_argument("--quick", action="store_true", help="smoke run: shape 2x2x20x32, short timings, CPU ok")
     p.add_argument("--blocks", default="", help="tile overrides: kernel=BM,BN,num_warps,num_stages ...")
-    p.add_argument(
-        "--gate-dots", choices=["tf32", "bf16"], default=None, help="fused.GATE_DOTS for the run (default: as set)"
-    )
     args = p.parse_args(argv)
     if args.quick:
         vars(args).update(shapes="2x2x20x32", warmup_ms=5.0, rep_ms=20.0, prof_iters=2)
@@ -242,12 +238,10 @@ def parse_blocks(spec: str) -> dict[str, tuple[int, int, int, int]]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     fused.BLOCKS.update(args.block_overrides)
-    if args.gate_dots is not None:
-        fused.GATE_DOTS = args.gate_dots
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kept = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in DERIVED}
     blocks = {k: list(v) for k, v in fused.BLOCKS.items()}
-    report = {**environment(dev), "args": kept, "blocks": blocks, "gate_dots": fused.GATE_DOTS, "results": []}
+    report = {**environment(dev), "args": kept, "blocks": blocks, "results": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cases = [(s, "-", "sdpa") for s in args.shape_list if "sdpa" in args.impl_list]

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from attention_kernels import environment  # noqa: E402  (benchmarks/, this script's folder)
 
-from lfi.models.kernels._mix import _gate, _gate_weights, _gdot  # noqa: E402
+from lfi.models.kernels._mix import _gate, _gate_weights  # noqa: E402
 from lfi.models.kernels.fused import _mix_meta, _mix_weights  # noqa: E402
 
 MODES = {"forward": 0, "backward": 1, "backward_weight_grads": 2}
@@ -52,7 +52,7 @@ ITERS = 32  # pair tiles per program: enough work per program that its set-up is
 @triton.jit
 def _gate_floor_kernel(
     W1T, B1, W2T, B2, OUT, C, ITERS: tl.constexpr, MODE: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
-    ES: tl.constexpr, BP: tl.constexpr, PREC_G: tl.constexpr,
+    ES: tl.constexpr, BP: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """ITERS tiles of BP pairs: the gate's forward (MODE 0), its backward to dP (1), and with the weight gradients
     (2), exactly as `_mix_gate_bwd_kernel` computes them. C = 2H real channels; the padded ones hold zeros, as
@@ -73,18 +73,18 @@ def _gate_floor_kernel(
     dw2t = tl.zeros([EP, 2 * HP], tl.float32)
     for it in range(ITERS):
         x = x0 + it * step
-        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
+        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC, ES)
         if MODE == 0:
             acc += g * x  # C_F's terms g_c P_c
         else:
             dcf = x  # stands in for dO V^T, a matrix product outside the gate
             dt = dcf * x * g * (1.0 - g)
-            du = _gdot(dt, w2, PREC_G) * dz
-            dp = dcf * g + _gdot(du, w1, PREC_G)
+            du = tl.dot(dt, w2, input_precision=PREC) * dz
+            dp = dcf * g + tl.dot(du, w1, input_precision=PREC)
             acc += x * dp  # D's terms P dP
             if MODE == 2:
-                dw1t += _gdot(tl.trans(x), du, PREC_G)
-                dw2t += _gdot(tl.trans(z), dt, PREC_G)
+                dw1t += tl.dot(tl.trans(x), du, input_precision=PREC)
+                dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC)
     offs_e = tl.arange(0, EP)
     tag1 = (offs_c[:, None] * EP + offs_e[None, :] + 1).to(tl.float32)
     tag2 = (offs_e[:, None] * (2 * HP) + offs_c[None, :] + 1).to(tl.float32)
@@ -92,7 +92,7 @@ def _gate_floor_kernel(
     tl.store(OUT + pid, total)
 
 
-def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: int, dots: str) -> float:
+def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: int) -> float:
     """Median ms of one mode over `pairs` pairs (rounded up to whole programs), random gate weights."""
     g = torch.Generator(device="cuda").manual_seed(0)
     w1, b1, w2, b2 = (
@@ -116,7 +116,7 @@ def time_mode(pairs: int, heads: int, hidden: int, mode: str, bp: int, warps: in
             EP=ep,
             ES=es,
             BP=bp,
-            PREC_G=dots,
+            PREC="tf32",  # the kernels' precision for bf16 / fp16 inputs
             num_warps=warps,
         )
 
@@ -146,16 +146,15 @@ def measure(
     configs: list[tuple[int, int]],
     modes: list[str],
     head_dim: int,
-    dots: str,
 ) -> dict:
     """The modes of one layer shape (B, H, N): per mode the fastest config; with all modes, the layer's floor."""
     batch, heads, tokens = shape
     pairs = batch * tokens * tokens
     rec: dict = {"shape": f"{batch}x{heads}x{tokens}", "heads": heads, "hidden": hidden, "pairs": pairs}
     hp, ep, es = _mix_meta(heads, hidden)
-    rec.update(channels=2 * heads, padded_channels=2 * hp, padded_hidden=ep, hidden_stride=es, gate_dots=dots)
+    rec.update(channels=2 * heads, padded_channels=2 * hp, padded_hidden=ep, hidden_stride=es)
     for mode in modes:
-        trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w, dots) for bp, w in configs}
+        trials = {f"BP={bp},warps={w}": time_mode(pairs, heads, hidden, mode, bp, w) for bp, w in configs}
         best = min(trials, key=trials.get)
         rec[mode] = {"ms": trials[best], "config": best, "all_ms": trials}
     if {"forward", "backward_weight_grads"} <= set(modes):
@@ -177,13 +176,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=MODES,
         default=list(MODES),
         help="forward and backward_weight_grads give the floor",
-    )
-    p.add_argument(
-        "--gate-dots",
-        nargs="+",
-        choices=["tf32", "bf16"],
-        default=["tf32", "bf16"],
-        help="operand precision of the gate's matrix products (fused.GATE_DOTS); each is measured",
     )
     p.add_argument("--head-dim", type=int, default=64, help="d of the two SDPA attentions timed beside (0: none)")
     p.add_argument("--out", type=Path, default=Path("gate_floor.json"))
@@ -207,10 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
         "results": [],
     }
     for shape in args.shape_list:
-        for dots in args.gate_dots:
-            rec = measure(shape, args.hidden, args.config_list, args.modes, args.head_dim, dots)
-            report["results"].append(rec)
-            print(json.dumps(rec), flush=True)
+        rec = measure(shape, args.hidden, args.config_list, args.modes, args.head_dim)
+        report["results"].append(rec)
+        print(json.dumps(rec), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     return report

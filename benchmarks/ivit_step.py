@@ -58,7 +58,6 @@ from isolated import run_isolated  # noqa: E402
 from profiling import attention_us, by_op, kernel_breakdown  # noqa: E402
 
 from lfi.models.ivit import interactionize  # noqa: E402
-from lfi.models.kernels import fused  # noqa: E402
 from lfi.train.losses import classification_criterion  # noqa: E402
 
 VARIANTS = ("plain", "fused", "no_gate", "no_gate_one_sdpa", "naive", "linear_gate", "compiled")
@@ -251,8 +250,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: $OUT/ivit_step.json or ./)")
     p.add_argument("--quick", action="store_true", help="smoke run: ViT-Ti, batch 2, 2 steps")
     p.add_argument("--profile", type=int, default=0, help="profiled steps per case (0: no kernel breakdown)")
-    p.add_argument("--gate-dots", choices=["tf32", "bf16"], default=None,
-                   help="operand precision of the gate's matrix products in the kernels (fused.GATE_DOTS; default: as set)")  # fmt: skip
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.steps, args.warmup = ["vit_tiny_patch16_224"], 2, 2, 1
@@ -270,13 +267,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.gate_dots is not None:
-        fused.GATE_DOTS = args.gate_dots
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = {
         **environment(device),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "gate_dots": fused.GATE_DOTS,
         "step": "forward_aligned + classification_criterion (task + align) + backward + AdamW; bf16 autocast on CUDA",
         "plain_frozen_trains": "head + qkv of every block (backward through every block, as I-ViT frozen)",
         "results": [],

@@ -67,7 +67,7 @@ def constexpr_values(kernel: str, args: argparse.Namespace, blocks: dict) -> tup
     bm, bn, warps, stages = blocks[kernel]
     prec = "ieee" if dtype == torch.float32 else "tf32"
     hp, ep, es = fused._mix_meta(args.heads, args.hidden)
-    values = dict(HAS_KB=args.key_mask, BM=bm, BN=bn, D=args.head_dim, PREC=prec, PREC_G=prec)
+    values = dict(HAS_KB=args.key_mask, BM=bm, BN=bn, D=args.head_dim, PREC=prec)
     values.update(HP=hp, EP=ep, ES=es, E=args.hidden)
     return values, {"num_warps": warps, "num_stages": stages}
 

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Issue 31 on one GPU, one call (~5-6 min): the GPU tests of the kernels and of the GPU data path (the gate's
-# products on tf32 and on bf16 operands), end to end against the step for probe / full / I-ViT (10 epochs,
-# FitClock's split of each fit), the fused attention per layer with either gate precision, the I-ViT-S/16
-# frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
+# Issue 31 on one GPU, one call (~5 min): the GPU tests of the kernels and of the GPU data path, end to end
+# against the step for probe / full / I-ViT (10 epochs, FitClock's split of each fit), the fused attention per
+# layer, the I-ViT-S/16 frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
 #   scripts/gpu_issue31.sh DATA        # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/issue31.tgz, env.txt also beside it (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
 # so a slow part costs its own figures only.
@@ -24,14 +23,10 @@ timeout 150 python3 benchmarks/train_throughput.py --data "$data" --weights "$we
   --paths device --steps 20 --out "$R/train_throughput.json" \
   --set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0 \
   > "$R/train_throughput.log" 2>&1; part throughput $?
-for dots in tf32 bf16; do
-  timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --impls fused --prof-iters 3 \
-    --gate-dots $dots --out "$R/attention_kernels_$dots.json" > "$R/attention_kernels_$dots.log" 2>&1; part "kernels $dots" $?
-done
-for dots in tf32 bf16; do
-  timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \
-    --gate-dots $dots --time-budget 45 --out "$R/ivit_step_vit_s_frozen_$dots.json" >> "$R/ivit_step.log" 2>&1; part "step $dots" $?
-done
+timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --impls fused --prof-iters 3 \
+  --out "$R/attention_kernels.json" > "$R/attention_kernels.log" 2>&1; part kernels $?
+timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \
+  --time-budget 45 --out "$R/ivit_step_vit_s_frozen.json" > "$R/ivit_step.log" 2>&1; part step $?
 timeout 50 python3 benchmarks/gate_floor.py --shapes 256x6x197 --configs 128,4 256,4 --out "$R/gate_floor.json" \
   > "$R/gate_floor.log" 2>&1; part floor $?
 date -u >> "$R/env.txt"

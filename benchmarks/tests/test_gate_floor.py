@@ -35,7 +35,7 @@ out = {}
 for mode, code in gate_floor.MODES.items():
     res = torch.empty(programs)
     gate_floor._gate_floor_kernel[(programs,)](*_mix_weights(*w, heads, keys=torch.ones(1)), res, 2 * heads, ITERS=iters,
-                                               MODE=code, HP=hp, EP=ep, ES=es, BP=bp, PREC_G="ieee", num_warps=1)
+                                               MODE=code, HP=hp, EP=ep, ES=es, BP=bp, PREC="ieee", num_warps=1)
     out[mode] = res.tolist()
 print(json.dumps({"out": out, "w": [t.tolist() for t in w]}))
 """

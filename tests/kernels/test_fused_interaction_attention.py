@@ -212,26 +212,20 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-4}
 
 
 # fp32 takes at most MAX_MIX_HEADS_FP32 heads (see the refusal test above)
-# bf16 inputs also with the gate's products on bf16 operands (fused.GATE_DOTS "bf16"; fp32 ignores it)
 GPU_RUNS = [
-    pytest.param(case, dtype, dots, id=f"{case.name}-{name}" + ("-bf16dots" if dots == "bf16" else ""))
+    pytest.param(case, dtype, id=f"{case.name}-{name}")
     for case in GPU_CASES
-    for dtype, name, dots in (
-        (torch.bfloat16, "bf16", "tf32"),
-        (torch.bfloat16, "bf16", "bf16"),
-        (torch.float32, "fp32", "tf32"),
-    )
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32"))
     if not (dtype == torch.float32 and case.heads > fused_module.MAX_MIX_HEADS_FP32)
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("case", "dtype", "dots"), GPU_RUNS)
-def test_fused_matches_float64_reference_on_gpu(case, dtype, dots, monkeypatch):
-    monkeypatch.setattr(fused_module, "GATE_DOTS", dots)
+@pytest.mark.parametrize(("case", "dtype"), GPU_RUNS)
+def test_fused_matches_float64_reference_on_gpu(case, dtype):
     errs = compare(fused_interaction_attention, make_inputs(case, dtype, "cuda"))
     bad = {k: e for k, e in errs.items() if not e <= TOL[dtype]}
-    assert not bad, f"{case.name} {dtype} gate dots {dots}: {bad} (all: {errs})"
+    assert not bad, f"{case.name} {dtype}: {bad} (all: {errs})"
 
 
 @pytest.mark.gpu
@@ -257,10 +251,8 @@ def test_auto_picks_the_kernels_on_gpu(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dots", ["tf32", "bf16"])
-def test_ivit_step_fused_matches_reference_on_gpu(dots, monkeypatch):
+def test_ivit_step_fused_matches_reference_on_gpu():
     """A whole I-ViT-S/16 forward_aligned + backward under bf16 autocast: fused vs reference backend."""
-    monkeypatch.setattr(fused_module, "GATE_DOTS", dots)
     timm = pytest.importorskip("timm")
     from lfi.models.ivit import interactionize
 

@@ -100,22 +100,11 @@ def _gate_weights(W1T, B1, W2T, B2, HP: tl.constexpr, EP: tl.constexpr):
 
 
 @triton.jit
-def _gdot(a, b, PREC_G: tl.constexpr):
-    """One of the gate's matrix products, fp32 accumulation: fp32 operands at PREC_G ('ieee', 'tf32'), or with
-    PREC_G 'bf16' operands rounded to bf16 (the precision of the reference path's nn.Linear under bf16 autocast;
-    half the operand bytes through shared memory, twice the matrix-unit rate of tf32)."""
-    if PREC_G == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
-    else:
-        return tl.dot(a, b, input_precision=PREC_G)
-
-
-@triton.jit
-def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
+def _gate(x, w1t, b1, w2t, b2, PREC: tl.constexpr, ES: tl.constexpr):
     """The FFN at every pair: x (P, 2HP) -> z = gelu(x w1t + b1) and dz = gelu'(.) (P, EP),
     g = sigmoid(z w2t + b2) (P, 2HP). The forward drops dz (the compiler removes its work).
     ES = 2: the real hidden units are the even columns; the odd ones get z = dz = 0 without any GELU."""
-    u = _gdot(x, w1t, PREC_G) + b1[None, :]
+    u = tl.dot(x, w1t, input_precision=PREC) + b1[None, :]
     if ES == 2:
         u_real, _ = tl.split(tl.reshape(u, (u.shape[0], u.shape[1] // 2, 2)))
         z_real, dz_real = _gelu_with_grad(u_real)
@@ -124,7 +113,7 @@ def _gate(x, w1t, b1, w2t, b2, PREC_G: tl.constexpr, ES: tl.constexpr):
         dz = tl.reshape(tl.join(dz_real, zero), u.shape)
     else:
         z, dz = _gelu_with_grad(u)
-    return z, dz, tl.sigmoid(_gdot(z, w2t, PREC_G) + b2[None, :])
+    return z, dz, tl.sigmoid(tl.dot(z, w2t, input_precision=PREC) + b2[None, :])
 
 
 @triton.jit
@@ -133,7 +122,7 @@ def _mix_fwd_kernel(
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sob, soh, son,
     N, H, scale_log2,
     HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """out = C_F V for one (batch, query tile), every head. Grid: (cdiv(N, BM), B). OUT: (B, N, H, D) strides."""
     pid_m, b = tl.program_id(0), tl.program_id(1)
@@ -153,7 +142,7 @@ def _mix_fwd_kernel(
         v3 = _heads_rows(V, b, offs_h, offs_n, offs_d, N, H, svb, svh, svn)
         p_v, p_a = _all_probs(q3, qi3, kT3, bias, lse_v, lse_a, scale_log2, PREC)
         x = _to_pairs(p_a, p_v, HP, BM, BN)
-        _, _, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
+        _, _, g = _gate(x, w1t, b1, w2t, b2, PREC, ES)
         c = _head_sum(g * x, HP, BM, BN)
         acc += tl.dot(c.to(v3.dtype), v3, input_precision=PREC)
     ptrs = OUT + b * sob + offs_h[:, None, None] * soh + offs_m[None, :, None] * son + offs_d[None, None, :]
@@ -167,7 +156,7 @@ def _mix_gate_bwd_kernel(
     sqb, sqh, sqn, sib, sih, sin, skb, skh, skn, svb, svh, svn, skbb, sw1b, sdb, sdh, sdn,
     N, H, scale_log2,
     HAS_KB: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr, ES: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, PREC_G: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """The gate's backward for one (batch, query tile), every head. Grid: (cdiv(N, BM), B).
 
@@ -204,14 +193,14 @@ def _mix_gate_bwd_kernel(
         p_v, p_a = _all_probs(q3, qi3, kT3, bias, lse_v, lse_a, scale_log2, PREC)
         dcf = tl.dot(do3, vT3, input_precision=PREC)
         x = _to_pairs(p_a, p_v, HP, BM, BN)
-        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC_G, ES)
+        z, dz, g = _gate(x, w1t, b1, w2t, b2, PREC, ES)
         dcf2 = _to_pairs(dcf, dcf, HP, BM, BN)
         dt = dcf2 * x * g * (1.0 - g)
-        du = _gdot(dt, w2, PREC_G) * dz
-        dp = dcf2 * g + _gdot(du, w1, PREC_G)
+        du = tl.dot(dt, w2, input_precision=PREC) * dz
+        dp = dcf2 * g + tl.dot(du, w1, input_precision=PREC)
         rowstat += tl.sum(tl.reshape(x * dp, (BM, BN, 2 * HP)), 1)
-        dw1t += _gdot(tl.trans(x), du, PREC_G)
-        dw2t += _gdot(tl.trans(z), dt, PREC_G)
+        dw1t += tl.dot(tl.trans(x), du, input_precision=PREC)
+        dw2t += tl.dot(tl.trans(z), dt, input_precision=PREC)
         db1 += tl.sum(du, 0)
         db2 += tl.sum(dt, 0)
         # what the dK/dV and dQ kernels need of each pair: dP of both maps and C_F (summed in-thread: a

@@ -32,10 +32,6 @@ except ImportError:  # the CPU keeps the reference path
     _mix = None
 
 HEAD_DIMS = (32, 64)
-# Operand precision of the gate's matrix products (`_mix._gdot`) for bf16 / fp16 inputs: "tf32" (fp32 operands
-# at TF32) or "bf16" (operands rounded to bf16, as the reference path's nn.Linear under bf16 autocast); fp32
-# inputs always take "ieee". A variable so that benchmarks can compare both.
-GATE_DOTS = "tf32"
 # the kernels hold every head of a tile, and the gate's hidden layer, in registers
 MAX_MIX_HEADS = 16
 MAX_MIX_HEADS_FP32 = 8
@@ -272,7 +268,6 @@ class _Launch:
         self.device = q.device
         # bf16/fp16 dots run on the matrix units whatever this says; fp32 ones in full precision (tests)
         self.prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        self.prec_g = "ieee" if q.dtype == torch.float32 else GATE_DOTS
         self.has_kb = bias is not None
         self.kb = bias if bias is not None else torch.zeros(1, device=q.device)
         self.skbb = 0 if bias is None or bias.shape[0] == 1 else bias.stride(0)
@@ -306,7 +301,7 @@ def _forward(run: _Launch, q, k, v, qi, hidden: int, mix_weights):
     _mix._mix_fwd_kernel[(triton.cdiv(N, bm), B)](
         q, qi, k, v, run.kb, lse_v, lse_a, *mix_weights, out, *strides, out.stride(0), out.stride(2),
         out.stride(1), N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp, EP=ep, ES=es, BM=bm, BN=bn, D=D,
-        PREC=run.prec, PREC_G=run.prec_g, **launch,
+        PREC=run.prec, **launch,
     )  # fmt: skip
     return out.transpose(1, 2), lse_v, lse_a
 
@@ -329,7 +324,7 @@ def _backward(run: _Launch, q, k, v, qi, hidden: int, keys, mix_weights, lse_v, 
     _mix._mix_gate_bwd_kernel[grid](
         q, qi, k, v, run.kb, lse_v, lse_a, *mix_weights, do, d_v, d_a, dp, cf, dw, *_bhn(q), *_bhn(qi),
         *_bhn(k), *_bhn(v), run.skbb, run.sw1b, *_bhn(do), N, H, run.scale_log2, HAS_KB=run.has_kb, HP=hp,
-        EP=ep, ES=es, BM=bm, BN=bn, D=D, PREC=run.prec, PREC_G=run.prec_g, **launch,
+        EP=ep, ES=es, BM=bm, BN=bn, D=D, PREC=run.prec, **launch,
     )  # fmt: skip
     dk = torch.empty((B, N, H, D), device=run.device, dtype=q.dtype)
     dv, dq, dqi = (torch.empty_like(dk) for _ in range(3))
