@@ -252,3 +252,26 @@ def test_a_run_folder_without_the_tuned_key_is_named(study_file: Path, tmp_path:
     config.write_text(config.read_text().replace("  lr:", "  rate:", 1))
     with pytest.raises(ConfigError, match=r"shuffled/seed1/config.yaml: no 'optim.lr'"):
         run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+
+
+def test_sweep_claims_reads_a_study_folder_by_its_study_json(study_file: Path, tmp_path: Path) -> None:
+    """scripts/sweep_claims.py --study tests a claim the study file does not declare on the runs study.json
+    lists for each row: the seeds at its choice, not the tuning runs beside them (ivit's tune/ holds 4)."""
+    import os
+    import subprocess
+    import sys
+
+    run_study(read_study(study_file), jobs=2, runner=fake_train([]), echo=None)
+    root = tmp_path / "runs" / "demo_study"
+    script = Path("scripts/sweep_claims.py").resolve()
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    claim = "maps: the maps are why:ivit:shuffled"
+    args = [sys.executable, str(script), str(root), "--study", "--claim", claim]
+    text = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    # ivit's seeds at lr 1e-3, align weight 2: test top-1 62.0, 62.1, 62.2; the control 10 points lower
+    row = "| maps: the maps are why | ivit | shuffled | val | 62.10 ± 0.10 (n=3) | 52.10 ± 0.10 (n=3) |"
+    assert row in text
+    assert "+10.00 (Δ +10.00" in text
+    (root / "study.json").unlink()
+    failed = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "study.json" in failed.stderr
