@@ -143,6 +143,7 @@ class DeviceBatches:
         if data.maps is not None:
             th, tw = data.maps.shape[-2:]
             self.map_scale = torch.tensor([tw / side, th / side, tw / side, th / side], device=device)
+            self.mirror = torch.tensor([2, 1, 0, 3], device=device)  # a box's x0 and x1 swapped
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -188,7 +189,9 @@ class DeviceBatches:
         """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
         maps = self.data.maps[index]  # (B, th, tw), each over its whole image
         window = boxes * self.map_scale
-        window = torch.where(flip[:, None], window[:, [2, 1, 0, 3]], window)  # a flip mirrors the window
+        # a flip mirrors the window; the columns by a device index (a Python list would be copied to the
+        # device at every batch, synchronously)
+        window = torch.where(flip[:, None], window.index_select(1, self.mirror), window)
         grid = crop_to_grid(maps, window, self.grid)
         valid = self.data.valid[index] & is_valid_map(grid)
         return grid * valid[:, None, None], valid
