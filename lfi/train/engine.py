@@ -56,9 +56,11 @@ class LfiModule(L.LightningModule):
         self.datamodule = built.datamodule
         self.evaluator = None
         self.consumed_batches = 0
-        # the epoch's loss sums, accumulated on the device (one small op per step, no host sync)
+        # the epoch's loss sums, accumulated on the device (two small ops per step, no host sync), and its
+        # step count on the host
         self.loss_names: list[str] = []
         self.register_buffer("loss_sums", torch.zeros(0), persistent=False)
+        self.loss_steps = 0
         self._epoch_means: tuple[int, dict[str, float]] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -70,9 +72,10 @@ class LfiModule(L.LightningModule):
         self.consumed_batches = batch_idx + 1
         if not self.loss_names:
             self.loss_names = list(losses)
-            self.loss_sums = torch.zeros(len(self.loss_names) + 1, device=losses["loss"].device)
+            self.loss_sums = torch.zeros(len(self.loss_names), device=losses["loss"].device)
         values = torch.stack([losses[name].detach().float() for name in self.loss_names])
-        self.loss_sums += torch.cat([values, values.new_ones(1)])
+        self.loss_sums += values
+        self.loss_steps += 1
         bar = self.trainer.progress_bar_callback is not None  # the bar shows the loss of every step
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             terms = {f"train/{n}_step": v for n, v in zip(self.loss_names[:-1], values, strict=False)}
@@ -84,9 +87,9 @@ class LfiModule(L.LightningModule):
     def reduced_loss_sums(self) -> torch.Tensor:
         """(len(loss_names) + 1,) this epoch's loss sums and step count so far, summed over every process
         (a collective: call it on every process). Raises NonFiniteLoss if a loss was NaN or infinite."""
-        sums = self.loss_sums
-        if len(sums):
-            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        sums = torch.cat([self.loss_sums, self.loss_sums.new_full((1,), self.loss_steps)])
+        if len(self.loss_sums):
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         # NaN and inf survive in the sums, so one check (one host sync) covers every step since the last
         if not bool(torch.isfinite(sums).all()):
             bad = [n for n, v in zip(self.loss_names, sums.tolist(), strict=False) if not math.isfinite(v)]
@@ -108,6 +111,7 @@ class LfiModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.epoch_losses(), sync_dist=False)  # already reduced
         self.loss_sums.zero_()
+        self.loss_steps = 0
 
     def on_train_epoch_start(self) -> None:
         self.consumed_batches = 0
@@ -144,9 +148,15 @@ class LfiModule(L.LightningModule):
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        sums = state.get("loss_sums", torch.zeros(0))  # absent in checkpoints of earlier versions
         self.loss_names = list(state.get("loss_names", []))
-        self.loss_sums = (sums if self.trainer.is_global_zero else torch.zeros_like(sums)).to(self.device)
+        # (terms + 1,): the sums and, last, the step count; absent in checkpoints of earlier versions, empty
+        # in theirs taken before the first step
+        sums = state.get("loss_sums")
+        if sums is None or not len(sums):
+            sums = torch.zeros(len(self.loss_names) + 1)
+        if not self.trainer.is_global_zero:
+            sums = torch.zeros_like(sums)
+        self.loss_sums, self.loss_steps = sums[:-1].to(self.device), int(sums[-1])
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over parameter groups (`parameter_groups`), with the schedule of cfg.optim."""
