@@ -1,22 +1,26 @@
-"""The host's cost per training step: `lfi train` against the bare step loop on the same batches, and the
-host-device synchronisations per step, for a model small enough that its compute is negligible (the host's
-work alone) or for DeiT-Tiny on a GPU.
+"""The host's cost per training step: `lfi train` against Lightning's loop alone and against the bare step
+loop, on the same batches, and the host-device synchronisations per step, for a ViT small enough that its
+compute is next to nothing (what is measured is the host's work).
 
-    python benchmarks/step_overhead.py --out overhead.json                     # CPU: tiny ViT, the host alone
-    python benchmarks/step_overhead.py --variant iq_ic_gc --out overhead.json  # with the oracle's maps
-    python benchmarks/step_overhead.py --cuda --out overhead.json              # on the GPU: real syncs too
+    python benchmarks/step_overhead.py --out overhead.json                     # CPU
+    python benchmarks/step_overhead.py --variant iq_ic_gc --out overhead.json  # I-ViT with the oracle's maps
+    python benchmarks/step_overhead.py --cuda --out overhead.json              # on the GPU (bf16): real syncs too
 
-Both loops draw the same batches from the GPU data path (`lfi.data.gpu`, forced on the CPU as
-`data.gpu_pipeline=true` does): `fit_ms` is the median wall time between the ends of two steps of one epoch in
-`lfi.train.engine.train` (Lightning's loop, hooks and callbacks, the module's bookkeeping, the scheduler, the
-next batch), `bare_ms` the same for a plain loop (next batch, forward + criterion, zero_grad, backward, AdamW).
+The three loops draw the same batches from the GPU data path (`lfi.data.gpu`, forced on the CPU as
+`data.gpu_pipeline=true` does). `ms_per_step`: the median time between the ends of two steps of an epoch, the
+least over `--repeats` runs taken in turn, of
+  fit        `lfi.train.engine.train` (Lightning's loop, our callbacks, logging, scheduler, bookkeeping);
+  lightning  the same step in Lightning's loop with nothing else (no logger, callbacks, scheduler, checkpoints);
+  bare       a plain loop: next batch, forward + criterion, zero_grad, backward, AdamW.
+On the CPU the training thread's CPU time (other processes on a shared host then move it less), on a GPU wall
+time. `python_calls_per_step` (sys.setprofile) gives the same split as a count that nothing else moves.
 
-`syncs_per_step` counts, in a second fit, what would make the host wait for the GPU on a CUDA device
-(`StepSyncs`): reading a device value (`.item()`, `float(t)`, `bool(t)`, `tolist`, `.cpu()`, `.numpy()`),
-data-dependent shapes (`nonzero`, boolean indexing, `masked_select`, `unique`, `repeat_interleave`), and host
-data turned into a tensor (`torch.tensor(list, device=...)`, indexing with a Python list: a synchronous copy
-from pageable memory), each with where it came from. On a CUDA device the fit also runs under
-`torch.cuda.set_sync_debug_mode("warn")`, which names every real synchronisation (`cuda_syncs`).
+`syncs_per_step` counts over ten steps of a further fit (library defaults: a logging step among them) what would
+make the host wait for the GPU on a CUDA device (`StepSyncs`): reading a device value (`.item()`, `float(t)`,
+`bool(t)`, `tolist`, `.cpu()`, `.numpy()`), data-dependent shapes (`nonzero`, boolean indexing,
+`masked_select`, `unique`, `repeat_interleave`) and host data made a tensor (`torch.tensor(list, device=...)`,
+a Python list as an index: a synchronous copy from pageable memory), each by where it came from. On a GPU the
+same steps run under `torch.cuda.set_sync_debug_mode("warn")`, which names every real one (`cuda_syncs`).
 """
 
 from __future__ import annotations
@@ -269,10 +273,11 @@ def lightning_steps(cfg: Config, data: ExperimentData, store: Any, epochs: int, 
 
 
 @contextmanager
-def cuda_sync_warnings(enabled: bool) -> Iterator[collections.Counter[str]]:
-    """Every synchronising CUDA call inside, by where it came from (torch's sync debug mode, 'warn')."""
+def cuda_sync_warnings(counter: StepSyncs) -> Iterator[collections.Counter[str]]:
+    """Every synchronising CUDA call while `counter` counts, by where it came from (torch's sync debug
+    mode, 'warn'); nothing on a CPU."""
     found: collections.Counter[str] = collections.Counter()
-    if not enabled:
+    if not torch.cuda.is_available():
         yield found
         return
     shown = warnings.showwarning
@@ -280,8 +285,9 @@ def cuda_sync_warnings(enabled: bool) -> Iterator[collections.Counter[str]]:
     def show(message: Any, category: Any, filename: str, lineno: int, *args: Any) -> None:
         if "synchronizing" not in str(message):
             return shown(message, category, filename, lineno, *args)
-        frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}torch{os.sep}" not in f.filename][-3:]
-        found[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))] += 1
+        if counter.counting:
+            frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}torch{os.sep}" not in f.filename]
+            found[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))] += 1
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -330,7 +336,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     ms = timed(args, root, data, store)
     counter = StepSyncs()
     window = StepWindow(counter)
-    with counter, counter.host_reads(), cuda_sync_warnings(args.cuda) as cuda_syncs:
+    with counter, counter.host_reads(), cuda_sync_warnings(counter) as cuda_syncs:
         train(tiny_config(root / "counted", args.variant, device, 1, args.batch), data, store, callbacks=[window])
     calls = python_calls(tiny_config(root / "calls", args.variant, device, 1, args.batch), data, store)
     return {
@@ -342,6 +348,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         "python_calls_per_step": calls,
         "syncs": dict(counter.calls.most_common()),
         "counted_steps": window.steps,
+        "cuda_syncs_per_step": round(sum(cuda_syncs.values()) / window.steps, 3),
         "cuda_syncs": dict(cuda_syncs.most_common()),
     }
 

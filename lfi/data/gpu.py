@@ -74,11 +74,10 @@ def random_resized_boxes(
     aspect = log_ratio.exp()
     w, h = (area * aspect).sqrt(), (area / aspect).sqrt()
     fits = (w <= side) & (h <= side)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
-    pick = first.clamp_min(0)[:, None]
+    found = fits.any(1)
+    pick = fits.float().argmax(1)[:, None]  # the first that fits (0 where none does: replaced below)
     w, h = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
-    w = torch.where(first >= 0, w, torch.full_like(w, float(side)))
-    h = torch.where(first >= 0, h, torch.full_like(h, float(side)))
+    w, h = torch.where(found, w, float(side)), torch.where(found, h, float(side))
     x0 = torch.rand(n, device=device, generator=generator) * (side - w)
     y0 = torch.rand(n, device=device, generator=generator) * (side - h)
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
