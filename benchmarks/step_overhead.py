@@ -7,8 +7,8 @@ compute is next to nothing (what is measured is the host's work).
     python benchmarks/step_overhead.py --cuda --out overhead.json              # on the GPU (bf16): real syncs too
 
 The three loops draw the same batches from the GPU data path (`lfi.data.gpu`, forced on the CPU as
-`data.gpu_pipeline=true` does). `ms_per_step`: the median time between the ends of two steps of an epoch, the
-least over `--repeats` runs taken in turn, of
+`data.gpu_pipeline=true` does). `ms_per_step`: the 10th percentile of the times between the ends of two steps
+of an epoch (a shared host's noise only adds), the least over `--repeats` runs taken in turn, of
   fit        `lfi.train.engine.train` (Lightning's loop, our callbacks, logging, scheduler, bookkeeping);
   lightning  the same step in Lightning's loop with nothing else (no logger, callbacks, scheduler, checkpoints);
   bare       a plain loop: next batch, forward + criterion, zero_grad, backward, AdamW.
@@ -97,7 +97,7 @@ class StepSyncs(TorchDispatchMode):
 
     def record(self, what: str) -> None:
         frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}torch{os.sep}" not in f.filename]
-        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-6:]))
         self.calls[f"{what}: {where}"] += 1
 
     @contextmanager
@@ -314,9 +314,14 @@ def python_calls(cfg: Config, data: ExperimentData, store: Any) -> dict[str, flo
     return counts
 
 
+def low(times: list[float]) -> float:
+    """The 10th percentile: a step's own cost, with little of what other processes on a shared host add."""
+    return statistics.quantiles(times, n=10)[0]
+
+
 def timed(args: argparse.Namespace, root: Path, data: ExperimentData, store: Any) -> dict[str, float]:
-    """Median ms per step of the three loops, each the least of `args.repeats` runs taken in turn (the
-    least: other processes on a shared host only ever add time). On the CPU the training thread's CPU time
+    """ms per step of the three loops (`low`), each the least of `args.repeats` runs taken in turn (other
+    processes on a shared host only ever add time). On the CPU the training thread's CPU time
     (the host's work), on a GPU wall time (waits for the device included)."""
     clock = time.perf_counter if args.cuda else time.thread_time
     runs: dict[str, list[float]] = {"fit": [], "lightning": [], "bare": []}
@@ -324,9 +329,9 @@ def timed(args: argparse.Namespace, root: Path, data: ExperimentData, store: Any
         cfg = tiny_config(root / f"runs{r}", args.variant, "cuda" if args.cuda else "cpu", args.epochs, args.batch)
         timing = StepWindow(clock=clock)
         train(cfg, data, store, callbacks=[timing])
-        runs["fit"].append(statistics.median(timing.step_s))
-        runs["lightning"].append(statistics.median(lightning_steps(cfg, data, store, args.epochs, clock)))
-        runs["bare"].append(statistics.median(bare_steps(cfg, data, store, args.epochs, clock)))
+        runs["fit"].append(low(timing.step_s))
+        runs["lightning"].append(low(lightning_steps(cfg, data, store, args.epochs, clock)))
+        runs["bare"].append(low(bare_steps(cfg, data, store, args.epochs, clock)))
     return {name: round(1e3 * min(times), 3) for name, times in runs.items()}
 
 

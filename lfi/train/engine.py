@@ -46,8 +46,9 @@ class NonFiniteLoss(ValueError):
 
 
 class LfiModule(L.LightningModule):
-    """The student of any task and its losses. Logs train/{term} per step (this process's value) and per
-    epoch (the mean over every process, reduced once per epoch), and val/{metric} per validation."""
+    """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps steps
+    (this process's value), train/{term} per epoch (the mean over every process, reduced once per epoch) and
+    val/{metric} per validation."""
 
     def __init__(self, cfg: Config, built: Built) -> None:
         super().__init__()
@@ -76,12 +77,10 @@ class LfiModule(L.LightningModule):
         values = torch.stack([losses[name].detach().float() for name in self.loss_names])
         self.loss_sums += values
         self.loss_steps += 1
-        bar = self.trainer.progress_bar_callback is not None  # the bar shows the loss of every step
+        # never prog_bar=True: Lightning would read such a value off the device at every step's end (a wait
+        # for the GPU); the bar reads the returned loss itself (`StepBar`)
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            terms = {f"train/{n}_step": v for n, v in zip(self.loss_names[:-1], values, strict=False)}
-            self.log_dict(terms, on_step=True)
-        if bar or (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", values[-1], on_step=True, prog_bar=bar)
+            self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
         return losses["loss"]
 
     def reduced_loss_sums(self) -> torch.Tensor:
@@ -360,7 +359,8 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
     if t.checkpoint_every_n_steps:
         extra.append(ModelCheckpoint(dirpath=files.checkpoints, filename="last", every_n_train_steps=t.checkpoint_every_n_steps,
                                      save_top_k=1, enable_version_counter=False))  # fmt: skip
-    bar, lines = progress_callbacks(t.enable_progress_bar)  # the bar on a terminal, plain lines in a log
+    # the bar on a terminal (its loss read at the logging cadence), plain lines in a log
+    bar, lines = progress_callbacks(t.enable_progress_bar, every=t.log_every_n_steps)
     ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *lines]
     return L.Trainer(
         default_root_dir=files.root,
