@@ -228,7 +228,7 @@ def bare_steps(cfg: Config, data: ExperimentData, store: Any, epochs: int, clock
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         end = None
-        for batch in loader:
+        for index, batch in enumerate(loader):
             with autocast:
                 loss = step_losses(built.task, model, criterion, batch)["loss"]
             optimizer.zero_grad(set_to_none=True)
@@ -238,8 +238,10 @@ def bare_steps(cfg: Config, data: ExperimentData, store: Any, epochs: int, clock
             if end is not None:
                 times.append(now - end)
             end = now
-            if window is not None and epoch == 0 and len(times) + 1 in (window.first + 1, window.last + 1):
-                window.counter.start(None) if len(times) == window.first else window.counter.stop()
+            if window is not None and epoch == 0 and index == window.first:
+                window.counter.start(None)
+            if window is not None and epoch == 0 and index == window.last:
+                window.counter.stop()
     return times
 
 
@@ -287,7 +289,7 @@ def cuda_sync_warnings(counter: StepSyncs) -> Iterator[collections.Counter[str]]
             return shown(message, category, filename, lineno, *args)
         if counter.counting:
             frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}torch{os.sep}" not in f.filename]
-            found[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:]))] += 1
+            found[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-6:]))] += 1
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
