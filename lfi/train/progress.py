@@ -73,32 +73,33 @@ def _images(batch: Any) -> int:
 
 
 class StepBar(TQDMProgressBar):
-    """Lightning's bar, its step count redrawn at every step, with the step's loss read every `every` steps:
-    a read copies it off the GPU, which waits for every step queued there, so a read per step would leave the
-    GPU idle while the host launches the next one."""
+    """Lightning's bar, its step count redrawn at every step, showing the logged `key` (the step's loss, which
+    `LfiModule` logs every `every` steps) read when logged: a read copies it off the GPU, which waits for every
+    step queued there, so a read per step would leave the GPU idle while the host launches the next one."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, key: str = "train/loss_step") -> None:
         super().__init__()
-        self.every = every
-        self.loss: float | None = None
+        self.every, self.key = every, key
+        self.value: float | None = None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (batch_idx + 1) % self.every == 0:
-            self.loss = float(outputs["loss"] if isinstance(outputs, dict) else outputs)
+        if (batch_idx + 1) % self.every == 0 and self.key in trainer.callback_metrics:
+            self.value = float(trainer.callback_metrics[self.key])
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
         shown = super().get_metrics(trainer, module)
-        return shown if self.loss is None else {"loss": f"{self.loss:.4g}", **shown}
+        return shown if self.value is None else {self.key: f"{self.value:.4g}", **shown}
 
 
 def progress_callbacks(
     enabled: bool, stream: TextIO | None = None, every: int = 1
 ) -> tuple[bool, list[L.Callback]]:
-    """(show a bar, extra callbacks): the bar on a terminal (`StepBar`, its values read every `every` steps),
-    plain lines when output goes elsewhere, nothing when progress is off (`trainer.enable_progress_bar=false`)."""
+    """(show a bar, extra callbacks): the bar on a terminal (`StepBar`, the loss read every `every` steps, the
+    logging cadence), plain lines when output goes elsewhere, nothing when progress is off
+    (`trainer.enable_progress_bar=false`)."""
     if not enabled:
         return False, []
     if (stream or sys.stdout).isatty():

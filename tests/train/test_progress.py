@@ -63,4 +63,5 @@ def test_the_bar_shows_the_loss_of_every_nth_step(tiny, monkeypatch):
     trainer = train(cfg, data, store).module.trainer
     bar = trainer.progress_bar_callback
     assert isinstance(bar, StepBar) and bar.every == 3  # 3 steps per epoch: read once, at the last
-    assert bar.loss == float(trainer.logged_metrics["train/loss_step"])
+    assert bar.value == float(trainer.logged_metrics["train/loss_step"])
+    assert bar.get_metrics(trainer, None)["train/loss_step"] == f"{bar.value:.4g}"
