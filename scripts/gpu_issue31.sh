@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 31 on one GPU, one call (~5-6 min): the GPU tests of the kernels and of the GPU data path (the gate's
+# Issue 31 on one GPU, one call (~6-7 min): the GPU tests of the kernels and of the GPU data path (the gate's
 # products on tf32 and on bf16 operands), end to end against the step for probe / full / I-ViT (10 epochs,
-# FitClock's split of each fit), the fused attention per layer with either gate precision, the I-ViT-S/16
+# FitClock's split of each fit, the bare step's device-busy time), the host's cost per training step and the
+# syncs in it (step_overhead.py), the fused attention per layer with either gate precision, the I-ViT-S/16
 # frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
 #   scripts/gpu_issue31.sh DATA        # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results under $OUT (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
@@ -20,9 +21,13 @@ store=stores/tin_train_oracle14
 timeout 80 python3 -m pytest -q -m gpu tests/kernels/test_fused_interaction_attention.py tests/data/test_gpu_pipeline.py \
   -p no:cacheprovider > "$OUT/kernels_gpu.txt" 2>&1; part tests $?
 timeout 150 python3 benchmarks/train_throughput.py --data "$data" --weights "$weights" --store $store --epochs 10 --workers 8 \
-  --paths device --steps 20 --out "$OUT/train_throughput.json" \
+  --paths device --steps 20 --profile-steps 3 --out "$OUT/train_throughput.json" \
   --set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0 \
   > "$OUT/train_throughput.log" 2>&1; part throughput $?
+for variant in vit iq_ic_gc; do  # the host's cost per step (lfi train, Lightning alone, bare) and real syncs per step
+  timeout 35 python3 benchmarks/step_overhead.py --cuda --variant $variant --epochs 2 --repeats 2 \
+    --out "$OUT/step_overhead_$variant.json" > "$OUT/step_overhead_$variant.log" 2>&1; part "overhead $variant" $?
+done
 for dots in tf32 bf16; do
   timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --impls fused --prof-iters 3 \
     --gate-dots $dots --out "$OUT/attention_kernels_$dots.json" > "$OUT/attention_kernels_$dots.log" 2>&1; part "kernels $dots" $?
