@@ -47,7 +47,7 @@ class NonFiniteLoss(ValueError):
 
 class LfiModule(L.LightningModule):
     """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps steps
-    (this process's value), train/{term} per epoch (the mean over every process, reduced once per epoch) and
+    (this process's value; train/loss_step at every step under a terminal's bar), train/{term} per epoch (the mean over every process, reduced once per epoch) and
     val/{metric} per validation."""
 
     def __init__(self, cfg: Config, built: Built) -> None:
@@ -78,9 +78,13 @@ class LfiModule(L.LightningModule):
         self.loss_sums += values
         self.loss_steps += 1
         # never prog_bar=True: Lightning would read such a value off the device at every step's end (a wait
-        # for the GPU); the bar reads the returned loss itself (`StepBar`)
+        # for the GPU); a terminal's bar reads train/loss_step itself when it shows it (`StepBar`). With a bar
+        # the loss is logged at every step, as it always was: the logger's cadence (global steps) falls
+        # between this one (steps of the epoch) in later epochs, where it gets the latest logged value
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
+        elif self.trainer.progress_bar_callback is not None:
+            self.log("train/loss_step", values[-1], on_step=True)
         return losses["loss"]
 
     def reduced_loss_sums(self) -> torch.Tensor:
