@@ -25,7 +25,7 @@ timeout 150 python3 benchmarks/train_throughput.py --data "$data" --weights "$we
   --set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0 \
   > "$OUT/train_throughput.log" 2>&1; part throughput $?
 for variant in vit iq_ic_gc; do  # the host's cost per step (lfi train, Lightning alone, bare) and real syncs per step
-  timeout 35 python3 benchmarks/step_overhead.py --cuda --variant $variant --epochs 2 --repeats 2 \
+  timeout 45 python3 benchmarks/step_overhead.py --cuda --variant $variant --epochs 2 --repeats 2 \
     --out "$OUT/step_overhead_$variant.json" > "$OUT/step_overhead_$variant.log" 2>&1; part "overhead $variant" $?
 done
 for dots in tf32 bf16; do
