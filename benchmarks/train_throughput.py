@@ -2,7 +2,9 @@
 
 For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen with the oracle's maps):
   step    img/s of one training step (forward + criterion + backward + AdamW) on synthetic tensors already on
-          the device, bf16 autocast: the ceiling for this model;
+          the device, bf16 autocast: the ceiling for this model; with `--profile-steps N` also its wall time
+          and the device's busy time per step (`step_device_busy_ms`, kernels summed over N profiled steps):
+          busy well under wall means the host, not the GPU, sets the step's pace;
   e2e     img/s of `lfi train` over a whole run on the real data: train images x epochs / wall time of the
           fit, with its validations, checkpoint writes and sanity check (their cadence: the config's trainer.*
           keys, or `--set`), for each data path asked (`--paths device loader`: the GPU-resident path of
@@ -34,6 +36,8 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from profiling import kernel_breakdown  # noqa: E402
 
 from lfi.config import load_config  # noqa: E402
 from lfi.train.build import build_criterion, build_model  # noqa: E402
@@ -107,8 +111,10 @@ class FitClock(L.Callback):
         return {**out, "other_s": round(total - sum(self.spent.values()), 3)}
 
 
-def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
-    """img/s of the training step on synthetic device tensors (the model's ceiling)."""
+def step_rate(cfg, device: torch.device, steps: int, warmup: int, profiled: int = 0) -> tuple[float, float | None]:
+    """img/s of the training step on synthetic device tensors (the model's ceiling), and with `profiled` > 0
+    the device's busy time per step in ms (its kernels' time summed over that many profiled steps, after the
+    timed ones): near the step's wall time the device is the bound, well under it the host is."""
     model = build_model(cfg, 200).to(device)
     data = ExperimentData(None, None, {}, [str(i) for i in range(200)])
     criterion = build_criterion(cfg, model, data).to(device)
@@ -139,7 +145,9 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int) -> float:
     for _ in range(steps):
         step()
     _sync(device)
-    return steps * b / (time.perf_counter() - start)
+    rate = steps * b / (time.perf_counter() - start)
+    busy = kernel_breakdown(step, profiled, device.type == "cuda")["total_us"] / 1e3 if profiled else None
+    return rate, busy
 
 
 def _sync(device: torch.device) -> None:
@@ -159,6 +167,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=15)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profiled bare steps per row: the device's busy time per step beside its wall time")
     parser.add_argument("--cpu", action="store_true", help="measure the CPU path (small: see --limit-batches)")
     parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
     parser.add_argument("--cache-dir", default="/tmp/lfi-cache")
@@ -183,7 +193,10 @@ def main() -> None:
             *args.set,
         ]  # fmt: skip
         cfg = load_config(BASE, overrides)
-        result = {"overrides": overrides, "step_img_s": round(step_rate(cfg, device, args.steps, 5), 1)}
+        rate, busy = step_rate(cfg, device, args.steps, 5, args.profile_steps)
+        result = {"overrides": overrides, "step_img_s": round(rate, 1)}
+        if busy is not None:
+            result |= {"step_ms": round(1e3 * args.batch / rate, 2), "step_device_busy_ms": round(busy, 2)}
         for path in args.paths:
             run_cfg = load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"])
             if path == "device":

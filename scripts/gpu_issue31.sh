@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Issue 31 on one GPU, one call (~5 min): the GPU tests of the kernels and of the GPU data path, end to end
-# against the step for probe / full / I-ViT (10 epochs, FitClock's split of each fit), the fused attention per
-# layer, the I-ViT-S/16 frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the repo root:
+# Issue 31 on one GPU, one call (~6 min): the GPU tests of the kernels and of the GPU data path, end to end
+# against the step for probe / full / I-ViT (10 epochs, FitClock's split of each fit, the bare step's device-busy
+# time), the host's cost per training step and the syncs in it (step_overhead.py), the fused attention per layer,
+# the I-ViT-S/16 frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the
+# repo root:
 #   scripts/gpu_issue31.sh DATA        # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/issue31.tgz, env.txt also beside it (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
 # so a slow part costs its own figures only.
@@ -20,9 +22,13 @@ store=stores/tin_train_oracle14
 timeout 80 python3 -m pytest -q -m gpu tests/kernels/test_fused_interaction_attention.py tests/data/test_gpu_pipeline.py \
   -p no:cacheprovider > "$R/kernels_gpu.txt" 2>&1; part tests $?
 timeout 150 python3 benchmarks/train_throughput.py --data "$data" --weights "$weights" --store $store --epochs 10 --workers 8 \
-  --paths device --steps 20 --out "$R/train_throughput.json" \
+  --paths device --steps 20 --profile-steps 3 --out "$R/train_throughput.json" \
   --set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0 \
   > "$R/train_throughput.log" 2>&1; part throughput $?
+for variant in vit iq_ic_gc; do  # the host's cost per step (lfi train, Lightning alone, bare) and real syncs per step
+  timeout 45 python3 benchmarks/step_overhead.py --cuda --variant $variant --epochs 2 --repeats 2 \
+    --out "$R/step_overhead_$variant.json" > "$R/step_overhead_$variant.log" 2>&1; part "overhead $variant" $?
+done
 timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix --impls fused --prof-iters 3 \
   --out "$R/attention_kernels.json" > "$R/attention_kernels.log" 2>&1; part kernels $?
 timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \

@@ -74,11 +74,10 @@ def random_resized_boxes(
     aspect = log_ratio.exp()
     w, h = (area * aspect).sqrt(), (area / aspect).sqrt()
     fits = (w <= side) & (h <= side)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1, device=device))
-    pick = first.clamp_min(0)[:, None]
+    found = fits.any(1)
+    pick = fits.float().argmax(1)[:, None]  # the first that fits (0 where none does: replaced below)
     w, h = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
-    w = torch.where(first >= 0, w, torch.full_like(w, float(side)))
-    h = torch.where(first >= 0, h, torch.full_like(h, float(side)))
+    w, h = torch.where(found, w, float(side)), torch.where(found, h, float(side))
     x0 = torch.rand(n, device=device, generator=generator) * (side - w)
     y0 = torch.rand(n, device=device, generator=generator) * (side - h)
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
@@ -143,6 +142,7 @@ class DeviceBatches:
         if data.maps is not None:
             th, tw = data.maps.shape[-2:]
             self.map_scale = torch.tensor([tw / side, th / side, tw / side, th / side], device=device)
+            self.mirror = torch.tensor([2, 1, 0, 3], device=device)  # a box's x0 and x1 swapped
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
@@ -188,7 +188,9 @@ class DeviceBatches:
         """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
         maps = self.data.maps[index]  # (B, th, tw), each over its whole image
         window = boxes * self.map_scale
-        window = torch.where(flip[:, None], window[:, [2, 1, 0, 3]], window)  # a flip mirrors the window
+        # a flip mirrors the window; the columns by a device index (a Python list would be copied to the
+        # device at every batch, synchronously)
+        window = torch.where(flip[:, None], window.index_select(1, self.mirror), window)
         grid = crop_to_grid(maps, window, self.grid)
         valid = self.data.valid[index] & is_valid_map(grid)
         return grid * valid[:, None, None], valid

@@ -46,8 +46,9 @@ class NonFiniteLoss(ValueError):
 
 
 class LfiModule(L.LightningModule):
-    """The student of any task and its losses. Logs train/{term} per step (this process's value) and per
-    epoch (the mean over every process, reduced once per epoch), and val/{metric} per validation."""
+    """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps steps
+    (this process's value; train/loss_step at every step under a terminal's bar), train/{term} per epoch (the mean over every process, reduced once per epoch) and
+    val/{metric} per validation."""
 
     def __init__(self, cfg: Config, built: Built) -> None:
         super().__init__()
@@ -56,9 +57,11 @@ class LfiModule(L.LightningModule):
         self.datamodule = built.datamodule
         self.evaluator = None
         self.consumed_batches = 0
-        # the epoch's loss sums, accumulated on the device (one small op per step, no host sync)
+        # the epoch's loss sums, accumulated on the device (two small ops per step, no host sync), and its
+        # step count on the host
         self.loss_names: list[str] = []
         self.register_buffer("loss_sums", torch.zeros(0), persistent=False)
+        self.loss_steps = 0
         self._epoch_means: tuple[int, dict[str, float]] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -70,23 +73,26 @@ class LfiModule(L.LightningModule):
         self.consumed_batches = batch_idx + 1
         if not self.loss_names:
             self.loss_names = list(losses)
-            self.loss_sums = torch.zeros(len(self.loss_names) + 1, device=losses["loss"].device)
+            self.loss_sums = torch.zeros(len(self.loss_names), device=losses["loss"].device)
         values = torch.stack([losses[name].detach().float() for name in self.loss_names])
-        self.loss_sums += torch.cat([values, values.new_ones(1)])
-        bar = self.trainer.progress_bar_callback is not None  # the bar shows the loss of every step
+        self.loss_sums += values
+        self.loss_steps += 1
+        # never prog_bar=True: Lightning would read such a value off the device at every step's end (a wait
+        # for the GPU); a terminal's bar reads train/loss_step itself when it shows it (`StepBar`). With a bar
+        # the loss is logged at every step, as it always was: the logger's cadence (global steps) falls
+        # between this one (steps of the epoch) in later epochs, where it gets the latest logged value
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            terms = {f"train/{n}_step": v for n, v in zip(self.loss_names[:-1], values, strict=False)}
-            self.log_dict(terms, on_step=True)
-        if bar or (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", values[-1], on_step=True, prog_bar=bar)
+            self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
+        elif self.trainer.progress_bar_callback is not None:
+            self.log("train/loss_step", values[-1], on_step=True)
         return losses["loss"]
 
     def reduced_loss_sums(self) -> torch.Tensor:
         """(len(loss_names) + 1,) this epoch's loss sums and step count so far, summed over every process
         (a collective: call it on every process). Raises NonFiniteLoss if a loss was NaN or infinite."""
-        sums = self.loss_sums
-        if len(sums):
-            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        sums = torch.cat([self.loss_sums, self.loss_sums.new_full((1,), self.loss_steps)])
+        if len(self.loss_sums):
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         # NaN and inf survive in the sums, so one check (one host sync) covers every step since the last
         if not bool(torch.isfinite(sums).all()):
             bad = [n for n, v in zip(self.loss_names, sums.tolist(), strict=False) if not math.isfinite(v)]
@@ -108,6 +114,7 @@ class LfiModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.epoch_losses(), sync_dist=False)  # already reduced
         self.loss_sums.zero_()
+        self.loss_steps = 0
 
     def on_train_epoch_start(self) -> None:
         self.consumed_batches = 0
@@ -144,9 +151,15 @@ class LfiModule(L.LightningModule):
         torch.set_rng_state(state["cpu_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        sums = state.get("loss_sums", torch.zeros(0))  # absent in checkpoints of earlier versions
         self.loss_names = list(state.get("loss_names", []))
-        self.loss_sums = (sums if self.trainer.is_global_zero else torch.zeros_like(sums)).to(self.device)
+        # (terms + 1,): the sums and, last, the step count; absent in checkpoints of earlier versions, empty
+        # in theirs taken before the first step
+        sums = state.get("loss_sums")
+        if sums is None or not len(sums):
+            sums = torch.zeros(len(self.loss_names) + 1)
+        if not self.trainer.is_global_zero:
+            sums = torch.zeros_like(sums)
+        self.loss_sums, self.loss_steps = sums[:-1].to(self.device), int(sums[-1])
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over parameter groups (`parameter_groups`), with the schedule of cfg.optim."""
@@ -350,7 +363,8 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
     if t.checkpoint_every_n_steps:
         extra.append(ModelCheckpoint(dirpath=files.checkpoints, filename="last", every_n_train_steps=t.checkpoint_every_n_steps,
                                      save_top_k=1, enable_version_counter=False))  # fmt: skip
-    bar, lines = progress_callbacks(t.enable_progress_bar)  # the bar on a terminal, plain lines in a log
+    # the bar on a terminal (its loss read at the logging cadence), plain lines in a log
+    bar, lines = progress_callbacks(t.enable_progress_bar, every=t.log_every_n_steps)
     ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *lines]
     return L.Trainer(
         default_root_dir=files.root,

@@ -4,7 +4,7 @@ prints nothing readable until the end, so `ProgressLines` writes one line every 
 
     epoch 1/5 step 120/500 (24%) loss 2.3456 img/s 345.2
 
-`progress_callbacks` picks: the bar on a TTY, these lines elsewhere (see `build_trainer`).
+`progress_callbacks` picks: the bar on a TTY (`StepBar`), these lines elsewhere (see `build_trainer`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class ProgressLines(L.Callback):
@@ -71,11 +72,36 @@ def _images(batch: Any) -> int:
     return int(image.shape[0]) if image is not None else 0
 
 
-def progress_callbacks(enabled: bool, stream: TextIO | None = None) -> tuple[bool, list[L.Callback]]:
-    """(show Lightning's bar, extra callbacks): the bar on a terminal, plain lines when output goes elsewhere,
-    nothing when progress is off (`trainer.enable_progress_bar=false`)."""
+class StepBar(TQDMProgressBar):
+    """Lightning's bar, its step count redrawn at every step, showing the logged `key` (the step's loss, which
+    `LfiModule` logs every `every` steps) read when logged: a read copies it off the GPU, which waits for every
+    step queued there, so a read per step would leave the GPU idle while the host launches the next one."""
+
+    def __init__(self, every: int, key: str = "train/loss_step") -> None:
+        super().__init__()
+        self.every, self.key = every, key
+        self.value: float | None = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if (batch_idx + 1) % self.every == 0 and self.key in trainer.callback_metrics:
+            self.value = float(trainer.callback_metrics[self.key])
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+        shown = super().get_metrics(trainer, module)
+        return shown if self.value is None else {self.key: f"{self.value:.4g}", **shown}
+
+
+def progress_callbacks(
+    enabled: bool, stream: TextIO | None = None, every: int = 1
+) -> tuple[bool, list[L.Callback]]:
+    """(show a bar, extra callbacks): the bar on a terminal (`StepBar`, the loss read every `every` steps, the
+    logging cadence), plain lines when output goes elsewhere, nothing when progress is off
+    (`trainer.enable_progress_bar=false`)."""
     if not enabled:
         return False, []
     if (stream or sys.stdout).isatty():
-        return True, []
+        return True, [StepBar(every)]
     return False, [ProgressLines(stream)]

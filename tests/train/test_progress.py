@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from lfi.train.engine import train
-from lfi.train.progress import ProgressLines, progress_callbacks
+from lfi.train.progress import ProgressLines, StepBar, progress_callbacks
 from tests.train.conftest import tiny_config
 
 LINE = re.compile(r"^epoch (\d+)/2 step (\d+)/3 \(\d+%\) loss \d+\.\d{4} img/s \d+\.\d$")
@@ -22,7 +22,8 @@ class Terminal(io.StringIO):
 
 
 def test_the_bar_on_a_terminal_plain_lines_elsewhere():
-    assert progress_callbacks(True, Terminal()) == (True, [])
+    bar, extra = progress_callbacks(True, Terminal(), every=5)
+    assert bar and [type(c) for c in extra] == [StepBar] and extra[0].every == 5
     bar, extra = progress_callbacks(True, io.StringIO())
     assert not bar and [type(c) for c in extra] == [ProgressLines]
     assert progress_callbacks(False, io.StringIO()) == (False, [])
@@ -51,3 +52,16 @@ def test_a_line_every_n_seconds_between_percent_steps():
     written = stream.getvalue().splitlines()
     assert [line.split()[3] for line in written] == ["2/1000", "4/1000", "6/1000", "8/1000", "10/1000"]
     assert written[0] == "epoch 1/1 step 2/1000 (0%) loss 1.5000 img/s 0.2"
+
+
+def test_the_bar_shows_the_loss_of_every_nth_step(tiny, monkeypatch):
+    """On a terminal the bar reads the step's loss at the logging cadence (each read waits for a GPU),
+    the value the logger got for that step."""
+    data, store, tmp = tiny
+    monkeypatch.setattr("sys.stdout", Terminal())
+    cfg = tiny_config(tmp / "b", epochs=1, trainer={"enable_progress_bar": True, "log_every_n_steps": 3})
+    trainer = train(cfg, data, store).module.trainer
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, StepBar) and bar.every == 3  # 3 steps per epoch: read once, at the last
+    assert bar.value == float(trainer.logged_metrics["train/loss_step"])
+    assert bar.get_metrics(trainer, None)["train/loss_step"] == f"{bar.value:.4g}"
