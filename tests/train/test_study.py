@@ -246,6 +246,34 @@ def test_a_moved_choice_trains_the_seed_runs_again(study_file: Path, tmp_path: P
         assert load_config(runs / f"seed{k}.stale-lr=0.001" / "config.yaml").optim.lr == 1e-3  # kept aside
 
 
+def test_a_grown_grid_that_moves_a_choice_retrains_its_controls(study_file: Path, tmp_path: Path) -> None:
+    """Issue 28 item 3: a row's grid grows past its top and the new point wins; the control that copies the
+    row (`like`) keeps following it, so its seeds of the old choice are stale too, and all are trained again."""
+    run_study(read_study(study_file), jobs=2, runner=fake_train([]), echo=None)
+    study_file.write_text(study_file.read_text().replace("[0.5, 2.0]", "[0.5, 2.0, 4.0]"))
+    report = run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+    old = {"optim.lr": 1e-3, "loss.align_weight": 2.0}
+    assert report["rows"]["shuffled"]["chosen"] == old  # the new points are not run yet: nothing moved
+    assert report["rows"]["shuffled"]["stale"] == {} and len(report["rows"]["shuffled"]["runs"]) == 3
+
+    calls: list[str] = []
+    result = run_study(read_study(study_file), only=["ivit"], runner=fake_train(calls), echo=None)
+    assert result["rows"]["ivit"]["chosen"] == {"optim.lr": 1e-3, "loss.align_weight": 4.0}
+    new_points = [f"demo_study/ivit/tune/lr={lr}__align_weight=4.0/seed0" for lr in ("0.001", "0.003")]
+    assert sorted(calls) == ["demo_study/ivit/seed1", "demo_study/ivit/seed2", *new_points]
+    report = run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+    runs = tmp_path / "runs" / "demo_study" / "shuffled"
+    assert report["rows"]["shuffled"]["stale"] == {
+        str(runs / f"seed{k}"): {"loss.align_weight": 2.0} for k in range(3)
+    }
+    assert report["rows"]["shuffled"]["runs"] == []  # never reported at the old choice
+
+    calls = []
+    run_study(read_study(study_file), runner=fake_train(calls), echo=None)
+    assert sorted(calls) == [f"demo_study/shuffled/seed{k}" for k in range(3)]
+    assert load_config(runs / "seed0" / "config.yaml").loss.align_weight == 4.0
+
+
 def test_a_run_folder_without_the_tuned_key_is_named(study_file: Path, tmp_path: Path) -> None:
     run_study(read_study(study_file), runner=fake_train([]), echo=None)
     config = tmp_path / "runs" / "demo_study" / "shuffled" / "seed1" / "config.yaml"
