@@ -10,8 +10,9 @@
 # DATA: tiny-imagenet-200/{tiny-imagenet-200-train-00.zip, tiny-imagenet-200-val.zip: the FULL val zip, whose
 # 1,000 images of the 20 classes are the shortcut's test sets} and weights/{deit_tiny_patch16_224.bf16.safetensors,
 # imagenet_synset_words.txt}: 57.2 MB. It fits the 64 MiB that travel with the call only if the tracked PNG and
-# .gz files (4.5 MB: docs/figures, benchmarks/results) are left out of the working tree for the call.
-# The committed folders are copied into the work dir first, so finished runs and their choices are skipped.
+# .gz files (4.5 MB, under docs/ and benchmarks/results/) are left out of the working tree for the call.
+# The committed folders are copied into the work dir (WORK, default runs/grids; its run folders are removed
+# first, its caches kept) so finished runs and their choices are skipped.
 # Every part is a resumable `lfi study` (scripts/gpu_study.sh) under `timeout`, ending at a second counted
 # from the start: after the returned folders are committed, the same command goes on where this one stopped.
 #   p  (0 - P_END)     the teachers' stores and the image cache, once, before the parts that read them
@@ -52,13 +53,15 @@ shortcut() {
   part b configs/study/tinyimagenet_shortcut.yaml "$SC" "$work/sc" "${B_END:-555}" --jobs "${B_JOBS:-8}"
 }
 
+# the committed folders are the runs' only source: a warm machine's earlier run folders would mix into them
+rm -rf "$work/ti/runs" "$work/sc/runs"
 mkdir -p "$out" "$work/ti/runs/study" "$work/sc/runs/study"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, timm, lightning; print(torch.__version__, timm.__version__, lightning.__version__)"; } >"$log" 2>&1
 [ -d "$TI_DONE" ] && cp -r "$TI_DONE" "$work/ti/runs/study/"
 [ -d "$SC_DONE" ] && cp -r "$SC_DONE" "$work/sc/runs/study/"
 tuned=$(python3 -c "from lfi.train.study import read_study
-print(','.join(r.name for r in read_study('$TI').rows.values() if r.tune))")
+print(','.join(r.name for r in read_study('$TI').rows.values() if r.tune))") || exit 1
 
 # the stores and the cache, made once: side by side, two parts would both make them into the same folders
 if part p configs/study/tinyimagenet/base.yaml "$TI" "$work/ti" "${P_END:-240}" --report-only; then
