@@ -217,6 +217,54 @@ def test_gpu_study_script_gives_the_student_weights_unless_scratch(
     assert ("model.checkpoint=" in study) is loads_weights and "loss.kd.checkpoint=data/weights/" in study
 
 
+def test_gpu_grids_script_runs_the_parts_over_the_committed_folders(tmp_path: Path) -> None:
+    """scripts/gpu_grids.sh with a stand-in python3 that prints its arguments (so they land in each part's
+    log; the script's reading of the study file runs for real): the stores come first (part p), the frozen study's tuned rows are read from its study file,
+    the shortcut part prepares its own cache, and the tarballs hold the committed runs but never a checkpoint
+    or a folder moved aside."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    repo = Path.cwd()
+    for name in ("configs", "scripts", "lfi"):
+        (tmp_path / name).symlink_to(repo / name)
+    done = tmp_path / "done" / "tinyimagenet"
+    for folder in ("probe/seed1", "probe/seed2.stale-lr=0.001", "probe/seed1/checkpoints"):
+        (done / folder).mkdir(parents=True)
+    (done / "probe" / "seed1" / "metrics.json").write_text("{}")
+    (done / "probe" / "seed1" / "checkpoints" / "last.ckpt").write_text("")
+    (tmp_path / "data" / "weights").mkdir(parents=True)
+    (tmp_path / "data" / "weights" / "deit_tiny_patch16_224.bf16.safetensors").write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    fake = (  # `lfi extract` makes its store's store.json, as the real one does when it starts
+        f'#!/bin/sh\ncase "$2" in *read_study*) exec {sys.executable} "$@";; esac\necho "$@"\n'
+        'for a; do :; done; [ "$3" = extract ] && mkdir -p "$a" && : > "$a/store.json"\nexit 0\n'
+    )
+    (tmp_path / "bin" / "python3").write_text(fake)
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(tmp_path),
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "TI_DONE": str(done)}  # fmt: skip
+    subprocess.run(["bash", "scripts/gpu_grids.sh", "data"], cwd=tmp_path, env=env, check=True)
+
+    out = tmp_path / "out"
+    files = [*(f"{p}.log" for p in "abcp"), "env.txt", "sc.tgz", "ti.tgz"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    logs = {p: (out / f"{p}.log").read_text().splitlines() for p in "abcp"}
+    assert [line.split()[2] for line in logs["p"][:2]] == ["extract", "extract"]  # both teachers' stores
+    assert not [line for p in "abc" for line in logs[p] if " extract " in line]  # made once, by p
+    assert logs["p"][-1].endswith("--report-only")
+    tuned = [r.name for r in read_study("configs/study/tinyimagenet/study.yaml").rows.values() if r.tune]
+    assert logs["a"][-1].endswith(f"--jobs 6 --only {','.join(tuned)}") and "--only" not in logs["c"][-1]
+    assert logs["b"][0].startswith("-m lfi.cli prepare configs/study/tinyimagenet_shortcut.yaml ")
+    assert logs["b"][1].startswith("-m lfi.cli study configs/study/shortcut/study.yaml ")
+    with tarfile.open(out / "ti.tgz") as tar:
+        names = tar.getnames()
+    assert "study/tinyimagenet/probe/seed1/metrics.json" in names
+    assert not [n for n in names if "stale" in n or "ckpt" in n or "checkpoints" in n]
+
+
 def test_a_moved_choice_trains_the_seed_runs_again(study_file: Path, tmp_path: Path) -> None:
     """A grid that grows moves a row's choice: seed folders of the old choice are stale (reported as such,
     never as the row's runs) and training moves them aside and trains them at the new choice."""
@@ -244,6 +292,34 @@ def test_a_moved_choice_trains_the_seed_runs_again(study_file: Path, tmp_path: P
     for k in (1, 2):
         assert load_config(runs / f"seed{k}" / "config.yaml").optim.lr == 3e-4
         assert load_config(runs / f"seed{k}.stale-lr=0.001" / "config.yaml").optim.lr == 1e-3  # kept aside
+
+
+def test_a_grown_grid_that_moves_a_choice_retrains_its_controls(study_file: Path, tmp_path: Path) -> None:
+    """Issue 28 item 3: a row's grid grows past its top and the new point wins; the control that copies the
+    row (`like`) keeps following it, so its seeds of the old choice are stale too, and all are trained again."""
+    run_study(read_study(study_file), jobs=2, runner=fake_train([]), echo=None)
+    study_file.write_text(study_file.read_text().replace("[0.5, 2.0]", "[0.5, 2.0, 4.0]"))
+    report = run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+    old = {"optim.lr": 1e-3, "loss.align_weight": 2.0}
+    assert report["rows"]["shuffled"]["chosen"] == old  # the new points are not run yet: nothing moved
+    assert report["rows"]["shuffled"]["stale"] == {} and len(report["rows"]["shuffled"]["runs"]) == 3
+
+    calls: list[str] = []
+    result = run_study(read_study(study_file), only=["ivit"], runner=fake_train(calls), echo=None)
+    assert result["rows"]["ivit"]["chosen"] == {"optim.lr": 1e-3, "loss.align_weight": 4.0}
+    new_points = [f"demo_study/ivit/tune/lr={lr}__align_weight=4.0/seed0" for lr in ("0.001", "0.003")]
+    assert sorted(calls) == ["demo_study/ivit/seed1", "demo_study/ivit/seed2", *new_points]
+    report = run_study(read_study(study_file), runner=fake_train([]), echo=None, train=False)
+    runs = tmp_path / "runs" / "demo_study" / "shuffled"
+    assert report["rows"]["shuffled"]["stale"] == {
+        str(runs / f"seed{k}"): {"loss.align_weight": 2.0} for k in range(3)
+    }
+    assert report["rows"]["shuffled"]["runs"] == []  # never reported at the old choice
+
+    calls = []
+    run_study(read_study(study_file), runner=fake_train(calls), echo=None)
+    assert sorted(calls) == [f"demo_study/shuffled/seed{k}" for k in range(3)]
+    assert load_config(runs / "seed0" / "config.yaml").loss.align_weight == 4.0
 
 
 def test_a_run_folder_without_the_tuned_key_is_named(study_file: Path, tmp_path: Path) -> None:
