@@ -180,8 +180,8 @@ def test_real_tinyimagenet_subset(shared_data: Path):
     assert 0.55 < free < 0.8  # 67% of the 40,000 training images leave room for the whole band outside the box
 
 
-# the run configs of the shortcut rows; study.yaml beside them is the study over them (tests/train/test_study.py)
-ROW_CONFIGS = sorted(p for p in (REPO / "configs" / "study" / "shortcut").glob("*.yaml") if p.name != "study.yaml")
+# the run configs of the shortcut rows; study*.yaml beside them are studies over them (tests/train/test_study.py)
+ROW_CONFIGS = sorted(p for p in (REPO / "configs" / "study" / "shortcut").glob("*.yaml") if not p.name.startswith("study"))
 
 
 @pytest.mark.parametrize("path", ROW_CONFIGS, ids=lambda p: p.stem)

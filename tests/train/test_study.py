@@ -167,7 +167,7 @@ def test_only_a_control_tunes_the_row_it_copies(study_file: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(Path("configs/study").glob("*/study.yaml")), ids=lambda p: p.parent.name
+    "path", sorted(Path("configs/study").glob("*/study*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}"
 )
 def test_study_files_load(path: Path) -> None:
     """Every committed study reads, its claims name its rows, and every row's config loads with its values."""
