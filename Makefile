@@ -23,13 +23,12 @@ setup: $(VENV)/.installed
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lfi demo --out runs/demo
 
-test: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/ruff check lfi tests benchmarks
+test: lint
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check lfi tests benchmarks
-	$(VENV)/bin/ruff format --check lfi tests benchmarks
+	$(VENV)/bin/ruff check lfi tests benchmarks scripts
+	$(VENV)/bin/ruff format --check lfi tests benchmarks scripts
 
 drift:
 	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" scripts/check_drift.sh $(PYTEST_ARGS)

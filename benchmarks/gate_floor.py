@@ -128,7 +128,9 @@ def time_attention(batch: int, heads: int, tokens: int, head_dim: int) -> float:
     gradients for every input: the ungated layer's attention (the cuDNN kernels where torch picks them)."""
     g = torch.Generator(device="cuda").manual_seed(0)
     q, qi, k, v = (
-        torch.randn(batch, heads, tokens, head_dim, generator=g, device="cuda", dtype=torch.bfloat16).requires_grad_()
+        torch.randn(
+            batch, heads, tokens, head_dim, generator=g, device="cuda", dtype=torch.bfloat16
+        ).requires_grad_()
         for _ in range(4)
     )
     grad = torch.randn_like(q)
@@ -177,7 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(MODES),
         help="forward and backward_weight_grads give the floor",
     )
-    p.add_argument("--head-dim", type=int, default=64, help="d of the two SDPA attentions timed beside (0: none)")
+    p.add_argument(
+        "--head-dim", type=int, default=64, help="d of the two SDPA attentions timed beside (0: none)"
+    )
     p.add_argument("--out", type=Path, default=Path("gate_floor.json"))
     args = p.parse_args(argv)
     args.shape_list = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]

@@ -88,7 +88,11 @@ class StepSyncs(TorchDispatchMode):
         if self.counting:
             self.ops += 1
             name = func.overloadpacket.__name__
-            if name in HOST_DATA_OPS or (name in SYNC_OPS and not self._exempt(args)) or _boolean_index(name, args):
+            if (
+                name in HOST_DATA_OPS
+                or (name in SYNC_OPS and not self._exempt(args))
+                or _boolean_index(name, args)
+            ):
                 self.record(name)
         return func(*args, **(kwargs or {}))
 
@@ -151,7 +155,9 @@ class StepWindow(L.Callback):
     """Times every step of every epoch (end to end, by `clock`) and runs `counter` from the end of step
     `first` to the end of step `last` of the first epoch (whole steps, away from the epoch's edges)."""
 
-    def __init__(self, counter: Any = None, first: int = 2, last: int = 12, clock: Any = time.perf_counter) -> None:
+    def __init__(
+        self, counter: Any = None, first: int = 2, last: int = 12, clock: Any = time.perf_counter
+    ) -> None:
         self.counter, self.first, self.last, self.clock = counter, first, last, clock
         self.step_s: list[float] = []
         self._end: float | None = None
@@ -215,14 +221,18 @@ def device_batches(built: Built, device: torch.device) -> DeviceBatches:
     return built.datamodule.train_dataloader()
 
 
-def bare_steps(cfg: Config, data: ExperimentData, store: Any, epochs: int, clock: Any, window: StepWindow | None = None) -> list[float]:
+def bare_steps(
+    cfg: Config, data: ExperimentData, store: Any, epochs: int, clock: Any, window: StepWindow | None = None
+) -> list[float]:
     """Seconds between step ends of the plain loop over the same batches (next batch, forward + criterion,
     zero_grad, backward, AdamW), every epoch; `window`'s counter runs over its steps of the first epoch."""
     built = build(cfg, data, store)
     device = torch.device(cfg.trainer.accelerator)
     model, criterion = built.model.to(device), built.criterion.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.optim.lr)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16"))
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16")
+    )
     loader = device_batches(built, device)
     times = []
     for epoch in range(epochs):
@@ -259,7 +269,9 @@ class PlainModule(L.LightningModule):
         return torch.optim.AdamW(parameter_groups(self.model, self.cfg), lr=self.cfg.optim.lr)
 
 
-def lightning_steps(cfg: Config, data: ExperimentData, store: Any, epochs: int, clock: Any, timing: StepWindow | None = None) -> list[float]:
+def lightning_steps(
+    cfg: Config, data: ExperimentData, store: Any, epochs: int, clock: Any, timing: StepWindow | None = None
+) -> list[float]:
     """Seconds between step ends of the bare step in Lightning's loop alone (no logger, callbacks, checkpoints,
     scheduler or validation): Lightning's own floor."""
     built = build(cfg, data, store)
@@ -289,7 +301,9 @@ def cuda_sync_warnings(counter: StepSyncs) -> Iterator[collections.Counter[str]]
             return shown(message, category, filename, lineno, *args)
         if counter.counting:
             frames = [f for f in traceback.extract_stack()[:-2] if f"{os.sep}torch{os.sep}" not in f.filename]
-            found[" < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-6:]))] += 1
+            found[
+                " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-6:]))
+            ] += 1
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -328,7 +342,9 @@ def timed(args: argparse.Namespace, root: Path, data: ExperimentData, store: Any
     clock = time.perf_counter if args.cuda else time.thread_time
     runs: dict[str, list[float]] = {"fit": [], "lightning": [], "bare": []}
     for r in range(args.repeats):
-        cfg = tiny_config(root / f"runs{r}", args.variant, "cuda" if args.cuda else "cpu", args.epochs, args.batch)
+        cfg = tiny_config(
+            root / f"runs{r}", args.variant, "cuda" if args.cuda else "cpu", args.epochs, args.batch
+        )
         timing = StepWindow(clock=clock)
         train(cfg, data, store, callbacks=[timing])
         runs["fit"].append(low(timing.step_s))
@@ -344,7 +360,12 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
     counter = StepSyncs()
     window = StepWindow(counter)
     with counter, counter.host_reads(), cuda_sync_warnings(counter) as cuda_syncs:
-        train(tiny_config(root / "counted", args.variant, device, 1, args.batch), data, store, callbacks=[window])
+        train(
+            tiny_config(root / "counted", args.variant, device, 1, args.batch),
+            data,
+            store,
+            callbacks=[window],
+        )
     calls = python_calls(tiny_config(root / "calls", args.variant, device, 1, args.batch), data, store)
     return {
         "ms_per_step": ms,
@@ -363,11 +384,15 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variant", default="vit", help="model.variant: vit (probe / fine-tune) or an I-ViT's")
+    parser.add_argument(
+        "--variant", default="vit", help="model.variant: vit (probe / fine-tune) or an I-ViT's"
+    )
     parser.add_argument("--images", type=int, default=640, help="training images (steps per epoch x batch)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, in turn (the least counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each loop, in turn (the least counts)"
+    )
     parser.add_argument("--cuda", action="store_true", help="on the GPU (bf16), real syncs counted too")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -58,7 +58,9 @@ def environment(device: torch.device) -> dict:
     import timm
 
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -78,7 +80,9 @@ class FitClock(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.marks["fit"] = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: object, index: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: object, index: int
+    ) -> None:
         now = time.perf_counter()
         if "last" not in self.marks:
             self.spent["setup_s"] = now - self.marks["fit"]
@@ -111,7 +115,9 @@ class FitClock(L.Callback):
         return {**out, "other_s": round(total - sum(self.spent.values()), 3)}
 
 
-def step_rate(cfg, device: torch.device, steps: int, warmup: int, profiled: int = 0) -> tuple[float, float | None]:
+def step_rate(
+    cfg, device: torch.device, steps: int, warmup: int, profiled: int = 0
+) -> tuple[float, float | None]:
     """img/s of the training step on synthetic device tensors (the model's ceiling), and with `profiled` > 0
     the device's busy time per step in ms (its kernels' time summed over that many profiled steps, after the
     timed ones): near the step's wall time the device is the bound, well under it the host is."""
@@ -129,7 +135,9 @@ def step_rate(cfg, device: torch.device, steps: int, warmup: int, profiled: int 
         "map_valid": torch.ones(b, dtype=torch.bool, device=device),
     }
     task = ClassificationTask()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16"))
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16")
+    )
 
     def step() -> None:
         with autocast:
@@ -157,8 +165,12 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="data root holding tiny-imagenet-200/ (train shard 00 + val)")
-    parser.add_argument("--weights", required=True, help="DeiT-Tiny safetensors (the bf16 file travels to the GPU)")
+    parser.add_argument(
+        "--data", required=True, help="data root holding tiny-imagenet-200/ (train shard 00 + val)"
+    )
+    parser.add_argument(
+        "--weights", required=True, help="DeiT-Tiny safetensors (the bf16 file travels to the GPU)"
+    )
     parser.add_argument("--store", help="oracle interaction store of the training images (for the ivit row)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -167,9 +179,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=15)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--profile-steps", type=int, default=0,
-                        help="profiled bare steps per row: the device's busy time per step beside its wall time")
-    parser.add_argument("--cpu", action="store_true", help="measure the CPU path (small: see --limit-batches)")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="profiled bare steps per row: the device's busy time per step beside its wall time",
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="measure the CPU path (small: see --limit-batches)"
+    )
     parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
     parser.add_argument("--cache-dir", default="/tmp/lfi-cache")
     parser.add_argument("--runs", default="/tmp/lfi-throughput")
@@ -198,7 +216,9 @@ def main() -> None:
         if busy is not None:
             result |= {"step_ms": round(1e3 * args.batch / rate, 2), "step_device_busy_ms": round(busy, 2)}
         for path in args.paths:
-            run_cfg = load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"])
+            run_cfg = load_config(
+                BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"]
+            )
             if path == "device":
                 start = time.perf_counter()
                 LfiDataModule(run_cfg, build_data(run_cfg)).prepare_caches()

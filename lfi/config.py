@@ -530,16 +530,22 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         raise ConfigError(f"{origin}: 'teacher.name' must be one of {teachers}, got {cfg.teacher.name!r}")
     dense = cfg.task != "classification"
     if dense and cfg.model.name not in DETR_ARCHS:
-        raise ConfigError(f"{origin}: 'model.name' must be one of {DETR_ARCHS} for {cfg.task}, got {cfg.model.name!r}")
+        raise ConfigError(
+            f"{origin}: 'model.name' must be one of {DETR_ARCHS} for {cfg.task}, got {cfg.model.name!r}"
+        )
     if cfg.task == "segmentation" and cfg.model.name != "detr":
-        raise ConfigError(f"{origin}: task segmentation needs model.name=detr (HF has DetrForSegmentation only)")
+        raise ConfigError(
+            f"{origin}: task segmentation needs model.name=detr (HF has DetrForSegmentation only)"
+        )
     if cfg.model.freeze_backbone and cfg.model.checkpoint is None:
         raise ConfigError(
             f"{origin}: 'model.freeze_backbone' is true but 'model.checkpoint' is null: a frozen random "
             "backbone learns nothing; set a checkpoint or model.freeze_backbone=false"
         )
     if cfg.aligned and cfg.teacher.name == "none":
-        raise ConfigError(f"{origin}: model.variant={cfg.model.variant!r} aligns to C_VLM: set 'teacher.name'")
+        raise ConfigError(
+            f"{origin}: model.variant={cfg.model.variant!r} aligns to C_VLM: set 'teacher.name'"
+        )
     if not cfg.aligned and cfg.teacher.name != "none":
         raise ConfigError(
             f"{origin}: teacher.name={cfg.teacher.name!r} but model.variant={cfg.model.variant!r} reads no maps; "
@@ -556,7 +562,9 @@ def validate(cfg: Config, origin: str = "config") -> Config:
     d = cfg.data
     if (d.shortcut is not None or d.classes_subset is not None) and not dataset_spec(d.dataset).subsets:
         with_subsets = " or ".join(n for n in dataset_names() if dataset_spec(n).subsets)
-        raise ConfigError(f"{origin}: 'data.shortcut' / 'data.classes_subset' need data.dataset={with_subsets}")
+        raise ConfigError(
+            f"{origin}: 'data.shortcut' / 'data.classes_subset' need data.dataset={with_subsets}"
+        )
     if d.shortcut is not None and (d.classes_subset is None or d.classes_subset > 20):
         raise ConfigError(
             f"{origin}: 'data.shortcut' paints one colour per class: set 'data.classes_subset' <= 20, "
@@ -564,16 +572,22 @@ def validate(cfg: Config, origin: str = "config") -> Config:
         )
     if dense and cfg.teacher.source == "masks" and not dataset_spec(d.dataset).masks:
         with_masks = " or ".join(n for n in dataset_names() if dataset_spec(n).masks)
-        raise ConfigError(f"{origin}: 'teacher.source' masks needs data.dataset={with_masks} (a set with masks)")
+        raise ConfigError(
+            f"{origin}: 'teacher.source' masks needs data.dataset={with_masks} (a set with masks)"
+        )
     if d.skip_failed and cfg.teacher.store is None:
-        raise ConfigError(f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'")
+        raise ConfigError(
+            f"{origin}: 'data.skip_failed' skips the images listed in the store's failed.jsonl: set 'teacher.store'"
+        )
     if dense and cfg.data.img_size != DataConfig.img_size:  # ignored by detection: refuse rather than mislead
         raise ConfigError(
             f"{origin}: 'data.img_size' is for classification; {cfg.task} resizes each image by 'data.scales' "
             "(shorter side) and 'data.max_size' (longer side), e.g. data.scales=[256] data.max_size=384 on a CPU"
         )
     if cfg.data.gpu_pipeline and dense:
-        raise ConfigError(f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders")
+        raise ConfigError(
+            f"{origin}: 'data.gpu_pipeline' is for classification; {cfg.task} keeps the CPU loaders"
+        )
     if cfg.loss.kd_weight > 0 and cfg.task != "classification":
         raise ConfigError(f"{origin}: 'loss.kd_weight' applies to classification only")
     patch = patch_size_of(cfg.model) if not dense else None

@@ -16,7 +16,9 @@ from lfi.data.tinyimagenet import TinyImageNet
 
 
 def tile(sample: dict, scale: int) -> Image.Image:
-    img = Image.fromarray(sample["image"].permute(1, 2, 0).numpy()).resize((64 * scale, 64 * scale), Image.NEAREST)
+    img = Image.fromarray(sample["image"].permute(1, 2, 0).numpy()).resize(
+        (64 * scale, 64 * scale), Image.NEAREST
+    )
     x0, y0, x1, y1 = (v * scale for v in sample["boxes"][0].tolist())
     ImageDraw.Draw(img).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 255), width=max(1, scale // 2))
     return img

@@ -47,7 +47,9 @@ def imports(path: Path) -> list[tuple[int, str]]:
 def test_every_package_has_a_floor():
     packages = {p.stem if p.is_file() else p.name for p in LFI.iterdir() if not p.name.startswith("_")}
     packages -= {"__pycache__"}
-    assert packages <= set(FLOOR), f"packages without a floor in tests/test_layers.py: {packages - set(FLOOR)}"
+    assert packages <= set(FLOOR), (
+        f"packages without a floor in tests/test_layers.py: {packages - set(FLOOR)}"
+    )
 
 
 def test_readme_layout_table_follows_the_floors():
@@ -61,7 +63,9 @@ def test_readme_layout_table_follows_the_floors():
         for name in re.findall(r"`lfi/(\w+)(?:\.py|/)`", row.split(" | ")[0])
     ]
     assert sorted(named) == sorted(FLOOR), f"README's layout table names {named}, the floors are {FLOORS}"
-    assert [FLOOR[n] for n in named] == sorted(FLOOR[n] for n in named), f"README's layout table order: {named}"
+    assert [FLOOR[n] for n in named] == sorted(FLOOR[n] for n in named), (
+        f"README's layout table order: {named}"
+    )
 
 
 def upward_imports(root: Path = LFI) -> list[str]:

@@ -43,7 +43,9 @@ def test_training_steps_never_wait_for_the_device(tmp_path, monkeypatch, variant
     the user's choice)."""
     monkeypatch.setattr(sys, "stdout", Terminal())  # a terminal: the bar, when progress is on
     data, store = tiny_data(tmp_path, variant, images=16 * 14)
-    cfg = tiny_config(tmp_path / "runs", variant, "cpu", 1, 16, log_every_n_steps=100, enable_progress_bar=bar)
+    cfg = tiny_config(
+        tmp_path / "runs", variant, "cpu", 1, 16, log_every_n_steps=100, enable_progress_bar=bar
+    )
     counter = StepSyncs()
     window = StepWindow(counter, first=2, last=12)
     with counter, counter.host_reads():

@@ -19,7 +19,9 @@ STAGES = ("extract", "train", "sweep", "evaluate", "show", "human", "demo")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lfi", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or LFI_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (or LFI_DEBUG=1)"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         importlib.import_module(f"lfi.cli.{stage}").register(subparsers)
@@ -45,7 +47,9 @@ def one_line(message: str) -> str:
     if "Original Traceback" not in message:
         return message
     last = [line for line in message.strip().splitlines() if line.strip()][-1]
-    return re.sub(r"^[\w.]+: ", "", last, count=1)  # 'lfi.data.base.ImageDecodeError: file: why' -> 'file: why'
+    return re.sub(
+        r"^[\w.]+: ", "", last, count=1
+    )  # 'lfi.data.base.ImageDecodeError: file: why' -> 'file: why'
 
 
 if __name__ == "__main__":

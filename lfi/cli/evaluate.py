@@ -18,7 +18,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="a trained run's metrics on its test sets (top-1 per domain, or COCO AP)")
+    p = subparsers.add_parser(
+        "eval", help="a trained run's metrics on its test sets (top-1 per domain, or COCO AP)"
+    )
     p.add_argument("run", help="run folder of `lfi train` (config.yaml, metrics.json, model.safetensors)")
     add_overrides(p)
     p.add_argument("--weights", help="safetensors weights (default: RUN/model.safetensors)")

@@ -19,8 +19,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
         raise ValueError(f"--boxes: {len(boxes)} boxes for {len(args.images)} images; give one per image")
     check_outputs(args.out, args.html, args.labels, len(args.images))
     per_head = args.per == "head" or args.head is not None
-    maps = run_maps(args.run, args.images, args.teacher, boxes, per_head)  # C_VLM: the store, or a teacher now
-    written = run_viz(maps, args.out, args.layer, args.head, args.per, args.dpi, html=args.html, labels=args.labels)
+    maps = run_maps(
+        args.run, args.images, args.teacher, boxes, per_head
+    )  # C_VLM: the store, or a teacher now
+    written = run_viz(
+        maps, args.out, args.layer, args.head, args.per, args.dpi, html=args.html, labels=args.labels
+    )
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -103,8 +103,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("study", help="study YAML (configs/study/*/study.yaml): rows, their tuning grids, seeds")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides for every run")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time (several small runs share a GPU)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at a time (several small runs share a GPU)"
+    )
     p.add_argument("--devices", metavar="0,1", help="GPU ids dealt to the --jobs slots in turn")
-    p.add_argument("--only", metavar="ROW1,ROW2", help="run these rows only (a `like` row's own row is tuned too, if not yet)")
-    p.add_argument("--report-only", action="store_true", help="train nothing: tables of the runs finished so far")
+    p.add_argument(
+        "--only",
+        metavar="ROW1,ROW2",
+        help="run these rows only (a `like` row's own row is tuned too, if not yet)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="train nothing: tables of the runs finished so far"
+    )
     p.set_defaults(func=cmd_study)

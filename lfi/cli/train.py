@@ -51,7 +51,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if cfg.task != "classification":
-        raise ValueError(f"lfi prepare: the image cache is for classification; {args.config} is task {cfg.task!r}")
+        raise ValueError(
+            f"lfi prepare: the image cache is for classification; {args.config} is task {cfg.task!r}"
+        )
     for name, cache in LfiDataModule(cfg, build_data(cfg)).prepare_caches().items():
         print(f"{name}: {cache.images.shape[0]} images {tuple(cache.images.shape[1:])} in {cache.path}")
     return 0

@@ -70,7 +70,9 @@ def random_resized_boxes(
     rule (ten tries per image; the first that fits, else the whole image)."""
     device = generator.device
     area = side * side * torch.empty(n, tries, device=device).uniform_(*scale, generator=generator)
-    log_ratio = torch.empty(n, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    log_ratio = torch.empty(n, tries, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
     aspect = log_ratio.exp()
     w, h = (area * aspect).sqrt(), (area / aspect).sqrt()
     fits = (w <= side) & (h <= side)
@@ -92,7 +94,9 @@ def center_boxes(n: int, side: int, crop_pct: float, device: torch.device | str)
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """images (B, C, H, W) float, boxes (B, 4) x0, y0, x1, y1 in pixels -> (B, C, *size): each image's box."""
-    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1)
+    rois = torch.cat(
+        [torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None], boxes], dim=1
+    )
     return roi_align(images, rois.to(images.dtype), size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
@@ -184,7 +188,9 @@ class DeviceBatches:
             out["map"], out["map_valid"] = self._maps(index, boxes, flip)
         return out
 
-    def _maps(self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(
+        self, index: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher maps under the images' crops and flips, on the student grid: (B, gh, gw), (B,)."""
         maps = self.data.maps[index]  # (B, th, tw), each over its whole image
         window = boxes * self.map_scale

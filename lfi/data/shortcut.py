@@ -108,12 +108,22 @@ def band_box(boxes: torch.Tensor, hw: tuple[int, int], width: float) -> tuple[st
     h, w = hw
     b = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
     if len(b):
-        margins = [float(b[:, 0].min()), float(b[:, 1].min()), w - float(b[:, 2].max()), h - float(b[:, 3].max())]
+        margins = [
+            float(b[:, 0].min()),
+            float(b[:, 1].min()),
+            w - float(b[:, 2].max()),
+            h - float(b[:, 3].max()),
+        ]
     else:
         margins = [float(w), float(h), float(w), float(h)]
     edge = EDGES[max(range(4), key=lambda i: (margins[i], -i))]  # the widest; ties: the first in EDGES
     tx, ty = max(1, round(width * w)), max(1, round(width * h))
-    region = {"left": (0, 0, tx, h), "top": (0, 0, w, ty), "right": (w - tx, 0, w, h), "bottom": (0, h - ty, w, h)}
+    region = {
+        "left": (0, 0, tx, h),
+        "top": (0, 0, w, ty),
+        "right": (w - tx, 0, w, h),
+        "bottom": (0, h - ty, w, h),
+    }
     return edge, region[edge]
 
 
@@ -158,10 +168,17 @@ class ShortcutCue(Dataset):
                 f"set data.classes_subset to at most {len(PALETTE)}"
             )
         new = {c: i for i, c in enumerate(classes)}
-        self.base, self.cue, self.agreement, self.width, self.seed = base, cue, float(agreement), float(width), seed
+        self.base, self.cue, self.agreement, self.width, self.seed = (
+            base,
+            cue,
+            float(agreement),
+            float(width),
+            seed,
+        )
         self.indices = [j for j, r in enumerate(base.records) if r.label in new]
         self.records = [
-            Record(r.relpath, new[r.label], r.boxes, r.domain) for r in (base.records[j] for j in self.indices)
+            Record(r.relpath, new[r.label], r.boxes, r.domain)
+            for r in (base.records[j] for j in self.indices)
         ]
         self.source = base.source
         self.class_ids = classes
@@ -191,7 +208,9 @@ class ShortcutCue(Dataset):
         sample["label"] = self.records[index].label
         if self.cue != "none":
             image = sample["image"]
-            _, region = band_box(sample["boxes"].as_subclass(torch.Tensor), tuple(image.shape[-2:]), self.width)
+            _, region = band_box(
+                sample["boxes"].as_subclass(torch.Tensor), tuple(image.shape[-2:]), self.width
+            )
             painted = paint_band(image.as_subclass(torch.Tensor), region, PALETTE[self.cues[index]])
             sample["image"] = tv_tensors.Image(painted)
             sample["cue"] = self.cues[index]

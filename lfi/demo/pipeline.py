@@ -150,7 +150,14 @@ def demo_data(size: str) -> tuple[ExperimentData, str]:
 
 
 def demo_config(
-    name: str, variant: str, student: Student, out: Path, store: Path, epochs: int, seed: int, control: str = "none"
+    name: str,
+    variant: str,
+    student: Student,
+    out: Path,
+    store: Path,
+    epochs: int,
+    seed: int,
+    control: str = "none",
 ) -> Config:
     """One model of the demo, as an `lfi train` config; every model shares the student, optimiser and budget."""
     return config_from_dict({
@@ -414,7 +421,9 @@ def _run_demo(out: Path, student: Student, size: str, start: float) -> dict[str,
     cache = None
     for seed in n["seeds"]:
         for name, variant, control, label in MODELS:
-            cfg = demo_config(f"{name}_s{seed}", variant, student, out / "runs", store_dir, n["epochs"], seed, control)
+            cfg = demo_config(
+                f"{name}_s{seed}", variant, student, out / "runs", store_dir, n["epochs"], seed, control
+            )
             t = time.perf_counter()
             maps = training_maps(store, keys, control, seed) if cfg.aligned else None
             model, m = train_one(cfg, data, splits, coverage, cache, maps)
@@ -470,7 +479,9 @@ def figure_maps(
 
 
 @torch.no_grad()
-def maps_figure(data: ExperimentData, teacher: OracleTeacher, ivit: nn.Module, vit: nn.Module, n: int = 4) -> Any:
+def maps_figure(
+    data: ExperimentData, teacher: OracleTeacher, ivit: nn.Module, vit: nn.Module, n: int = 4
+) -> Any:
     """Image, C_VLM (the oracle), the I-ViT's C_AGT and C_F and the plain ViT's C_VFM (class-token rows, mean
     over heads, deepest aligned block) for the first n images of the OOD test set (first seed), each row
     labelled with the image's class and both models' predictions; a colour bar gives the overlays' scale
@@ -498,7 +509,8 @@ def maps_figure(data: ExperimentData, teacher: OracleTeacher, ivit: nn.Module, v
         for i in range(len(samples))
     ]  # fmt: skip
     labels = [  # each image's class and what each model predicts for it
-        f"{data.classes[s['label']]}\n" + "\n".join(f"{k}: {data.classes[p[i]]}" for k, p in predicted.items())
+        f"{data.classes[s['label']]}\n"
+        + "\n".join(f"{k}: {data.classes[p[i]]}" for k, p in predicted.items())
         for i, s in enumerate(samples)
     ]
     fig = interaction_grid(

@@ -362,7 +362,9 @@ def evaluate_human(
     first = students[0][0]
     centre_grid = first.model.patch_grid((first.size,) * 2) if centre else None
     sources: dict[str, SampleFn] = {
-        f"{r} {i}": student_map_function(s, per_layer) for r, row in enumerate(students) for i, s in enumerate(row)
+        f"{r} {i}": student_map_function(s, per_layer)
+        for r, row in enumerate(students)
+        for i, s in enumerate(row)
     }
     if teacher != "none" or store_by_name is not None or centre_grid is not None:
         weights = teacher_weights(data) if teacher == "vit" else None

@@ -190,7 +190,9 @@ def classification_cell(run: Run) -> Cell:
     if dataset_spec(d.dataset).domains:
         domains = {name: (name, "acc1") for name in tests if name != "val"}
         return Cell("4" if d.dataset == "pacs" else "5", row, domains, size == "L/16" and not kd)
-    if d.dataset != "tinyimagenet" or ("val" not in tests and len(tests) > 1):  # e.g. the shortcut test's id/ood
+    if d.dataset != "tinyimagenet" or (
+        "val" not in tests and len(tests) > 1
+    ):  # e.g. the shortcut test's id/ood
         return Cell("other", row, {name: (name, "acc1") for name in tests}, False)
     top1 = (_main_set(run), "acc1")
     if m.variant not in ("vit", "iq_ic_gc"):
@@ -480,7 +482,9 @@ def convergence_for(table: str, groups: Sequence[Group], out: Path, threshold: f
     ]
     if not curves:
         return None
-    path = out.parent / "figures" / f"{out.stem}_table{table}_convergence.png"  # two reports in one folder: two files
+    path = (
+        out.parent / "figures" / f"{out.stem}_table{table}_convergence.png"
+    )  # two reports in one folder: two files
     title = f"{TABLE_TITLES[table].split('.')[0]}: {column} per epoch"
     unit = " (%)" if column.endswith("acc1") else ""
     convergence_figure(curves, threshold=threshold, ylabel=column + unit, title=title, path=path)

@@ -71,7 +71,9 @@ def infer_label(path: str | Path, classes: Sequence[str]) -> str | None:
     return next((part for part in reversed(Path(path).parent.parts) if part in known), None)
 
 
-def check_outputs(out: str | Path | None, html: str | Path | None, labels: Sequence[str] | None, n: int) -> None:
+def check_outputs(
+    out: str | Path | None, html: str | Path | None, labels: Sequence[str] | None, n: int
+) -> None:
     """Refuse a `run_viz` request that writes nothing or gives labels for another number of images (before
     any map is computed)."""
     if out is None and html is None:
@@ -123,7 +125,9 @@ def run_viz(
         classes = list(maps.run.metrics.get("classes") or [])
         truth = list(labels) if labels is not None else [infer_label(p, classes) for p in maps.paths]
         shown = _per_image(maps.heads if head is not None else maps.maps, maps.vlm, title_vlm)
-        written.append(_write_html(html, images, shown, names, maps.logits, classes, truth, layer, head, title))
+        written.append(
+            _write_html(html, images, shown, names, maps.logits, classes, truth, layer, head, title)
+        )
     return written
 
 

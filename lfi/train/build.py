@@ -48,7 +48,9 @@ def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
     try:
         vit = create_vit(m.name, m.checkpoint, num_classes=num_classes, **kwargs)
     except TypeError as error:  # a key the timm model's constructor does not take
-        raise ConfigError(f"model.timm_kwargs {sorted(m.timm_kwargs)} do not fit timm model {m.name!r}: {error}") from None
+        raise ConfigError(
+            f"model.timm_kwargs {sorted(m.timm_kwargs)} do not fit timm model {m.name!r}: {error}"
+        ) from None
     except RuntimeError as error:  # unknown model name
         raise ConfigError(f"model.name {m.name!r}: {error}") from None
     for patch in set(vit.patch_embed.patch_size):  # the name's 'patchN' may be overridden or absent
@@ -102,7 +104,9 @@ def build_kd_teacher(cfg: Config, data: ExperimentData) -> nn.Module:
 
     kd = cfg.loss.kd
     if not data.wnids:
-        raise ConfigError("loss.kd_weight > 0 needs the dataset's class wnids (ImageNet classes), e.g. TinyImageNet")
+        raise ConfigError(
+            "loss.kd_weight > 0 needs the dataset's class wnids (ImageNet classes), e.g. TinyImageNet"
+        )
     for key in ("checkpoint", "synsets"):
         if getattr(kd, key) is None:
             raise ConfigError(f"loss.kd.{key} must name a file for the KD baseline (loss.kd_weight > 0)")
@@ -153,7 +157,9 @@ def build_task(cfg: Config, data: ExperimentData) -> ClassificationTask | Detect
         return ClassificationTask()
     from lfi.models.detr import build_processor
 
-    return DetectionTask(build_processor(cfg.model.name), data.coco_gt, data.category_ids, cfg.task == "segmentation")
+    return DetectionTask(
+        build_processor(cfg.model.name), data.coco_gt, data.category_ids, cfg.task == "segmentation"
+    )
 
 
 def build(
@@ -177,5 +183,7 @@ def build(
     if cfg.task == "classification":
         img = cfg.data.img_size
         grid = model.patch_grid((img, img))
-    datamodule = LfiDataModule(cfg, data, grid, store if reads_store else None, train_transforms, eval_transforms)
+    datamodule = LfiDataModule(
+        cfg, data, grid, store if reads_store else None, train_transforms, eval_transforms
+    )
     return Built(model, build_criterion(cfg, model, data), datamodule, build_task(cfg, data), data)

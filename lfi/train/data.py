@@ -64,7 +64,9 @@ def build_data(cfg: Config) -> ExperimentData:
             masks = wants_masks(cfg)
             train, val = coco_sets(d, masks)
             train = fraction_subset(train, d.ratio, d.split_seed)
-            return ExperimentData(train, val, {"val": val}, list(val.classes), coco_gt=val.coco, category_ids=val.coco_ids)
+            return ExperimentData(
+                train, val, {"val": val}, list(val.classes), coco_gt=val.coco, category_ids=val.coco_ids
+            )
         return _detection_data(cfg)
     if dataset_spec(d.dataset).builder is None:  # e.g. the synthetic set, built by `lfi demo`
         raise ValueError(f"data.dataset={d.dataset} has no loader here: it is built by the code that uses it")
@@ -77,19 +79,29 @@ def build_data(cfg: Config) -> ExperimentData:
         train = build_dataset(d.dataset, root, "train", **opts)
         val = build_dataset(d.dataset, root, "val", **opts)
         tests = {dom: build_dataset(d.dataset, root, "test", domains=[dom]) for dom in d.test_domains or []}
-    if d.shortcut is not None or d.classes_subset is not None:  # the shortcut test (issue 18): id / ood / clean
+    if (
+        d.shortcut is not None or d.classes_subset is not None
+    ):  # the shortcut test (issue 18): id / ood / clean
         if not dataset_spec(d.dataset).subsets:
-            raise ValueError(f"data.shortcut / data.classes_subset need a dataset with subsets, got {d.dataset!r}")
+            raise ValueError(
+                f"data.shortcut / data.classes_subset need a dataset with subsets, got {d.dataset!r}"
+            )
         from lfi.data.shortcut import shortcut_splits
 
-        train, val, tests = shortcut_splits(train, val, d.classes_subset, d.shortcut, d.shortcut_width, d.split_seed)
+        train, val, tests = shortcut_splits(
+            train, val, d.classes_subset, d.shortcut, d.shortcut_width, d.split_seed
+        )
     data = ExperimentData(train, val, tests or {"val": val}, train.classes, getattr(train, "wnids", None))
     if d.val_fraction > 0:  # choose on a split of train; the dataset's own val is then reported as a test
         kept, held_out = holdout_split(train.labels, d.val_fraction, d.split_seed)
         data.train, data.val = Subset(train, kept), Subset(train, held_out)
-        data.notes["val"] = f"{len(held_out)} training images held out ({d.val_fraction:g}, seed {d.split_seed})"
+        data.notes["val"] = (
+            f"{len(held_out)} training images held out ({d.val_fraction:g}, seed {d.split_seed})"
+        )
     if d.ratio < 1.0:
-        labels = [train.labels[i] for i in data.train.indices] if isinstance(data.train, Subset) else train.labels
+        labels = (
+            [train.labels[i] for i in data.train.indices] if isinstance(data.train, Subset) else train.labels
+        )
         kept = ratio_subset(labels, d.ratio, d.split_seed)
         data.train = Subset(data.train, kept)
     if val is None and not tests:  # no test set of its own: the held-out training images are reported
@@ -109,10 +121,16 @@ def skip_failed_images(data: ExperimentData, store: str, held_out: bool) -> None
     dropped = 0
     for split in ("train", "val") if held_out else ("train",):
         dataset = getattr(data, split)
-        keep = [i for i, rel in enumerate(relpaths(dataset)) if not any(p == rel or p.endswith(":" + rel) for p in listed)]
+        keep = [
+            i
+            for i, rel in enumerate(relpaths(dataset))
+            if not any(p == rel or p.endswith(":" + rel) for p in listed)
+        ]
         dropped += len(dataset) - len(keep)
         setattr(data, split, Subset(dataset, keep))
-    data.notes["skipped"] = f"data.skip_failed: {dropped} images listed in {Path(store) / FAILED_FILE} left out"
+    data.notes["skipped"] = (
+        f"data.skip_failed: {dropped} images listed in {Path(store) / FAILED_FILE} left out"
+    )
     warnings.warn(data.notes["skipped"], stacklevel=2)
 
 
@@ -130,7 +148,9 @@ def relpaths(dataset: Dataset) -> list[str]:
 
 def wants_masks(cfg: Config) -> bool:
     """Instance masks in each sample: segmentation, or a ground-truth teacher reading masks on the fly."""
-    return cfg.task == "segmentation" or (teacher_spec(cfg.teacher.name).ground_truth and cfg.teacher.source == "masks")
+    return cfg.task == "segmentation" or (
+        teacher_spec(cfg.teacher.name).ground_truth and cfg.teacher.source == "masks"
+    )
 
 
 def train_domains(d: DataConfig) -> list[str] | None:
@@ -140,7 +160,9 @@ def train_domains(d: DataConfig) -> list[str] | None:
         return d.train_domains
     rest = [x for x in dataset_spec(d.dataset).domains if x not in d.test_domains]
     if not rest:
-        raise ValueError(f"data.test_domains {d.test_domains} leaves no {d.dataset} domain to train on; set data.train_domains")
+        raise ValueError(
+            f"data.test_domains {d.test_domains} leaves no {d.dataset} domain to train on; set data.train_domains"
+        )
     return rest
 
 
@@ -167,7 +189,9 @@ def stored_maps_of(store: object, keys: list[str]) -> tuple[torch.Tensor, torch.
     maps, valid = zip(*(read_stored_map(store, key) for key in keys), strict=True)
     shapes = {tuple(m.shape) for m in maps}
     if len(shapes) != 1:
-        raise ValueError(f"the interaction store holds maps of several grids {sorted(shapes)}; the GPU data path needs one")
+        raise ValueError(
+            f"the interaction store holds maps of several grids {sorted(shapes)}; the GPU data path needs one"
+        )
     return torch.stack(maps), torch.tensor(valid)
 
 
@@ -221,7 +245,9 @@ class ResumableSampler(Sampler):
         self._resume = (epoch, batches)
 
     def _indices(self) -> list[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        order = torch.randperm(
+            self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        )
         per_rank = -(-self.size // self.world)
         padded = order.tolist() + order.tolist()[: per_rank * self.world - self.size]
         return padded[self.rank :: self.world][: len(self)]
@@ -271,8 +297,12 @@ class LfiDataModule(L.LightningDataModule):
         self.cfg, self.data, self.grid, self.store = cfg, data, grid, store
         d = cfg.data
         if cfg.task != "classification":
-            self.train_tf = train_transforms or detection_transforms(d.augment, scales=d.scales, max_size=d.max_size)
-            self.eval_tf = eval_transforms or detection_transforms(False, scales=d.scales, max_size=d.max_size)
+            self.train_tf = train_transforms or detection_transforms(
+                d.augment, scales=d.scales, max_size=d.max_size
+            )
+            self.eval_tf = eval_transforms or detection_transforms(
+                False, scales=d.scales, max_size=d.max_size
+            )
             self.collate = collate_detection
         else:
             self.train_tf = train_transforms or classification_transforms(d.augment, d.img_size)
@@ -331,7 +361,9 @@ class LfiDataModule(L.LightningDataModule):
         if self.on_device():
             data = self._device_images(self.data.train, with_maps=self.store is not None)
             d = self.cfg.data
-            return DeviceBatches(data, self.sampler, batch, d.img_size, True, self.cfg.seed, self.grid, augment=d.augment)
+            return DeviceBatches(
+                data, self.sampler, batch, d.img_size, True, self.cfg.seed, self.grid, augment=d.augment
+            )
         return self._loader(self._train_samples(), self.sampler)
 
     def on_device(self) -> bool:
@@ -355,7 +387,11 @@ class LfiDataModule(L.LightningDataModule):
 
     def prepare_caches(self, verify: str = "full") -> dict[str, ImageCache]:
         """Every split's image cache (what `lfi prepare` builds ahead of a GPU run, or checks in full)."""
-        splits = {"train": self.data.train, "val": self.data.val, **{f"test/{k}": v for k, v in self.data.tests.items()}}
+        splits = {
+            "train": self.data.train,
+            "val": self.data.val,
+            **{f"test/{k}": v for k, v in self.data.tests.items()},
+        }
         return {name: self.image_cache(dataset, verify) for name, dataset in splits.items()}
 
     def _device_images(self, dataset: Dataset, with_maps: bool) -> DeviceImages:
@@ -398,4 +434,3 @@ class LfiDataModule(L.LightningDataModule):
             size = len(dataset) if limit is None else min(limit, len(dataset))
             out[name] = self._eval_loader(dataset, ShardSampler(size))
         return out
-

@@ -82,7 +82,9 @@ class LfiModule(L.LightningModule):
         # the loss is logged at every step, as it always was: the logger's cadence (global steps) falls
         # between this one (steps of the epoch) in later epochs, where it gets the latest logged value
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict({f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True)
+            self.log_dict(
+                {f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True
+            )
         elif self.trainer.progress_bar_callback is not None:
             self.log("train/loss_step", values[-1], on_step=True)
         return losses["loss"]
@@ -107,7 +109,10 @@ class LfiModule(L.LightningModule):
         """This epoch's mean of every loss term over every process (one reduction per epoch)."""
         if self._epoch_means is None or self._epoch_means[0] != self.current_epoch:
             sums = self.reduced_loss_sums()
-            means = {f"train/{n}": float(v) for n, v in zip(self.loss_names, sums[:-1] / sums[-1].clamp_min(1), strict=True)}
+            means = {
+                f"train/{n}": float(v)
+                for n, v in zip(self.loss_names, sums[:-1] / sums[-1].clamp_min(1), strict=True)
+            }
             self._epoch_means = (self.current_epoch, means)
         return self._epoch_means[1]
 
@@ -170,7 +175,9 @@ class LfiModule(L.LightningModule):
             schedule = torch.optim.lr_scheduler.StepLR(optimizer, drop, gamma=0.1)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = round(o.warmup_epochs * total / self.trainer.max_epochs) if self.trainer.max_epochs > 0 else 0
+        warmup = (
+            round(o.warmup_epochs * total / self.trainer.max_epochs) if self.trainer.max_epochs > 0 else 0
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, total, warmup, o.min_lr_ratio)
         )
@@ -223,7 +230,12 @@ def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
     lrs = {"interaction": o.lr_interaction, "head": o.lr, "backbone": o.lr_backbone}
     lrs = {role: o.lr if lr is None else lr for role, lr in lrs.items()}
     return [
-        {"params": params, "lr": lrs[role], "weight_decay": o.weight_decay if decay else 0.0, "name": f"{role}" if decay else f"{role}_no_decay"}
+        {
+            "params": params,
+            "lr": lrs[role],
+            "weight_decay": o.weight_decay if decay else 0.0,
+            "name": f"{role}" if decay else f"{role}_no_decay",
+        }
         for (role, decay), params in sorted(groups.items())
     ]
 
@@ -231,7 +243,9 @@ def parameter_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
 def _backbone(model: nn.Module) -> nn.Module:
     """I-ViT: the ViT without its head; I-DETR: the CNN backbone."""
     if hasattr(model, "vit"):
-        return nn.ModuleList([m for name, m in model.vit.named_children() if m is not model.vit.get_classifier()])
+        return nn.ModuleList(
+            [m for name, m in model.vit.named_children() if m is not model.vit.get_classifier()]
+        )
     return model.core.backbone
 
 
@@ -365,7 +379,15 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
                                      save_top_k=1, enable_version_counter=False))  # fmt: skip
     # the bar on a terminal (its loss read at the logging cadence), plain lines in a log
     bar, lines = progress_callbacks(t.enable_progress_bar, every=t.log_every_n_steps)
-    ours = [last, best, *extra, ValidateFinalEpoch(), LearningRateMonitor("step"), EpochCSV(files.metrics_csv), *lines]
+    ours = [
+        last,
+        best,
+        *extra,
+        ValidateFinalEpoch(),
+        LearningRateMonitor("step"),
+        EpochCSV(files.metrics_csv),
+        *lines,
+    ]
     return L.Trainer(
         default_root_dir=files.root,
         max_epochs=t.max_epochs,
@@ -407,7 +429,9 @@ def resolve_resume(files: RunFiles, resume: str | bool | None) -> str | None:
         return None
     path = files.last_checkpoint if resume is True else Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path} (a run writes checkpoints/last.ckpt every epoch)")
+        raise FileNotFoundError(
+            f"--resume: no checkpoint at {path} (a run writes checkpoints/last.ckpt every epoch)"
+        )
     return str(path)
 
 
@@ -463,7 +487,9 @@ def train(
     return RunResult(module, metrics, files.root)
 
 
-def _finish(cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, files: RunFiles, train_s: float) -> dict:
+def _finish(
+    cfg: Config, module: LfiModule, trainer: L.Trainer, built: Built, files: RunFiles, train_s: float
+) -> dict:
     """Evaluate on every test set (rank 0) and write model.safetensors and metrics.json."""
     start = time.perf_counter()
     device = trainer.strategy.root_device  # Lightning hands the module back on the CPU after fit

@@ -84,7 +84,9 @@ class ClassificationLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        return {"task": F.cross_entropy(outputs["logits"], batch["label"], label_smoothing=self.label_smoothing)}
+        return {
+            "task": F.cross_entropy(outputs["logits"], batch["label"], label_smoothing=self.label_smoothing)
+        }
 
 
 class DetrLoss(nn.Module):
@@ -124,7 +126,9 @@ class MapAlignment(nn.Module):
 
     def forward(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if "map" not in batch:
-            raise KeyError("the student is aligned to C_VLM but the batch has no 'map' (no interaction store?)")
+            raise KeyError(
+                "the student is aligned to C_VLM but the batch has no 'map' (no interaction store?)"
+            )
         teacher = batch["map"] * batch["map_valid"].to(batch["map"].dtype)[:, None, None]
         return {"align": self.alignment(outputs["maps"], teacher)}
 
@@ -185,7 +189,9 @@ def valid_region(grid_mask: torch.Tensor) -> list[tuple[int, int]]:
     for b, m in enumerate(grid_mask.bool()):
         hv, wv = int(m.any(1).sum()), int(m.any(0).sum())
         if int(m.sum()) != hv * wv or not bool(m[:hv, :wv].all()):
-            raise ValueError(f"grid_mask[{b}]: valid cells are not a top-left rectangle (pad bottom/right only)")
+            raise ValueError(
+                f"grid_mask[{b}]: valid cells are not a top-left rectangle (pad bottom/right only)"
+            )
         sizes.append((hv, wv))
     return sizes
 
@@ -260,7 +266,9 @@ class Criterion(nn.Module):
             losses.update(term(outputs, batch))
         missing = sorted(set(losses) - set(self.weight_dict))
         if missing:
-            raise KeyError(f"Criterion: no weight for the loss terms {missing}; weight_dict has {sorted(self.weight_dict)}")
+            raise KeyError(
+                f"Criterion: no weight for the loss terms {missing}; weight_dict has {sorted(self.weight_dict)}"
+            )
         losses["loss"] = sum(self.weight_dict[k] * v for k, v in losses.items())
         return losses
 

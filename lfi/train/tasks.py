@@ -69,7 +69,9 @@ class DetectionTask:
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         pixels = batch["image"]
         out = model.forward_aligned(
-            pixel_values=pixels, pixel_mask=batch["pixel_mask"].long(), labels=detr_labels(batch["targets"], pixels.shape[-2:])
+            pixel_values=pixels,
+            pixel_mask=batch["pixel_mask"].long(),
+            labels=detr_labels(batch["targets"], pixels.shape[-2:]),
         )
         name = model.config.supervised_map
         maps = torch.stack([m[name] for m in out.maps.values()]) if out.maps else None
@@ -112,7 +114,10 @@ def detr_labels(targets: Sequence[dict], padded: tuple[int, int]) -> list[dict[s
             [(xyxy[:, 0] + xyxy[:, 2]) / 2, (xyxy[:, 1] + xyxy[:, 3]) / 2, xyxy[:, 2] - xyxy[:, 0],
              xyxy[:, 3] - xyxy[:, 1]], dim=1,
         ) / scale  # fmt: skip
-        label = {"class_labels": torch.as_tensor(t["labels"], dtype=torch.int64, device=xyxy.device), "boxes": cxcywh}
+        label = {
+            "class_labels": torch.as_tensor(t["labels"], dtype=torch.int64, device=xyxy.device),
+            "boxes": cxcywh,
+        }
         if "masks" in t:
             m = t["masks"].as_subclass(torch.Tensor).float()
             label["masks"] = F.pad(m, (0, padded[1] - m.shape[-1], 0, padded[0] - m.shape[-2]))
@@ -144,6 +149,11 @@ def stored_maps(batch: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
     each teacher map (h, w) as stored (zeroed where the teacher's map was invalid) and (B, 4) the window of
     each that its transformed image spans."""
     if "map" not in batch:
-        raise KeyError("the batch has no 'map': the student is aligned to C_VLM but no interaction store is read")
-    maps = [m if bool(valid) else torch.zeros_like(m) for m, valid in zip(batch["map"], batch["map_valid"], strict=True)]
+        raise KeyError(
+            "the batch has no 'map': the student is aligned to C_VLM but no interaction store is read"
+        )
+    maps = [
+        m if bool(valid) else torch.zeros_like(m)
+        for m, valid in zip(batch["map"], batch["map_valid"], strict=True)
+    ]
     return maps, batch["map_box"]

@@ -23,7 +23,9 @@ def blob_data(n: int = 8) -> DeviceImages:
         y, x = torch.randint(0, 6, (2,), generator=g).tolist()
         maps[i, y : y + 3, x : x + 2] = 1.0
     maps = normalize_map(maps)
-    red = torch.nn.functional.interpolate(maps[:, None] / maps.amax((1, 2))[:, None, None, None], size=SIDE, mode="nearest")
+    red = torch.nn.functional.interpolate(
+        maps[:, None] / maps.amax((1, 2))[:, None, None, None], size=SIDE, mode="nearest"
+    )
     images = torch.zeros(n, 3, SIDE, SIDE, dtype=torch.uint8)
     images[:, 0] = (red[:, 0] * 255).round().to(torch.uint8)
     return DeviceImages.of(images.numpy(), np.arange(n), maps, torch.ones(n, dtype=torch.bool), "cpu")
@@ -31,7 +33,17 @@ def blob_data(n: int = 8) -> DeviceImages:
 
 def test_crops_move_image_and_map_together():
     data = blob_data()
-    batches = DeviceBatches(data, list(range(8)), batch_size=8, size=SIDE, train=True, seed=3, grid=(4, 4), mean=(0, 0, 0), std=(1, 1, 1))
+    batches = DeviceBatches(
+        data,
+        list(range(8)),
+        batch_size=8,
+        size=SIDE,
+        train=True,
+        seed=3,
+        grid=(4, 4),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+    )
     batch = next(iter(batches))
     # the red channel (the map drawn into the image) seen on the student grid, against the map that came out
     red = resample_map(batch["image"][:, 0].clamp_min(0), (4, 4))
@@ -46,8 +58,12 @@ def test_batches_depend_only_on_seed_epoch_and_number():
     data = blob_data()
     make = lambda seed: DeviceBatches(data, [(1, i) for i in range(8)], 4, SIDE, True, seed, (4, 4))  # noqa: E731
     a, b, c = (list(make(s)) for s in (0, 0, 1))
-    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["map"], y["map"]) for x, y in zip(a, b, strict=True))
+    assert all(
+        torch.equal(x["image"], y["image"]) and torch.equal(x["map"], y["map"])
+        for x, y in zip(a, b, strict=True)
+    )
     assert not torch.equal(a[0]["image"], c[0]["image"])
+
     # a resumed epoch that skips the first batch draws the second batch's crops as the full epoch did
     class Skipped(list):
         def __len__(self) -> int:
@@ -65,14 +81,18 @@ def test_flip_and_normalisation_before_the_crop_equal_them_after():
     data = DeviceImages.of(images.numpy(), np.arange(6), device="cpu")
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
     seed, epoch, number = 5, 2, 1
-    batch = DeviceBatches(data, list(range(6)), 6, 20, True, seed, mean=mean, std=std).batch(torch.arange(6), epoch, number)
+    batch = DeviceBatches(data, list(range(6)), 6, 20, True, seed, mean=mean, std=std).batch(
+        torch.arange(6), epoch, number
+    )
     generator = torch.Generator().manual_seed(hash((seed, epoch, number)) & 0x7FFF_FFFF_FFFF_FFFF)
     boxes = random_resized_boxes(6, SIDE, generator)
     flip = torch.rand(6, generator=generator) < 0.5
     assert flip.any() and not flip.all()  # both cases are checked
     crops = crop_resize(images.float(), boxes, (20, 20))
     crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
-    expected = (crops - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (torch.tensor(std).view(1, 3, 1, 1) * 255)
+    expected = (crops - torch.tensor(mean).view(1, 3, 1, 1) * 255) / (
+        torch.tensor(std).view(1, 3, 1, 1) * 255
+    )
     torch.testing.assert_close(batch["image"], expected, atol=1e-4, rtol=1e-5)
 
 
@@ -94,7 +114,9 @@ def test_device_batches_never_wait_for_the_gpu():
 
 def test_eval_is_the_central_crop():
     data = blob_data(2)
-    batch = next(iter(DeviceBatches(data, [0, 1], 2, 28, False, crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1))))
+    batch = next(
+        iter(DeviceBatches(data, [0, 1], 2, 28, False, crop_pct=0.875, mean=(0, 0, 0), std=(1, 1, 1)))
+    )
     centre = data.images[:, :, 2:30, 2:30].float() / 255  # mean 0, std 1 of the [0, 1] image
     torch.testing.assert_close(batch["image"], centre, atol=1e-4, rtol=0)
     assert "map" not in batch
@@ -115,7 +137,9 @@ def test_image_cache_is_built_once_and_reused(tmp_path):
     data = ShortcutShapes("train", 20, size=24)
     cache = ImageCache.build(data, 24, tmp_path, progress=False)
     assert cache.images.shape == (20, 3, 24, 24) and cache.images.dtype == np.uint8
-    assert torch.equal(torch.from_numpy(np.array(cache.images[3])), data[3]["image"].as_subclass(torch.Tensor))
+    assert torch.equal(
+        torch.from_numpy(np.array(cache.images[3])), data[3]["image"].as_subclass(torch.Tensor)
+    )
     assert cache.keys[3] == data[3]["key"] and int(cache.labels[3]) == data[3]["label"]
     again = ImageCache.build(data, 24, tmp_path, progress=False)
     assert again.path == cache.path and len(list(tmp_path.glob("*.npy"))) == 1

@@ -84,7 +84,9 @@ def test_cue_agreement_follows_p_and_ood_is_independent():
     assert np.abs(table / table.sum(1, keepdims=True) - 0.1).max() < 0.03  # cue distribution alike per label
     # deterministic per image, whatever else is in the set; the seed changes the draw
     assert cue_class(3, 10, paths[7], "rule", 0.5, 0) == cue_class(3, 10, paths[7], "rule", 0.5, 0)
-    assert [cue_class(1, 10, r, "random", 1, 0) for r in paths[:50]] != [cue_class(1, 10, r, "random", 1, 1) for r in paths[:50]]
+    assert [cue_class(1, 10, r, "random", 1, 0) for r in paths[:50]] != [
+        cue_class(1, 10, r, "random", 1, 1) for r in paths[:50]
+    ]
 
 
 def test_band_goes_along_the_widest_margin():
@@ -102,7 +104,9 @@ def test_samples_carry_the_cue_outside_the_box(tin: Path):
     outside = 0
     for i in range(len(ds)):
         s, orig = ds[i], plain[ds.indices[i]]
-        assert s["key"] == orig["key"] and s["relpath"] == orig["relpath"]  # the store's keys are the plain set's
+        assert (
+            s["key"] == orig["key"] and s["relpath"] == orig["relpath"]
+        )  # the store's keys are the plain set's
         assert s["label"] == [0, 2, 4].index(orig["label"]) and s["wnid"] == orig["wnid"]
         assert torch.equal(s["boxes"], orig["boxes"])
         _, (x0, y0, x1, y1) = ds.band(i)
@@ -146,7 +150,9 @@ def test_shortcut_splits_and_image_cache_keys(tin: Path, tmp_path: Path):
     # the GPU path's cache holds the painted images
     cache = ImageCache.build(held, 64, tmp_path, progress=False)
     assert cache.keys == [held[i]["key"] for i in range(len(held))]
-    assert np.array_equal(cache.images[1], held[1]["image"].numpy()) and cache.labels.tolist() == [held[i]["label"] for i in range(len(held))]
+    assert np.array_equal(cache.images[1], held[1]["image"].numpy()) and cache.labels.tolist() == [
+        held[i]["label"] for i in range(len(held))
+    ]
     plain_tests = shortcut_splits(train, val, classes_subset=3, agreement=None)[2]
     assert set(plain_tests) == {"val"}
     with pytest.raises(ValueError, match="classes_subset to at most 20"):
@@ -156,9 +162,13 @@ def test_shortcut_splits_and_image_cache_keys(tin: Path, tmp_path: Path):
 def test_build_data_serves_id_ood_clean(tin: Path):
     from lfi.train.data import build_data
 
-    cfg = load_config(None, [f"data.root={tin}", "data.shortcut=0.9", "data.classes_subset=4", "data.val_fraction=0.25"])
+    cfg = load_config(
+        None, [f"data.root={tin}", "data.shortcut=0.9", "data.classes_subset=4", "data.val_fraction=0.25"]
+    )
     data = build_data(cfg)
-    assert set(data.tests) == {"id", "ood", "clean"} and len(data.classes) == 4 and data.wnids == list(WNIDS[:4])
+    assert (
+        set(data.tests) == {"id", "ood", "clean"} and len(data.classes) == 4 and data.wnids == list(WNIDS[:4])
+    )
     assert len(data.train) + len(data.val) == 4 * N_TRAIN and isinstance(data.val, Subset)
     assert isinstance(data.val.dataset, ShortcutCue) and data.val.dataset.cue == "rule"
     batch = next(iter(DataLoader(data.tests["ood"], batch_size=8, collate_fn=collate_classification)))
@@ -177,11 +187,15 @@ def test_real_tinyimagenet_subset(shared_data: Path):
     ood = tests["ood"]
     assert abs(np.mean([c == r.label for c, r in zip(ood.cues, ood.records, strict=True)]) - 1 / 20) < 0.025
     free = np.mean([_overlap(tr.band(i)[1], r.boxes[0]) == 0 for i, r in enumerate(tr.records)])
-    assert 0.55 < free < 0.8  # 67% of the 40,000 training images leave room for the whole band outside the box
+    assert (
+        0.55 < free < 0.8
+    )  # 67% of the 40,000 training images leave room for the whole band outside the box
 
 
 # the run configs of the shortcut rows; study*.yaml beside them are studies over them (tests/train/test_study.py)
-ROW_CONFIGS = sorted(p for p in (REPO / "configs" / "study" / "shortcut").glob("*.yaml") if not p.name.startswith("study"))
+ROW_CONFIGS = sorted(
+    p for p in (REPO / "configs" / "study" / "shortcut").glob("*.yaml") if not p.name.startswith("study")
+)
 
 
 @pytest.mark.parametrize("path", ROW_CONFIGS, ids=lambda p: p.stem)

@@ -284,7 +284,9 @@ def test_eval_human_compares_rows_each_as_if_scored_alone(trained_run: Path, tmp
         for name, stats in alone["maps"].items():
             for metric, stat in stats.items():
                 # batches of 2 together, of 3 alone: float32 rounding in the model differs (~1e-6)
-                assert together["maps"][name][metric]["mean"] == pytest.approx(stat["mean"], rel=1e-5, abs=1e-5), (
+                assert together["maps"][name][metric]["mean"] == pytest.approx(
+                    stat["mean"], rel=1e-5, abs=1e-5
+                ), (
                     row,
                     name,
                     metric,

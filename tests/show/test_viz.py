@@ -118,7 +118,9 @@ def test_student_outputs_gives_the_logits_of_the_same_pass(trained_run: Path, im
     assert list(maps) == ["C_VFM", "C_AGT", "C_F"] and logits.shape == (2, 4)
 
 
-def test_per_head_figures_need_the_maps_of_each_head(trained_run: Path, images: list[Path], tmp_path: Path) -> None:
+def test_per_head_figures_need_the_maps_of_each_head(
+    trained_run: Path, images: list[Path], tmp_path: Path
+) -> None:
     maps = run_maps(trained_run, images[:1], teacher="none")
     with pytest.raises(ValueError, match="per_head=True"):
         run_viz(maps, tmp_path / "fig.png", per="head")

@@ -122,7 +122,9 @@ def test_result_oriented_kd(tmp_path: Path):
         "checkpoint": str(tmp_path / "t.safetensors"),
         "synsets": str(synsets),
     }
-    cfg = tiny_config(tmp_path, "vit", loss={"kd": kd, "kd_weight": 0.7}, teacher={"name": "none", "store": None})
+    cfg = tiny_config(
+        tmp_path, "vit", loss={"kd": kd, "kd_weight": 0.7}, teacher={"name": "none", "store": None}
+    )
     cfg.loss.kd.model = "deit_tiny_patch16_224"
     with pytest.raises(ValueError, match="class wnids"):
         LfiModule(cfg, num_classes=4)

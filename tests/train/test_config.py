@@ -48,7 +48,11 @@ def test_rows_cover_the_tables():
     names = {f"{p.parent.name}/{p.stem}" for p in ROWS}
     assert {f"table1/{m}_{s}" for m in ("vit", "ivit") for s in "sbl"} <= names
     assert {f"table3/{r}" for r in ("vit", "iq_gc", "ic_original", "iq_ic", "iq_ic_gc")} <= names
-    for table in ("table2", "table4", "table5"):  # a base per row, swept over the column (configs/<table>/README.md)
+    for table in (
+        "table2",
+        "table4",
+        "table5",
+    ):  # a base per row, swept over the column (configs/<table>/README.md)
         assert {f"{table}/vit_l", f"{table}/ivit_l"} <= names
 
 
@@ -107,13 +111,29 @@ def test_every_number_and_choice_is_checked(override: str, message: str):
 def test_timm_kwargs_are_checked_against_the_model():
     from lfi.train.build import build_model
 
-    cfg = load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=32", "model.timm_kwargs={depth: 1, patch_size: 8, colour: red}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=vit_tiny_patch16_224",
+            "data.img_size=32",
+            "model.timm_kwargs={depth: 1, patch_size: 8, colour: red}",
+        ],
+    )
     with pytest.raises(ConfigError, match="model.timm_kwargs"):
         build_model(cfg, 3)
-    cfg = load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=32", "model.timm_kwargs={img_size: 64}"])
+    cfg = load_config(
+        None, ["model.name=vit_tiny_patch16_224", "data.img_size=32", "model.timm_kwargs={img_size: 64}"]
+    )
     with pytest.raises(ConfigError, match="data.img_size"):
         build_model(cfg, 3)
-    cfg = load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=48", "model.timm_kwargs={depth: 1, patch_size: 16}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=vit_tiny_patch16_224",
+            "data.img_size=48",
+            "model.timm_kwargs={depth: 1, patch_size: 16}",
+        ],
+    )
     assert build_model(cfg, 3).patch_grid((48, 48)) == (3, 3)  # the input size comes from data.img_size
 
 
@@ -132,23 +152,33 @@ def test_img_size_not_a_multiple_of_the_patch_is_refused():
     message = str(error.value)
     assert "'data.img_size'=60" in message and "patch size 16" in message and "48 or 64" in message
     with pytest.raises(ConfigError, match="patch size 8; use 56 or 64"):
-        load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 8}"])
-    assert load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 6}"])
+        load_config(
+            None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 8}"]
+        )
+    assert load_config(
+        None, ["model.name=vit_tiny_patch16_224", "data.img_size=60", "model.timm_kwargs={patch_size: 6}"]
+    )
 
 
 def test_img_size_is_checked_against_the_built_model():
     """A timm name without 'patchN' is checked at build, against the model's own patch embedding."""
     from lfi.train.build import build_model
 
-    cfg = load_config(None, ["model.name=vit_tiny_patch16_224", "data.img_size=48", "model.timm_kwargs={depth: 1}"])
+    cfg = load_config(
+        None, ["model.name=vit_tiny_patch16_224", "data.img_size=48", "model.timm_kwargs={depth: 1}"]
+    )
     cfg.data.img_size = 40  # as if the name had not told the patch size
-    with pytest.raises(ConfigError, match="'data.img_size'=40 is not a multiple of the model's patch size 16; use 32 or 48"):
+    with pytest.raises(
+        ConfigError, match="'data.img_size'=40 is not a multiple of the model's patch size 16; use 32 or 48"
+    ):
         build_model(cfg, 3)
 
 
 def test_img_size_is_refused_for_detection_with_the_keys_it_uses():
     """Issue 33 item 3: detection ignored data.img_size (the README's CPU advice reached 13 GB)."""
     detr = ["task=detection", "model.name=detr", "data.dataset=coco"]
-    with pytest.raises(ConfigError, match=r"'data.img_size' is for classification; detection resizes .* 'data.scales'"):
+    with pytest.raises(
+        ConfigError, match=r"'data.img_size' is for classification; detection resizes .* 'data.scales'"
+    ):
         load_config(None, [*detr, "data.img_size=64"])
     assert load_config(None, [*detr, "data.scales=[256]", "data.max_size=384"]).data.max_size == 384

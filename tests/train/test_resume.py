@@ -71,8 +71,13 @@ def test_kill_9_at_any_step_then_resume_is_bit_exact(tiny):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    metrics = [json.loads((tmp / r / "iq_ic_gc" / "metrics.json").read_text()) for r in ("straight", "killed")]
-    assert metrics[0]["test"] == metrics[1]["test"] and metrics[0]["global_step"] == metrics[1]["global_step"] == 9
+    metrics = [
+        json.loads((tmp / r / "iq_ic_gc" / "metrics.json").read_text()) for r in ("straight", "killed")
+    ]
+    assert (
+        metrics[0]["test"] == metrics[1]["test"]
+        and metrics[0]["global_step"] == metrics[1]["global_step"] == 9
+    )
 
 
 class Kill(L.Callback):
@@ -101,7 +106,9 @@ def test_resume_after_kill_matches_uninterrupted(tiny, device_pipeline):
     cfg = tiny_config(tmp / "b", epochs=3, data=options)
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(cfg, data, store, callbacks=[Kill()])
-    assert (cfg.run_dir / "checkpoints" / "last.ckpt").is_file() and not (cfg.run_dir / "metrics.json").exists()
+    assert (cfg.run_dir / "checkpoints" / "last.ckpt").is_file() and not (
+        cfg.run_dir / "metrics.json"
+    ).exists()
     resumed = train(cfg, data, store, resume=True)
     assert resumed.metrics["test"] == straight.metrics["test"]
     assert resumed.metrics["global_step"] == straight.metrics["global_step"]
@@ -126,7 +133,16 @@ def test_run_folder_contents(tiny):
     assert metrics["teacher"] == "oracle" and metrics["best_epoch"] in (0, 1)
     lines = (run.run_dir / "metrics.csv").read_text().splitlines()
     assert len(lines) == 3  # a header and one row per epoch
-    for column in ("epoch", "step", "val/acc1", "val/acc5", "train/task", "train/align", "train/loss", "lr/head"):
+    for column in (
+        "epoch",
+        "step",
+        "val/acc1",
+        "val/acc5",
+        "train/task",
+        "train/align",
+        "train/loss",
+        "lr/head",
+    ):
         assert column in lines[0].split(","), column
 
 
