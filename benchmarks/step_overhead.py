@@ -47,6 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train_throughput import environment  # noqa: E402  (benchmarks/, this script's folder)
+
 from lfi.config import Config, config_from_dict  # noqa: E402
 from lfi.data.gpu import DeviceBatches  # noqa: E402
 from lfi.demo.synthetic import ShortcutShapes  # noqa: E402
@@ -397,8 +399,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     with tempfile.TemporaryDirectory() as root:
-        report = {"torch": torch.__version__, "lightning": L.__version__, "command": " ".join(sys.argv),
-                  "device": torch.cuda.get_device_name() if args.cuda else "cpu", **measure(args, Path(root))}  # fmt: skip
+        device = torch.device("cuda" if args.cuda else "cpu")
+        report = {**environment(device), **measure(args, Path(root))}  # device, date, versions, command
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
