@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 31 on one GPU, one call (~6 min): the GPU tests of the kernels and of the GPU data path, end to end
+# Issue 31 on one GPU, one call (~7 min): the GPU tests of the kernels and of the GPU data path, end to end
 # against the step for probe / full / I-ViT (10 epochs, FitClock's split of each fit, the bare step's device-busy
 # time), the host's cost per training step and the syncs in it (step_overhead.py), the fused attention per layer,
-# the I-ViT-S/16 frozen step against the plain ViT, and the gate floor beside two SDPA attentions. Usage, from the
+# the I-ViT-S/16 frozen step against the plain ViT, the linear gate's step (ViT-Ti, frozen), and the gate floor beside two SDPA attentions. Usage, from the
 # repo root:
 #   scripts/gpu_issue31.sh DATA        # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/issue31.tgz, env.txt also beside it (env.txt: device, versions, each part's exit code and seconds); each part has a time cap,
@@ -33,6 +33,9 @@ timeout 35 python3 benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates
   --out "$R/attention_kernels.json" > "$R/attention_kernels.log" 2>&1; part kernels $?
 timeout 70 python3 benchmarks/ivit_step.py --models vit_small_patch16_224 --modes frozen --variants plain fused --profile 2 \
   --time-budget 45 --out "$R/ivit_step_vit_s_frozen.json" > "$R/ivit_step.log" 2>&1; part step $?
+timeout 60 python3 benchmarks/ivit_step.py --models vit_tiny_patch16_224 --modes frozen \
+  --variants plain no_gate fused naive linear_gate --time-budget 40 --out "$R/ivit_step_vit_ti_linear_gate.json" \
+  > "$R/ivit_step_linear_gate.log" 2>&1; part "linear gate" $?  # issue 28 item 5: the linear gate's step time
 timeout 50 python3 benchmarks/gate_floor.py --shapes 256x6x197 --configs 128,4 256,4 --out "$R/gate_floor.json" \
   > "$R/gate_floor.log" 2>&1; part floor $?
 date -u >> "$R/env.txt"
