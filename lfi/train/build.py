@@ -17,7 +17,7 @@ from torch import nn
 
 from lfi.config import Config, ConfigError, check_patch_multiple
 from lfi.data.controls import with_control
-from lfi.train.data import ExperimentData, LfiDataModule, Transform, build_data
+from lfi.train.data import ExperimentData, LfiDataModule, Transform, build_data, check_store_covers
 from lfi.train.losses import Criterion, classification_criterion, detection_criterion
 from lfi.train.tasks import ClassificationTask, DetectionTask, oracle_maps, stored_maps
 
@@ -177,6 +177,7 @@ def build(
     reads_store = cfg.aligned and (store is not None or cfg.teacher.store is not None)
     if reads_store and store is None:
         store = open_store(cfg)
+        check_store_covers(store, data.train, cfg.teacher.store)
     if reads_store:
         store = with_control(store, cfg.teacher.control, cfg.seed)
     grid = None

@@ -111,27 +111,59 @@ def build_data(cfg: Config) -> ExperimentData:
     return data
 
 
+def failed_paths(store: str | Path) -> list[str]:
+    """The image paths `lfi extract --on-error skip` listed in `store`'s failed.jsonl."""
+    from lfi.store.layout import read_failures
+
+    return [p for p in (str(f.get("path") or "") for f in read_failures(store)) if p]
+
+
+def _listed(rel: str, paths: list[str]) -> bool:
+    return any(p == rel or p.endswith(":" + rel) for p in paths)
+
+
 def skip_failed_images(data: ExperimentData, store: str, held_out: bool) -> None:
     """data.skip_failed: drop from data.train (and data.val when it is held out of the training images) every
     image listed in `store`'s failed.jsonl; data.notes["skipped"] says how many."""
-    from lfi.store.layout import FAILED_FILE, read_failures
+    from lfi.store.layout import FAILED_FILE
 
-    listed = [str(f.get("path") or "") for f in read_failures(store)]
-    listed = [p for p in listed if p]
+    listed = failed_paths(store)
     dropped = 0
     for split in ("train", "val") if held_out else ("train",):
         dataset = getattr(data, split)
-        keep = [
-            i
-            for i, rel in enumerate(relpaths(dataset))
-            if not any(p == rel or p.endswith(":" + rel) for p in listed)
-        ]
+        try:
+            paths = relpaths(dataset)
+        except ValueError as e:
+            raise ValueError(f"data.skip_failed: {e}") from None
+        keep = [i for i, rel in enumerate(paths) if not _listed(rel, listed)]
         dropped += len(dataset) - len(keep)
         setattr(data, split, Subset(dataset, keep))
     data.notes["skipped"] = (
         f"data.skip_failed: {dropped} images listed in {Path(store) / FAILED_FILE} left out"
     )
     warnings.warn(data.notes["skipped"], stacklevel=2)
+
+
+def check_store_covers(store: Any, dataset: Dataset, where: str | Path) -> None:
+    """Raise before training when `store` (an `InteractionStore` at `where`) holds no map for some training
+    images, matched by path: what an interrupted `lfi extract` leaves behind, found at set-up instead of at the
+    first missing sample, minutes into an epoch. Images its failed.jsonl lists are not counted (decoding them
+    fails with its own message, or data.skip_failed leaves them out); a changed file (same path, new bytes)
+    is still found when its map is read. Datasets that do not list their files are checked only then."""
+    try:
+        wanted = relpaths(dataset)
+    except ValueError:
+        return
+    keys: list[str] = store.keys()  # an InteractionStore lists its keys but is not iterable
+    stored = {key.rsplit("#", 1)[0] for key in keys}
+    failed = failed_paths(where)
+    missing = [rel for rel in wanted if rel not in stored and not _listed(rel, failed)]
+    if missing:
+        raise ValueError(
+            f"teacher.store {where} holds no map for {len(missing)} of the {len(wanted)} training images "
+            f"(e.g. {', '.join(missing[:3])}): was its extraction interrupted, or made from other data files? "
+            "Run the same `lfi extract ... --out` again: it resumes and extracts only the missing images"
+        )
 
 
 def relpaths(dataset: Dataset) -> list[str]:
@@ -142,7 +174,7 @@ def relpaths(dataset: Dataset) -> list[str]:
         dataset = dataset.dataset
     records = getattr(dataset, "records", None)
     if records is None:
-        raise ValueError(f"data.skip_failed: {type(dataset).__name__} does not list its image files")
+        raise ValueError(f"{type(dataset).__name__} does not list its image files")
     return [records[i].relpath for i in (indices if indices is not None else range(len(records)))]
 
 
