@@ -13,10 +13,15 @@ The image cache is built before the timed runs (`lfi prepare`); its build time i
 wall time is split by `FitClock` (host clock at Lightning's hooks): set-up before the first step, validations,
 the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
 loader's new epoch; the GPU's queue drains there once, at the loss check), the end of fit and the steps (first
-step start to last step end of each epoch).
+step start to last step end of each epoch). With `--profile-fit-steps N` (`FitProfile`), in a further fit
+of the same run (the timed one stays unprofiled), N steps centred in the middle epoch are timed and the same
+steps of the next epoch profiled: wall and device-busy ms per step, their top kernels, and the kernels whose
+time the fit adds to the bare step's (`added_kernels`): which GPU work the fit adds, and whether the host or
+the device sets its pace.
 
     python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
         --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader] \\
+        [--profile-steps 3] [--profile-fit-steps 20] \\
         [--set trainer.check_val_every_n_epoch=5 trainer.checkpoint_every_n_epochs=5 trainer.sanity_val_steps=0]
     python benchmarks/train_throughput.py ... --cpu --limit-batches 2 --batch 32   # the CPU path, small
 """
@@ -37,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiling import kernel_breakdown  # noqa: E402
+from profiling import activities, added_kernels, breakdown_of, kernel_breakdown, top_kernels  # noqa: E402
+from torch.profiler import profile  # noqa: E402
 
 from lfi.config import load_config  # noqa: E402
 from lfi.train.build import build_criterion, build_model  # noqa: E402
@@ -115,12 +121,73 @@ class FitClock(L.Callback):
         return {**out, "other_s": round(total - sum(self.spent.values()), 3)}
 
 
+class FitProfile(L.Callback):
+    """`steps` consecutive training steps inside the fit, away from the epochs' edges: timed in the middle
+    epoch ((max_epochs - 1) // 2), then the same steps of the next epoch profiled (torch.profiler slows the
+    host, so the wall time per step comes from the unprofiled window). A window runs from the end of the step
+    before its first to the end of its last (`steps` whole step cycles, the next batch's making included),
+    centred in the epoch; on a GPU the device is drained at both ends, so the time covers the steps' work."""
+
+    def __init__(self, steps: int, cuda: bool) -> None:
+        self.steps, self.cuda = steps, cuda
+        self.first = self.epoch = 0
+        self.began = 0.0
+        self.wall_s: dict[int, float] = {}
+        self.profiler: profile | None = None
+        self.breakdown: dict | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        batches = int(trainer.num_training_batches)
+        if trainer.max_epochs < 2 or self.steps + 1 > batches:
+            raise ValueError(
+                f"--profile-fit-steps {self.steps}: needs 2 epochs or more (has {trainer.max_epochs}) and "
+                f"more train batches per epoch than steps profiled (has {batches})"
+            )
+        self.epoch = (trainer.max_epochs - 1) // 2
+        self.first = max(1, (batches - self.steps) // 2)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        index, epoch = args[-1], trainer.current_epoch
+        if epoch not in (self.epoch, self.epoch + 1):
+            return
+        if index == self.first - 1:
+            _sync(module.device)
+            if epoch > self.epoch:
+                self.profiler = profile(activities=activities(self.cuda))
+                self.profiler.start()
+            self.began = time.perf_counter()
+        elif index == self.first + self.steps - 1:
+            _sync(module.device)
+            self.wall_s[epoch] = time.perf_counter() - self.began
+            if self.profiler is not None:
+                self.profiler.stop()
+                self.breakdown = breakdown_of(self.profiler, self.steps, self.cuda)
+                self.profiler = None
+
+    def report(self, bare: dict) -> dict:
+        """Wall and device-busy ms per step of the fit's steps, their top kernels and those they add to the
+        `bare` step's breakdown (`kernel_breakdown`)."""
+        if self.breakdown is None:
+            raise RuntimeError("--profile-fit-steps: the fit ended before its profiled steps")
+        per_step = {e: round(1e3 * s / self.steps, 3) for e, s in self.wall_s.items()}
+        return {
+            "epochs": [self.epoch, self.epoch + 1],
+            "first_step": self.first,
+            "steps": self.steps,
+            "wall_ms": per_step[self.epoch],
+            "profiled_wall_ms": per_step[self.epoch + 1],
+            "device_busy_ms": round(self.breakdown["total_us"] / 1e3, 3),
+            "top_kernels": top_kernels(self.breakdown),
+            "added_kernels": added_kernels(self.breakdown, bare),
+        }
+
+
 def step_rate(
     cfg, device: torch.device, steps: int, warmup: int, profiled: int = 0
-) -> tuple[float, float | None]:
+) -> tuple[float, dict | None]:
     """img/s of the training step on synthetic device tensors (the model's ceiling), and with `profiled` > 0
-    the device's busy time per step in ms (its kernels' time summed over that many profiled steps, after the
-    timed ones): near the step's wall time the device is the bound, well under it the host is."""
+    its `kernel_breakdown` over that many profiled steps after the timed ones (`total_us`: the device's busy
+    time per step; near the step's wall time the device is the bound, well under it the host is)."""
     model = build_model(cfg, 200).to(device)
     data = ExperimentData(None, None, {}, [str(i) for i in range(200)])
     criterion = build_criterion(cfg, model, data).to(device)
@@ -154,8 +221,7 @@ def step_rate(
         step()
     _sync(device)
     rate = steps * b / (time.perf_counter() - start)
-    busy = kernel_breakdown(step, profiled, device.type == "cuda")["total_us"] / 1e3 if profiled else None
-    return rate, busy
+    return rate, kernel_breakdown(step, profiled, device.type == "cuda") if profiled else None
 
 
 def _sync(device: torch.device) -> None:
@@ -186,6 +252,14 @@ def main() -> None:
         help="profiled bare steps per row: the device's busy time per step beside its wall time",
     )
     parser.add_argument(
+        "--profile-fit-steps",
+        type=int,
+        default=0,
+        help="timed, then profiled, steps inside a further fit of each row and path (`FitProfile`): wall and "
+        "device-busy ms per step, top kernels beside the bare step's (profiled over --profile-steps, else as "
+        "many steps)",
+    )
+    parser.add_argument(
         "--cpu", action="store_true", help="measure the CPU path (small: see --limit-batches)"
     )
     parser.add_argument("--limit-batches", type=int, help="train batches per epoch (the CPU path)")
@@ -211,10 +285,11 @@ def main() -> None:
             *args.set,
         ]  # fmt: skip
         cfg = load_config(BASE, overrides)
-        rate, busy = step_rate(cfg, device, args.steps, 5, args.profile_steps)
+        rate, bare = step_rate(cfg, device, args.steps, 5, args.profile_steps or args.profile_fit_steps)
         result = {"overrides": overrides, "step_img_s": round(rate, 1)}
-        if busy is not None:
-            result |= {"step_ms": round(1e3 * args.batch / rate, 2), "step_device_busy_ms": round(busy, 2)}
+        if bare is not None:
+            result |= {"step_ms": round(1e3 * args.batch / rate, 2),
+                       "step_device_busy_ms": round(bare["total_us"] / 1e3, 2), "step_kernels": top_kernels(bare)}  # fmt: skip
         for path in args.paths:
             run_cfg = load_config(
                 BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"]
@@ -236,6 +311,11 @@ def main() -> None:
                 "best_val": run.metrics["best_val"],
                 "split": clock.report(run.metrics["train_seconds"]),
             }
+            if args.profile_fit_steps:  # a fit of its own: the profiler's cost stays out of the timed one
+                profiled = FitProfile(args.profile_fit_steps, device.type == "cuda")
+                train(load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}",
+                                         f"experiment={row}-{path}-profiled"]), callbacks=[profiled])  # fmt: skip
+                result[path]["fit_profile"] = profiled.report(bare)
             print(row, path, json.dumps(result[path]), flush=True)
         report["rows"][row] = result
         out.write_text(json.dumps(report, indent=2) + "\n")

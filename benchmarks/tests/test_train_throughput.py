@@ -1,8 +1,11 @@
-"""benchmarks/train_throughput.py: FitClock splits a fit's wall time into parts that add up to it."""
+"""benchmarks/train_throughput.py: FitClock splits a fit's wall time into parts that add up to it; FitProfile
+times and profiles steps inside a fit."""
 
 from __future__ import annotations
 
-from train_throughput import FitClock
+import pytest
+import torch
+from train_throughput import FitClock, FitProfile, step_rate
 
 from lfi.train.engine import train
 from tests.train.conftest import tiny_config, tiny_data
@@ -20,3 +23,24 @@ def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
     parts = [v for k, v in split.items() if k != "other_s"]
     assert all(v > 0 for v in parts), split  # 3 epochs: two edges, validations after epochs 2 and 3
     assert abs(sum(split.values()) - run.metrics["train_seconds"]) < 0.01
+
+
+def test_fit_profile_reports_wall_busy_and_kernels_of_steps_inside_the_fit(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFI_RUNS_ROOT", str(tmp_path))
+    cfg = tiny_config(tmp_path, variant="vit", epochs=2, trainer={"sanity_val_steps": 0})
+    profiled = FitProfile(steps=1, cuda=False)
+    train(cfg, tiny_data(), callbacks=[profiled])  # 3 batches per epoch: step 1 of epochs 0 and 1
+    _, bare = step_rate(cfg, torch.device("cpu"), steps=1, warmup=1, profiled=1)
+    report = profiled.report(bare)
+    assert (report["epochs"], report["first_step"], report["steps"]) == ([0, 1], 1, 1)
+    for key in ("wall_ms", "profiled_wall_ms", "device_busy_ms"):
+        assert report[key] > 0, key
+    assert report["top_kernels"] and all(k["us"] > 0 and k["calls"] > 0 for k in report["top_kernels"])
+    assert all(k["extra_us"] > 0 for k in report["added_kernels"])
+
+
+def test_fit_profile_refuses_a_window_the_epoch_cannot_hold(tmp_path, monkeypatch):
+    monkeypatch.setenv("LFI_RUNS_ROOT", str(tmp_path))
+    cfg = tiny_config(tmp_path, variant="vit", epochs=2, trainer={"sanity_val_steps": 0})
+    with pytest.raises(ValueError, match="--profile-fit-steps 3"):
+        train(cfg, tiny_data(), callbacks=[FitProfile(steps=3, cuda=False)])
