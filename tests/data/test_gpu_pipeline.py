@@ -145,3 +145,47 @@ def test_image_cache_is_built_once_and_reused(tmp_path):
     assert again.path == cache.path and len(list(tmp_path.glob("*.npy"))) == 1
     ImageCache.build(data, 16, tmp_path, progress=False)  # another size is another cache
     assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def _sampler_order(size: int, seed: int, epoch: int, batch: int, rank: int, world: int, skip: int) -> list:
+    """ResumableSampler's order as it was made with Python lists (before `index_tensor`): the reference."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    per_rank = -(-size // world)
+    kept = per_rank if per_rank <= batch else per_rank - per_rank % batch
+    return [
+        (epoch, i) for i in (order + order[: per_rank * world - size])[rank::world][:kept][skip * batch :]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("size", "world", "batch", "skip"), [(37, 1, 4, 0), (37, 3, 4, 2), (5, 4, 2, 0), (64, 2, 8, 3)]
+)
+def test_the_sampler_order_as_one_tensor_is_the_order_it_yields(size, world, batch, skip):
+    from lfi.train.data import ResumableSampler
+
+    for rank in range(world):
+        sampler = ResumableSampler(size, seed=3, batch_size=batch, rank=rank, world=world)
+        sampler.resume(2, skip)
+        sampler.set_epoch(2)
+        expected = _sampler_order(size, 3, 2, batch, rank, world, skip)
+        assert list(sampler) == expected
+        assert sampler.index_tensor().tolist() == [i for _, i in expected]
+
+
+def test_batches_from_the_sampler_tensor_equal_those_from_its_pairs():
+    from lfi.train.data import ResumableSampler
+
+    data = blob_data()
+    sampler = ResumableSampler(len(data), seed=1, batch_size=3, rank=0, world=1)
+    sampler.resume(4, 1)
+    sampler.set_epoch(4)
+
+    class Pairs(list):  # the same pairs as a plain sequence, of the sampler's full length (resumed)
+        def __len__(self) -> int:
+            return len(sampler)
+
+    fast = list(DeviceBatches(data, sampler, 3, SIDE, True, 0, (4, 4)))
+    slow = list(DeviceBatches(data, Pairs(sampler), 3, SIDE, True, 0, (4, 4)))
+    assert len(fast) == len(slow) == 1  # 6 of 8 per epoch (whole batches), the first skipped
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
