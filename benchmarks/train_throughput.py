@@ -14,8 +14,8 @@ wall time is split by `FitClock` (host clock at Lightning's hooks): set-up befor
 the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
 loader's new epoch; the GPU's queue drains there once, at the loss check), the end of fit and the steps (first
 step start to last step end of each epoch). With `--profile-fit-steps N` (`FitProfile`), in a further fit
-of the same run (the timed one stays unprofiled), N steps centred in the middle epoch are timed and the same
-steps of the next epoch profiled: wall and device-busy ms per step, their top kernels, and the kernels whose
+of the same run (the timed one stays unprofiled), N steps centred in the second epoch are timed and the same
+steps of the third profiled: wall and device-busy ms per step, their top kernels, and the kernels whose
 time the fit adds to the bare step's (`added_kernels`): which GPU work the fit adds, and whether the host or
 the device sets its pace.
 
@@ -82,6 +82,7 @@ class FitClock(L.Callback):
     def __init__(self) -> None:
         self.marks: dict[str, float] = {}
         self.spent = dict.fromkeys(("steps_s", "setup_s", "validation_s", "epoch_edges_s", "end_s"), 0.0)
+        self.each: dict[str, list[float]] = {"validations_s": [], "edges_s": []}  # which one costs what
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.marks["fit"] = time.perf_counter()
@@ -106,6 +107,7 @@ class FitClock(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         took = time.perf_counter() - self.marks.pop("val_start")
         self.spent["validation_s"] += took
+        self.each["validations_s"].append(took)
         self.marks["val"] = self.marks.get("val", 0.0) + took  # not counted again in the epoch's edge
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -113,24 +115,32 @@ class FitClock(L.Callback):
 
     def _epoch_done(self, now: float, edge: str = "epoch_edges_s") -> None:
         self.spent["steps_s"] += self.marks["last"] - self.marks["epoch"]
-        self.spent[edge] += now - self.marks["last"] - self.marks.pop("val", 0.0)
+        took = now - self.marks["last"] - self.marks.pop("val", 0.0)
+        self.spent[edge] += took
+        if edge == "epoch_edges_s":
+            self.each["edges_s"].append(took)
 
     def report(self, total: float) -> dict[str, float]:
-        """The split of a fit of `total` seconds; `other_s`: outside the hooks (Lightning's set-up and teardown)."""
+        """The split of a fit of `total` seconds; `other_s`: outside the hooks (Lightning's set-up and teardown);
+        `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
+        validation images; edges and validations that write a checkpoint stand out)."""
         out = {k: round(v, 3) for k, v in self.spent.items()}
-        return {**out, "other_s": round(total - sum(self.spent.values()), 3)}
+        each = {k: [round(v, 4) for v in values] for k, values in self.each.items()}
+        return {**out, "other_s": round(total - sum(self.spent.values()), 3), **each}
 
 
 class FitProfile(L.Callback):
-    """`steps` consecutive training steps inside the fit, away from the epochs' edges: timed in the middle
-    epoch ((max_epochs - 1) // 2), then the same steps of the next epoch profiled (torch.profiler slows the
-    host, so the wall time per step comes from the unprofiled window). A window runs from the end of the step
-    before its first to the end of its last (`steps` whole step cycles, the next batch's making included),
-    centred in the epoch; on a GPU the device is drained at both ends, so the time covers the steps' work."""
+    """`steps` consecutive training steps inside the fit, away from the epochs' edges: timed in the second
+    epoch (1; the first warms up), then the same steps of the third profiled (torch.profiler slows the host,
+    so the wall time per step comes from the unprofiled window). Neither follows a checkpoint write unless
+    every epoch writes one (a background write competes with the training thread). A window runs from the
+    end of the step before its first to the end of its last (`steps` whole step cycles, the next batch's
+    making included), centred in the epoch; on a GPU the device is drained at both ends, so the time covers
+    the steps' work."""
 
     def __init__(self, steps: int, cuda: bool) -> None:
         self.steps, self.cuda = steps, cuda
-        self.first = self.epoch = 0
+        self.first, self.epoch = 0, 1
         self.began = 0.0
         self.wall_s: dict[int, float] = {}
         self.profiler: profile | None = None
@@ -138,12 +148,11 @@ class FitProfile(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         batches = int(trainer.num_training_batches)
-        if trainer.max_epochs < 2 or self.steps + 1 > batches:
+        if trainer.max_epochs < 3 or self.steps + 1 > batches:
             raise ValueError(
-                f"--profile-fit-steps {self.steps}: needs 2 epochs or more (has {trainer.max_epochs}) and "
+                f"--profile-fit-steps {self.steps}: needs 3 epochs or more (has {trainer.max_epochs}) and "
                 f"more train batches per epoch than steps profiled (has {batches})"
             )
-        self.epoch = (trainer.max_epochs - 1) // 2
         self.first = max(1, (batches - self.steps) // 2)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
