@@ -17,6 +17,7 @@ Compared with the CPU pipeline (`lfi.data.pipelines`), crop corners are not roun
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -51,12 +52,22 @@ class DeviceImages:
         def to(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        # a copy: the cache is a read-only memory map
-        return cls(torch.from_numpy(np.array(images)).to(device), torch.from_numpy(labels).to(device),
-                   to(maps), to(valid))  # fmt: skip
+        # the cache is a read-only memory map: a CPU tensor gets a copy of its own, a device reads the map
+        # itself (one host copy of every image fewer at each fit's start) and keeps no tensor over it
+        on_host = torch.device(device).type == "cpu"
+        pixels = torch.from_numpy(np.array(images)) if on_host else _read_only_tensor(images)
+        return cls(pixels.to(device), torch.from_numpy(labels).to(device), to(maps), to(valid))
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array, only to be copied elsewhere (torch cannot mark it read-only, and
+    warns that writing to it would be undefined)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def random_resized_boxes(

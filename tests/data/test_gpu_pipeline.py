@@ -112,6 +112,30 @@ def test_device_batches_never_wait_for_the_gpu():
     assert len(drawn) == 4 and drawn[0]["image"].is_cuda
 
 
+def _read_only_map(tmp_path, array: np.ndarray) -> np.ndarray:
+    np.save(tmp_path / "images.npy", array)
+    return np.load(tmp_path / "images.npy", mmap_mode="r")  # as the image cache opens its array
+
+
+def test_device_images_of_a_read_only_cache_copy_it_on_the_cpu(tmp_path):
+    array = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    data = DeviceImages.of(_read_only_map(tmp_path, array), np.arange(2), device="cpu")
+    data.images += 1  # its own memory: the cache stays as it was
+    assert torch.equal(data.images, torch.from_numpy(array) + 1)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), array)
+
+
+@pytest.mark.gpu
+def test_device_images_of_a_read_only_cache_on_the_gpu_without_a_warning(tmp_path):
+    import warnings
+
+    array = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = DeviceImages.of(_read_only_map(tmp_path, array), np.arange(2), device="cuda")
+    assert data.images.is_cuda and torch.equal(data.images.cpu(), torch.from_numpy(array))
+
+
 def test_eval_is_the_central_crop():
     data = blob_data(2)
     batch = next(
