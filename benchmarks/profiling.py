@@ -83,6 +83,11 @@ def top_kernels(breakdown: dict, n: int = 12) -> list[dict]:
             for k in breakdown["kernels"][:n]]  # fmt: skip
 
 
+def launches(breakdown: dict) -> float:
+    """Kernels (ops on a CPU) per call of the function: the host launches each one."""
+    return round(sum(k["calls"] for k in breakdown["kernels"]), 1)
+
+
 def added_kernels(breakdown: dict, baseline: dict, n: int = 12) -> list[dict]:
     """The `n` kernel labels with the most more time per call in `breakdown` than in `baseline` (the GPU work
     that one adds to the other, e.g. a fit's step over the bare step): label, extra us, us of each."""

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiling import activities, added_kernels, breakdown_of, kernel_breakdown, top_kernels  # noqa: E402
+from profiling import activities, added_kernels, breakdown_of, kernel_breakdown, launches, top_kernels  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 from lfi.config import load_config  # noqa: E402
@@ -186,6 +186,8 @@ class FitProfile(L.Callback):
             "wall_ms": per_step[self.epoch],
             "profiled_wall_ms": per_step[self.epoch + 1],
             "device_busy_ms": round(self.breakdown["total_us"] / 1e3, 3),
+            "kernels_per_step": launches(self.breakdown),
+            "bare_kernels_per_step": launches(bare),
             "top_kernels": top_kernels(self.breakdown),
             "added_kernels": added_kernels(self.breakdown, bare),
         }

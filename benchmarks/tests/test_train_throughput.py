@@ -37,7 +37,7 @@ def test_fit_profile_reports_wall_busy_and_kernels_of_steps_inside_the_fit(tmp_p
     _, bare = step_rate(cfg, torch.device("cpu"), steps=1, warmup=1, profiled=1)
     report = profiled.report(bare)
     assert (report["epochs"], report["first_step"], report["steps"]) == ([1, 2], 1, 1)
-    for key in ("wall_ms", "profiled_wall_ms", "device_busy_ms"):
+    for key in ("wall_ms", "profiled_wall_ms", "device_busy_ms", "kernels_per_step", "bare_kernels_per_step"):
         assert report[key] > 0, key
     assert report["top_kernels"] and all(k["us"] > 0 and k["calls"] > 0 for k in report["top_kernels"])
     assert all(k["extra_us"] > 0 for k in report["added_kernels"])
