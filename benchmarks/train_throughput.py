@@ -14,10 +14,10 @@ wall time is split by `FitClock` (host clock at Lightning's hooks): set-up befor
 the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
 loader's new epoch; the GPU's queue drains there once, at the loss check), the end of fit and the steps (first
 step start to last step end of each epoch). With `--profile-fit-steps N` (`FitProfile`), in a further fit
-of the same run (the timed one stays unprofiled), N steps centred in the second epoch are timed and the same
-steps of the third profiled: wall and device-busy ms per step, their top kernels, and the kernels whose
-time the fit adds to the bare step's (`added_kernels`): which GPU work the fit adds, and whether the host or
-the device sets its pace.
+of the same run but of 3 epochs (the timed one stays unprofiled), N steps centred in the second epoch are
+timed and the same steps of the third profiled: wall and device-busy ms per step, kernels launched per step,
+the top kernels, and the kernels whose time the fit adds to the bare step's (`added_kernels`): which GPU work
+the fit adds, and whether the host or the device sets its pace.
 
     python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
         --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader] \\
@@ -138,6 +138,8 @@ class FitProfile(L.Callback):
     making included), centred in the epoch; on a GPU the device is drained at both ends, so the time covers
     the steps' work."""
 
+    EPOCHS = 3  #: the fewest epochs of a fit it can measure
+
     def __init__(self, steps: int, cuda: bool) -> None:
         self.steps, self.cuda = steps, cuda
         self.first, self.epoch = 0, 1
@@ -148,9 +150,9 @@ class FitProfile(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         batches = int(trainer.num_training_batches)
-        if trainer.max_epochs < 3 or self.steps + 1 > batches:
+        if trainer.max_epochs < self.EPOCHS or self.steps + 1 > batches:
             raise ValueError(
-                f"--profile-fit-steps {self.steps}: needs 3 epochs or more (has {trainer.max_epochs}) and "
+                f"--profile-fit-steps {self.steps}: needs {self.EPOCHS} epochs or more (has {trainer.max_epochs}) and "
                 f"more train batches per epoch than steps profiled (has {batches})"
             )
         self.first = max(1, (batches - self.steps) // 2)
@@ -324,7 +326,8 @@ def main() -> None:
             }
             if args.profile_fit_steps:  # a fit of its own: the profiler's cost stays out of the timed one
                 profiled = FitProfile(args.profile_fit_steps, device.type == "cuda")
-                train(load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}",
+                # FitProfile's epochs 1 and 2 are all it needs (the cadences and the schedule change nothing there)
+                train(load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"trainer.max_epochs={FitProfile.EPOCHS}",
                                          f"experiment={row}-{path}-profiled"]), callbacks=[profiled])  # fmt: skip
                 result[path]["fit_profile"] = profiled.report(bare)
             print(row, path, json.dumps(result[path]), flush=True)
