@@ -12,8 +12,9 @@ For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen 
 The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart. Each run's
 wall time is split by `FitClock` (host clock at Lightning's hooks): set-up before the first step, validations,
 the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
-loader's new epoch; the GPU's queue drains there once, at the loss check), the end of fit and the steps (first
-step start to last step end of each epoch). With `--profile-fit-steps N` (`FitProfile`), in a further fit
+loader's new epoch), the end of fit and the steps (first step start to last step end of each epoch). The
+device is drained at the end of each epoch's last step (the loss check at the epoch's end waits for it a moment
+later anyway), so the GPU work the host queued ahead counts as steps, not as the edge or validation after it. With `--profile-fit-steps N` (`FitProfile`), in a further fit
 of the same run but of 3 epochs (the timed one stays unprofiled), N steps centred in the second epoch are
 timed and the same steps of the third profiled: wall and device-busy ms per step, kernels launched per step,
 the top kernels, and the kernels whose time the fit adds to the bare step's (`added_kernels`): which GPU work
@@ -99,6 +100,8 @@ class FitClock(L.Callback):
             self.marks["epoch"] = now
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: object) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            _sync(module.device)  # the steps' queued GPU work is step time (see the module docstring)
         self.marks["last"] = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import train_throughput
 from train_throughput import FitClock, FitProfile, step_rate
 
 from lfi.train.engine import train
@@ -13,6 +14,8 @@ from tests.train.conftest import tiny_config, tiny_data
 
 def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
     monkeypatch.setenv("LFI_RUNS_ROOT", str(tmp_path))
+    drained = []  # the device is drained at the end of each epoch's last step: its queued work is step time
+    monkeypatch.setattr(train_throughput, "_sync", lambda device: drained.append(device.type))
     clock = FitClock()
     cfg = tiny_config(
         tmp_path, variant="vit", epochs=3, trainer={"check_val_every_n_epoch": 2, "sanity_val_steps": 0}
@@ -27,6 +30,7 @@ def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
     assert len(each["validations_s"]) == 2 and len(each["edges_s"]) == 2
     assert abs(sum(each["validations_s"]) - split["validation_s"]) < 0.001
     assert abs(sum(each["edges_s"]) - split["epoch_edges_s"]) < 0.001
+    assert drained == ["cpu"] * 3
 
 
 def test_fit_profile_reports_wall_busy_and_kernels_of_steps_inside_the_fit(tmp_path, monkeypatch):
