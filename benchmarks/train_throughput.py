@@ -10,9 +10,12 @@ For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen 
           keys, or `--set`), for each data path asked (`--paths device loader`: the GPU-resident path of
           `lfi.data.gpu`, and the worker loaders decoding JPEGs).
 The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart. Each run's
-wall time is split by `FitClock` (host clock at Lightning's hooks): set-up before the first step, validations,
-the epochs' edges (last step of an epoch to the first of the next: epoch-end hooks, checkpoint copies, the
-loader's new epoch), the end of fit and the steps (first step start to last step end of each epoch). The
+wall time is split by `FitClock` (host clock at Lightning's hooks): Lightning's and the strategy's set-up
+(`before_s`: the model to the device, the optimizers), set-up before the first step (`setup_s`: the training
+images to the device), validations, the epochs' edges (last step of an epoch to the first of the next:
+epoch-end hooks, checkpoint copies, the loader's new epoch), the end of training (`end_s`: the last epoch's
+hooks, its checkpoint copies), the strategy's teardown (`teardown_s`: waiting for the background checkpoint
+writes, the module back to the CPU) and the steps (first step start to last step end of each epoch). The
 device is drained at the end of each epoch's last step (the loss check at the epoch's end waits for it a moment
 later anyway), so the GPU work the host queued ahead counts as steps, not as the edge or validation after it. With `--profile-fit-steps N` (`FitProfile`), in a further fit
 of the same run but of 3 epochs (the timed one stays unprofiled), N steps centred in the second epoch are
@@ -82,11 +85,16 @@ class FitClock(L.Callback):
 
     def __init__(self) -> None:
         self.marks: dict[str, float] = {}
-        self.spent = dict.fromkeys(("steps_s", "setup_s", "validation_s", "epoch_edges_s", "end_s"), 0.0)
+        parts = ("before_s", "setup_s", "steps_s", "validation_s", "epoch_edges_s", "end_s", "teardown_s")
+        self.spent = dict.fromkeys(parts, 0.0)
         self.each: dict[str, list[float]] = {"validations_s": [], "edges_s": []}  # which one costs what
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.marks["setup"] = time.perf_counter()
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.marks["fit"] = time.perf_counter()
+        self.spent["before_s"] = self.marks["fit"] - self.marks["setup"]
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: object, index: int
@@ -113,8 +121,12 @@ class FitClock(L.Callback):
         self.each["validations_s"].append(took)
         self.marks["val"] = self.marks.get("val", 0.0) + took  # not counted again in the epoch's edge
 
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.marks["train_end"] = time.perf_counter()
+        self._epoch_done(self.marks["train_end"], edge="end_s")
+
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._epoch_done(time.perf_counter(), edge="end_s")
+        self.spent["teardown_s"] = time.perf_counter() - self.marks["train_end"]
 
     def _epoch_done(self, now: float, edge: str = "epoch_edges_s") -> None:
         self.spent["steps_s"] += self.marks["last"] - self.marks["epoch"]
@@ -124,8 +136,8 @@ class FitClock(L.Callback):
             self.each["edges_s"].append(took)
 
     def report(self, total: float) -> dict[str, float]:
-        """The split of a fit of `total` seconds; `other_s`: outside the hooks (Lightning's set-up and teardown);
-        `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
+        """The split of a fit of `total` seconds; `other_s`: outside the hooks (the loggers' set-up: the
+        TensorBoard import in a process's first fit; the teardown hooks, the loggers' last flush); `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
         validation images; edges and validations that write a checkpoint stand out)."""
         out = {k: round(v, 3) for k, v in self.spent.items()}
         each = {k: [round(v, 4) for v in values] for k, values in self.each.items()}

@@ -23,7 +23,8 @@ def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
     run = train(cfg, tiny_data(), callbacks=[clock])
     split = clock.report(run.metrics["train_seconds"])
     each = {k: split.pop(k) for k in ("validations_s", "edges_s")}
-    assert set(split) == {"steps_s", "setup_s", "validation_s", "epoch_edges_s", "end_s", "other_s"}
+    parts = ("before_s", "setup_s", "steps_s", "validation_s", "epoch_edges_s", "end_s", "teardown_s")
+    assert set(split) == {*parts, "other_s"}
     parts = [v for k, v in split.items() if k != "other_s"]
     assert all(v > 0 for v in parts), split  # 3 epochs: two edges, validations after epochs 2 and 3
     assert abs(sum(split.values()) - run.metrics["train_seconds"]) < 0.01
