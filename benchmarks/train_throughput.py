@@ -16,12 +16,13 @@ images to the device), validations, the epochs' edges (last step of an epoch to 
 epoch-end hooks, checkpoint copies, the loader's new epoch), the end of training (`end_s`: the last epoch's
 hooks, its checkpoint copies), the strategy's teardown (`teardown_s`: waiting for the background checkpoint
 writes, the module back to the CPU) and the steps (first step start to last step end of each epoch). The
-device is drained at the end of each epoch's last step (the loss check at the epoch's end waits for it a moment
-later anyway), so the GPU work the host queued ahead counts as steps, not as the edge or validation after it. With `--profile-fit-steps N` (`FitProfile`), in a further fit
-of the same run but of 3 epochs (the timed one stays unprofiled), N steps centred in the second epoch are
-timed and the same steps of the third profiled: wall and device-busy ms per step, kernels launched per step,
-the top kernels, and the kernels whose time the fit adds to the bare step's (`added_kernels`): which GPU work
-the fit adds, and whether the host or the device sets its pace.
+device is drained at the end of each epoch's last step (the loss check at the epoch's end waits for it a
+moment later anyway), so the GPU work the host queued ahead counts as steps, not as the edge or validation
+after it. With `--profile-fit-steps N` (`FitProfile`), in a further fit of the same run but of 3 epochs (the
+timed one stays unprofiled), N steps centred in the second epoch are timed and the same steps of the third
+profiled: wall and device-busy ms per step, kernels launched per step, the top kernels, and the kernels whose
+time the fit adds to the bare step's (`added_kernels`): which GPU work the fit adds, and whether the host or
+the device sets its pace.
 
     python benchmarks/train_throughput.py --data DATA --weights deit_tiny_patch16_224.bf16.safetensors \\
         --store STORE --out results.json [--epochs 3] [--rows probe full ivit] [--paths device loader] \\
@@ -46,7 +47,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from profiling import activities, added_kernels, breakdown_of, kernel_breakdown, launches, top_kernels  # noqa: E402
+from profiling import (  # noqa: E402
+    activities,
+    added_kernels,
+    breakdown_of,
+    kernel_breakdown,
+    launches,
+    top_kernels,
+)
 from torch.profiler import profile  # noqa: E402
 
 from lfi.config import load_config  # noqa: E402
@@ -137,7 +145,8 @@ class FitClock(L.Callback):
 
     def report(self, total: float) -> dict[str, float]:
         """The split of a fit of `total` seconds; `other_s`: outside the hooks (the loggers' set-up: the
-        TensorBoard import in a process's first fit; the teardown hooks, the loggers' last flush); `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
+        TensorBoard import in a process's first fit; the teardown hooks, the loggers' last flush);
+        `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
         validation images; edges and validations that write a checkpoint stand out)."""
         out = {k: round(v, 3) for k, v in self.spent.items()}
         each = {k: [round(v, 4) for v in values] for k, values in self.each.items()}
@@ -167,8 +176,8 @@ class FitProfile(L.Callback):
         batches = int(trainer.num_training_batches)
         if trainer.max_epochs < self.EPOCHS or self.steps + 1 > batches:
             raise ValueError(
-                f"--profile-fit-steps {self.steps}: needs {self.EPOCHS} epochs or more (has {trainer.max_epochs}) and "
-                f"more train batches per epoch than steps profiled (has {batches})"
+                f"--profile-fit-steps {self.steps}: needs {self.EPOCHS} epochs or more (has "
+                f"{trainer.max_epochs}) and more train batches per epoch than steps profiled (has {batches})"
             )
         self.first = max(1, (batches - self.steps) // 2)
 
@@ -316,8 +325,9 @@ def main() -> None:
         rate, bare = step_rate(cfg, device, args.steps, 5, args.profile_steps or args.profile_fit_steps)
         result = {"overrides": overrides, "step_img_s": round(rate, 1)}
         if bare is not None:
-            result |= {"step_ms": round(1e3 * args.batch / rate, 2),
-                       "step_device_busy_ms": round(bare["total_us"] / 1e3, 2), "step_kernels": top_kernels(bare)}  # fmt: skip
+            busy = round(bare["total_us"] / 1e3, 2)
+            result |= {"step_ms": round(1e3 * args.batch / rate, 2), "step_device_busy_ms": busy,
+                       "step_kernels": top_kernels(bare)}  # fmt: skip
         for path in args.paths:
             run_cfg = load_config(
                 BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"experiment={row}-{path}"]
@@ -341,9 +351,11 @@ def main() -> None:
             }
             if args.profile_fit_steps:  # a fit of its own: the profiler's cost stays out of the timed one
                 profiled = FitProfile(args.profile_fit_steps, device.type == "cuda")
-                # FitProfile's epochs 1 and 2 are all it needs (the cadences and the schedule change nothing there)
-                train(load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", f"trainer.max_epochs={FitProfile.EPOCHS}",
-                                         f"experiment={row}-{path}-profiled"]), callbacks=[profiled])  # fmt: skip
+                # FitProfile's epochs 1 and 2 are all it needs (cadences and schedule change nothing there)
+                epochs = f"trainer.max_epochs={FitProfile.EPOCHS}"
+                name = f"experiment={row}-{path}-profiled"
+                train(load_config(BASE, [*overrides, f"data.gpu_pipeline={path == 'device'}", epochs, name]),
+                      callbacks=[profiled])  # fmt: skip
                 result[path]["fit_profile"] = profiled.report(bare)
             print(row, path, json.dumps(result[path]), flush=True)
         report["rows"][row] = result
