@@ -41,12 +41,21 @@ def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
         fn()
     if cuda:
         torch.cuda.synchronize()
-    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-    with profile(activities=acts) as prof:
+    with profile(activities=activities(cuda)) as prof:
         for _ in range(iters):
             fn()
         if cuda:
             torch.cuda.synchronize()
+    return breakdown_of(prof, iters, cuda)
+
+
+def activities(cuda: bool) -> list[ProfilerActivity]:
+    """What a breakdown profiles: the host's ops and, on a GPU, its kernels."""
+    return [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+
+
+def breakdown_of(prof: profile, iters: int, cuda: bool) -> dict:
+    """`kernel_breakdown` of a finished profile that covered `iters` calls (or steps) of the profiled work."""
     us, calls, ops = defaultdict(float), defaultdict(int), defaultdict(set)
     for e in prof.events():
         if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
@@ -66,6 +75,34 @@ def kernel_breakdown(fn: Callable[[], None], iters: int, cuda: bool) -> dict:
                      "us": us[name] / iters, "calls": calls[name] / iters})  # fmt: skip
     return {"unit": "us per call of the profiled function", "source": "cuda kernels" if cuda else "cpu op self-time (smoke test)",
             "iters": iters, "total_us": sum(us.values()) / iters, "kernels": rows}  # fmt: skip
+
+
+def top_kernels(breakdown: dict, n: int = 12) -> list[dict]:
+    """The `n` kernels of a breakdown with the most time: label, us and calls per call of the function."""
+    return [{"kernel": k["label"], "us": round(k["us"], 1), "calls": round(k["calls"], 2)}
+            for k in breakdown["kernels"][:n]]  # fmt: skip
+
+
+def launches(breakdown: dict) -> float:
+    """Kernels (ops on a CPU) per call of the function: the host launches each one."""
+    return round(sum(k["calls"] for k in breakdown["kernels"]), 1)
+
+
+def added_kernels(breakdown: dict, baseline: dict, n: int = 12) -> list[dict]:
+    """The `n` kernel labels with the most more time per call in `breakdown` than in `baseline` (the GPU work
+    that one adds to the other, e.g. a fit's step over the bare step): label, extra us, us of each."""
+    mine, theirs = _us_by_label(breakdown), _us_by_label(baseline)
+    extra = sorted(mine, key=lambda label: mine[label] - theirs.get(label, 0.0), reverse=True)[:n]
+    return [{"kernel": label, "extra_us": round(mine[label] - theirs.get(label, 0.0), 1),
+             "us": round(mine[label], 1), "baseline_us": round(theirs.get(label, 0.0), 1)}
+            for label in extra if mine[label] > theirs.get(label, 0.0)]  # fmt: skip
+
+
+def _us_by_label(breakdown: dict) -> dict[str, float]:
+    us: dict[str, float] = defaultdict(float)
+    for k in breakdown["kernels"]:
+        us[k["label"]] += k["us"]
+    return us
 
 
 def by_op(breakdown: dict) -> list[tuple[str, float]]:

@@ -17,8 +17,10 @@ Compared with the CPU pipeline (`lfi.data.pipelines`), crop corners are not roun
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -50,12 +52,22 @@ class DeviceImages:
         def to(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
-        # a copy: the cache is a read-only memory map
-        return cls(torch.from_numpy(np.array(images)).to(device), torch.from_numpy(labels).to(device),
-                   to(maps), to(valid))  # fmt: skip
+        # the cache is a read-only memory map: a CPU tensor gets a copy of its own, a device reads the map
+        # itself (one host copy of every image fewer at each fit's start) and keeps no tensor over it
+        on_host = torch.device(device).type == "cpu"
+        pixels = torch.from_numpy(np.array(images)) if on_host else _read_only_tensor(images)
+        return cls(pixels.to(device), torch.from_numpy(labels).to(device), to(maps), to(valid))
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only array, only to be copied elsewhere (torch cannot mark it read-only, and
+    warns that writing to it would be undefined)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def random_resized_boxes(
@@ -100,14 +112,24 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
     return roi_align(images, rois.to(images.dtype), size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
-def epoch_indices(indices: list[int], device: torch.device) -> torch.Tensor:
+def epoch_indices(indices: list[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
     """An epoch's sample order as one int64 tensor on `device`, copied without waiting for the GPU: a tensor
     built from host values per batch would be a synchronous copy, which drains the GPU's queue at every
     step and leaves it idle while the host launches the next one."""
-    order = torch.tensor(indices, dtype=torch.int64)
+    order = torch.as_tensor(indices, dtype=torch.int64)
     if device.type == "cuda":
         order = order.pin_memory()
     return order.to(device, non_blocking=True)
+
+
+@runtime_checkable
+class EpochOrder(Protocol):
+    """A sampler of (epoch, index) pairs that also gives its epoch and its indices as one tensor (as
+    `lfi.train.data.ResumableSampler` does)."""
+
+    epoch: int
+
+    def index_tensor(self) -> torch.Tensor: ...
 
 
 class DeviceBatches:
@@ -152,14 +174,21 @@ class DeviceBatches:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = list(self.sampler)
-        epoch = order[0][0] if order and isinstance(order[0], tuple) else 0
-        indices = [i[1] if isinstance(i, tuple) else i for i in order]
-        first = len(self.sampler) - len(order)  # batches skipped by a resume keep their numbers
+        epoch, indices = self._order()
+        first = len(self.sampler) - len(indices)  # batches skipped by a resume keep their numbers
         first_batch = -(-first // self.batch_size) if first else 0
         order_on_device = epoch_indices(indices, self.data.images.device)
         for b, start in enumerate(range(0, len(indices), self.batch_size), start=first_batch):
             yield self.batch(order_on_device[start : start + self.batch_size], epoch, b)
+
+    def _order(self) -> tuple[int, list[int] | torch.Tensor]:
+        """The epoch and the indices the sampler yields now; from an `EpochOrder` as one tensor (a Python
+        list of the epoch costs milliseconds of host time at every epoch's start)."""
+        if isinstance(self.sampler, EpochOrder):
+            return self.sampler.epoch, self.sampler.index_tensor()
+        order = list(self.sampler)
+        epoch = order[0][0] if order and isinstance(order[0], tuple) else 0
+        return epoch, [i[1] if isinstance(i, tuple) else i for i in order]
 
     def batch(self, index: torch.Tensor, epoch: int = 0, number: int = 0) -> dict[str, torch.Tensor]:
         """The batch of `index` (B,): images cropped, resized, flipped (augmented) and normalised.

@@ -276,13 +276,15 @@ class ResumableSampler(Sampler):
         """Skip the first `batches` batches when epoch `epoch` starts (Lightning calls set_epoch then)."""
         self._resume = (epoch, batches)
 
-    def _indices(self) -> list[int]:
+    def index_tensor(self) -> torch.Tensor:
+        """The indices this epoch yields (after a resume's skip), without the epoch, as one int64 tensor: the
+        GPU data path's order, made without a Python object per sample."""
         order = torch.randperm(
             self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         )
         per_rank = -(-self.size // self.world)
-        padded = order.tolist() + order.tolist()[: per_rank * self.world - self.size]
-        return padded[self.rank :: self.world][: len(self)]
+        padded = torch.cat([order, order[: per_rank * self.world - self.size]])
+        return padded[self.rank :: self.world][: len(self)][self.skip :]
 
     def __len__(self) -> int:
         """This rank's samples per epoch, whole batches only (the last partial one is dropped); the whole
@@ -291,7 +293,7 @@ class ResumableSampler(Sampler):
         return per_rank if per_rank <= self.batch_size else per_rank - per_rank % self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, i) for i in self._indices()[self.skip :]])
+        return iter([(self.epoch, i) for i in self.index_tensor().tolist()])
 
 
 class ShardSampler(Sampler):

@@ -112,6 +112,30 @@ def test_device_batches_never_wait_for_the_gpu():
     assert len(drawn) == 4 and drawn[0]["image"].is_cuda
 
 
+def _read_only_map(tmp_path, array: np.ndarray) -> np.ndarray:
+    np.save(tmp_path / "images.npy", array)
+    return np.load(tmp_path / "images.npy", mmap_mode="r")  # as the image cache opens its array
+
+
+def test_device_images_of_a_read_only_cache_copy_it_on_the_cpu(tmp_path):
+    array = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    data = DeviceImages.of(_read_only_map(tmp_path, array), np.arange(2), device="cpu")
+    data.images += 1  # its own memory: the cache stays as it was
+    assert torch.equal(data.images, torch.from_numpy(array) + 1)
+    assert np.array_equal(np.load(tmp_path / "images.npy"), array)
+
+
+@pytest.mark.gpu
+def test_device_images_of_a_read_only_cache_on_the_gpu_without_a_warning(tmp_path):
+    import warnings
+
+    array = np.arange(2 * 3 * 4 * 4, dtype=np.uint8).reshape(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data = DeviceImages.of(_read_only_map(tmp_path, array), np.arange(2), device="cuda")
+    assert data.images.is_cuda and torch.equal(data.images.cpu(), torch.from_numpy(array))
+
+
 def test_eval_is_the_central_crop():
     data = blob_data(2)
     batch = next(
@@ -145,3 +169,47 @@ def test_image_cache_is_built_once_and_reused(tmp_path):
     assert again.path == cache.path and len(list(tmp_path.glob("*.npy"))) == 1
     ImageCache.build(data, 16, tmp_path, progress=False)  # another size is another cache
     assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def _sampler_order(size: int, seed: int, epoch: int, batch: int, rank: int, world: int, skip: int) -> list:
+    """ResumableSampler's order as it was made with Python lists (before `index_tensor`): the reference."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    per_rank = -(-size // world)
+    kept = per_rank if per_rank <= batch else per_rank - per_rank % batch
+    return [
+        (epoch, i) for i in (order + order[: per_rank * world - size])[rank::world][:kept][skip * batch :]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("size", "world", "batch", "skip"), [(37, 1, 4, 0), (37, 3, 4, 2), (5, 4, 2, 0), (64, 2, 8, 3)]
+)
+def test_the_sampler_order_as_one_tensor_is_the_order_it_yields(size, world, batch, skip):
+    from lfi.train.data import ResumableSampler
+
+    for rank in range(world):
+        sampler = ResumableSampler(size, seed=3, batch_size=batch, rank=rank, world=world)
+        sampler.resume(2, skip)
+        sampler.set_epoch(2)
+        expected = _sampler_order(size, 3, 2, batch, rank, world, skip)
+        assert list(sampler) == expected
+        assert sampler.index_tensor().tolist() == [i for _, i in expected]
+
+
+def test_batches_from_the_sampler_tensor_equal_those_from_its_pairs():
+    from lfi.train.data import ResumableSampler
+
+    data = blob_data()
+    sampler = ResumableSampler(len(data), seed=1, batch_size=3, rank=0, world=1)
+    sampler.resume(4, 1)
+    sampler.set_epoch(4)
+
+    class Pairs(list):  # the same pairs as a plain sequence, of the sampler's full length (resumed)
+        def __len__(self) -> int:
+            return len(sampler)
+
+    fast = list(DeviceBatches(data, sampler, 3, SIDE, True, 0, (4, 4)))
+    slow = list(DeviceBatches(data, Pairs(sampler), 3, SIDE, True, 0, (4, 4)))
+    assert len(fast) == len(slow) == 1  # 6 of 8 per epoch (whole batches), the first skipped
+    for a, b in zip(fast, slow, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
