@@ -19,3 +19,8 @@ def image_key(relpath: str, data: bytes) -> str:
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise ValueError(f"image_key: relpath must be a dataset-relative path, got {relpath!r}")
     return f"{rel.as_posix()}#{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+def key_relpath(key: str) -> str:
+    """The dataset-relative path of an `image_key` (what it was made from, less the bytes' hash)."""
+    return key.rsplit("#", 1)[0]

@@ -168,13 +168,8 @@ class ShortcutCue(Dataset):
                 f"set data.classes_subset to at most {len(PALETTE)}"
             )
         new = {c: i for i, c in enumerate(classes)}
-        self.base, self.cue, self.agreement, self.width, self.seed = (
-            base,
-            cue,
-            float(agreement),
-            float(width),
-            seed,
-        )
+        self.base, self.cue, self.seed = base, cue, seed
+        self.agreement, self.width = float(agreement), float(width)
         self.indices = [j for j, r in enumerate(base.records) if r.label in new]
         self.records = [
             Record(r.relpath, new[r.label], r.boxes, r.domain)

@@ -29,6 +29,7 @@ from lfi.data.cache import ImageCache
 from lfi.data.collate import collate_classification, collate_detection
 from lfi.data.gpu import DeviceBatches, DeviceImages
 from lfi.data.interaction import WithInteractionMaps, read_stored_map
+from lfi.data.keys import key_relpath
 from lfi.data.pipelines import classification_transforms, detection_transforms
 from lfi.data.subsets import holdout_split, ratio_subset
 
@@ -155,7 +156,7 @@ def check_store_covers(store: Any, dataset: Dataset, where: str | Path) -> None:
     except ValueError:
         return
     keys: list[str] = store.keys()  # an InteractionStore lists its keys but is not iterable
-    stored = {key.rsplit("#", 1)[0] for key in keys}
+    stored = {key_relpath(key) for key in keys}
     failed = failed_paths(where)
     missing = [rel for rel in wanted if rel not in stored and not _listed(rel, failed)]
     if missing:

@@ -47,8 +47,8 @@ class NonFiniteLoss(ValueError):
 
 class LfiModule(L.LightningModule):
     """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps steps
-    (this process's value; train/loss_step at every step under a terminal's bar), train/{term} per epoch (the mean over every process, reduced once per epoch) and
-    val/{metric} per validation."""
+    (this process's value; train/loss_step at every step under a terminal's bar), train/{term} per epoch (the
+    mean over every process, reduced once per epoch) and val/{metric} per validation."""
 
     def __init__(self, cfg: Config, built: Built) -> None:
         super().__init__()

@@ -16,7 +16,7 @@ from lfi.data import (
     collate_detection,
     detection_transforms,
 )
-from lfi.data.keys import image_key
+from lfi.data.keys import image_key, key_relpath
 from lfi.maps import normalize_map
 from lfi.store.shards import InteractionStore, Record, StoreWriter
 
@@ -99,3 +99,9 @@ def test_plain_mapping_store_and_no_transforms(samples: list[dict]) -> None:
     assert s["map"].shape == (6, 8) and s["map_valid"]
     with pytest.raises(KeyError, match="no interaction map for image key"):
         WithInteractionMaps(samples[1:], maps, None, grid=(6, 8))[0]
+
+
+def test_key_relpath_gives_back_the_path_a_key_was_made_from() -> None:
+    for rel in ("n01443537/images/n01443537_0.JPEG", "photo/dog/a#1.png", "x.png"):
+        key = image_key(rel, b"some bytes")
+        assert key != rel and key_relpath(key) == rel
