@@ -58,7 +58,10 @@ def breakdown_of(prof: profile, iters: int, cuda: bool) -> dict:
     """`kernel_breakdown` of a finished profile that covered `iters` calls (or steps) of the profiled work."""
     us, calls, ops = defaultdict(float), defaultdict(int), defaultdict(set)
     for e in prof.events():
-        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+        # a GPU user annotation (record_function's range on the device's timeline, e.g. Optimizer.step#AdamW.step)
+        # spans kernels already counted, and the idle time between them: not a kernel (counted until 2026-12-07)
+        annotation = getattr(e, "is_user_annotation", False)
+        if cuda and e.device_type == torch.autograd.DeviceType.CUDA and not annotation:
             us[e.name] += e.time_range.elapsed_us()
             calls[e.name] += 1
         elif not cuda and e.device_type == torch.autograd.DeviceType.CPU and not e.is_async:
