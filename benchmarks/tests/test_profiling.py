@@ -60,3 +60,26 @@ def test_attention_time_counts_sdpa_and_interaction_kernels_only():
         ]
     }  # fmt: skip
     assert profiling.attention_us(breakdown) == 75.0
+
+
+def test_a_gpu_user_annotation_is_not_counted_as_a_kernel():
+    """The Optimizer.step range on the GPU timeline spans kernels already counted (stand-in events: no GPU here)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    profiling = _profiling()
+    cuda = torch.autograd.DeviceType.CUDA
+
+    def event(name, us, annotation=False):
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(name=name, device_type=cuda, time_range=span, is_user_annotation=annotation)
+
+    events = [
+        event("gemm", 30.0),
+        event("adam", 10.0),
+        event("Optimizer.step#AdamW.step", 25.0, annotation=True),
+    ]
+    report = profiling.breakdown_of(SimpleNamespace(events=lambda: events), iters=1, cuda=True)
+    assert [row["kernel"] for row in report["kernels"]] == ["gemm", "adam"]
+    assert report["total_us"] == 40.0
