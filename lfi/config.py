@@ -80,6 +80,8 @@ class ModelConfig:
     layers: blocks (encoder layers) to convert; None = all. align_layers: converted layers the loss reads;
         None = the deeper half of them. gate_hidden: width of the gate's FFN; 0 = the per-pair linear gate
         (no hidden layer; it has no fused kernel, so it runs on the reference attention path).
+    cuda_graphs: classification: replay a fully frozen, deterministic trunk (the linear probe's) from CUDA
+        graphs on the GPU (`lfi.models.graphs`; same values, less host time); false keeps it eager.
     """
 
     name: str = "vit_small_patch16_224"
@@ -94,6 +96,7 @@ class ModelConfig:
     layers: list[int] | None = None
     align_layers: list[int] | None = None
     gate_hidden: int = 8
+    cuda_graphs: bool = True
 
 
 @dataclass

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from step_overhead import StepSyncs, StepWindow, tiny_config, tiny_data
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfi.train.engine import train
 
@@ -53,3 +54,22 @@ def test_training_steps_never_wait_for_the_device(tmp_path, monkeypatch, variant
     assert (run.module.trainer.progress_bar_callback is not None) == bar
     assert counter.ops > 100 * window.steps  # the steps ran inside the window
     assert not counter.calls, f"host-device syncs in {window.steps} training steps: {dict(counter.calls)}"
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")
+def test_a_logging_step_makes_no_device_tensor_of_the_learning_rates(tmp_path):
+    """A logging step's syncs are Lightning's logging of the loss terms alone: the learning rates go to the
+    logger as numbers (`LearningRates`; Lightning's LearningRateMonitor made a device tensor of each, a copy
+    from pageable memory that waits for the GPU)."""
+    data, store = tiny_data(tmp_path, "vit", images=16 * 14)
+    cfg = tiny_config(tmp_path / "runs", "vit", "cpu", 1, 16, log_every_n_steps=5)
+    counter = StepSyncs()
+    window = StepWindow(counter, first=2, last=12)
+    with counter, counter.host_reads():
+        run = train(cfg, data, store, callbacks=[window])
+    assert counter.calls, "no logging step in the window"
+    events = EventAccumulator(str(run.run_dir / "tb"))
+    events.Reload()
+    rates = [tag for tag in events.Tags()["scalars"] if tag.startswith("lr-AdamW/")]
+    assert rates and all(len(events.Scalars(tag)) == 3 for tag in rates)  # steps 0, 5, 10 of 14
+    assert not [call for call in counter.calls if "lr_monitor" in call], dict(counter.calls)

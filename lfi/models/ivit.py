@@ -17,6 +17,7 @@ from torch import nn
 
 from lfi.maps import attention_to_grid
 from lfi.models.backends import Backend
+from lfi.models.graphs import GraphedForward, is_deterministic
 from lfi.models.interaction import InteractionLayer, InteractionModel, layer_maps
 from lfi.models.interaction_attention import MapRequest
 from lfi.models.switches import InteractionSwitches
@@ -26,9 +27,16 @@ from lfi.models.switches import InteractionSwitches
 class IViTConfig(InteractionSwitches):
     """How a ViT is converted: the switches of `InteractionSwitches` (the paper's Table 3: interaction_queries,
     gated_control, constraint; layers = the blocks to convert, align_layers, freeze_backbone), with the
-    backbone frozen by default (paper 5.1.2)."""
+    backbone frozen by default (paper 5.1.2).
+
+    cuda_graphs: where nothing before the classifier trains (a frozen plain ViT: the linear probe) and nothing
+        draws random numbers, replay that trunk's forward on CUDA from graphs (`lfi.models.graphs`): the same
+        kernels, the same values, one launch instead of hundreds. False keeps it eager. Not a switch of the
+        method. The trunk's tensors are found where they were at build time: replace its modules afterwards
+        (not its parameters' values, which may change) only in a model built with cuda_graphs=False."""
 
     freeze_backbone: bool = True
+    cuda_graphs: bool = True
 
 
 #: The five rows of the paper's Table 3 (IQ / IC / GC), as conversion settings.
@@ -110,6 +118,20 @@ class InteractionViT(InteractionModel):
         self.convert(InteractionAttention)
         if config.freeze_backbone:
             self._freeze_backbone()
+        # chosen once, here: the trunk's graphs serve calls on CUDA that need no gradient (`GraphedForward`)
+        self.trunk_graphs = GraphedForward() if config.cuda_graphs and self._fixed_trunk() else None
+        # where the trunk's tensors live, (the module's parameter or buffer dict, name): looked up at each call,
+        # so that a replaced parameter (load_state_dict(assign=True)) is the one checked and read (listing them
+        # through Module.parameters() costs ~1 ms of host time per call, these lookups ~10 us)
+        head = self.vit.get_classifier()
+        self._trunk_slots = [
+            (table, name)
+            for module in (self.vit.modules() if self.trunk_graphs is not None else ())
+            if module is not head
+            for table in (module._parameters, module._buffers)
+            for name, t in table.items()
+            if t is not None
+        ]
 
     def host_layers(self) -> nn.ModuleList:
         return self.vit.blocks
@@ -126,6 +148,24 @@ class InteractionViT(InteractionModel):
             p.requires_grad_(True)
         for p in self.vit.get_classifier().parameters():
             p.requires_grad_(True)
+
+    def _fixed_trunk(self) -> bool:
+        """Whether everything before the classifier is a fixed function of the image: frozen, no parameter
+        added by the conversion, no randomness."""
+        head = self.vit.get_classifier()
+        return (
+            self.config.freeze_backbone
+            and not self.interaction_parameters()
+            and all(is_deterministic(m) for m in self.vit.children() if m is not head)
+        )
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> the features (B, C) the classifier reads, as timm's forward computes them."""
+        return self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)
+
+    def _trunk_tensors(self) -> list[torch.Tensor]:
+        """Every tensor `_trunk` reads besides its input."""
+        return [table[name] for table, name in self._trunk_slots]
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -159,9 +199,13 @@ class InteractionViT(InteractionModel):
             h = b(h)
         return h
 
-    def _logits(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """timm's forward from images (start 0), or from the tokens entering block `start`."""
+    def _logits(self, x: torch.Tensor, start: int, replay: bool = True) -> torch.Tensor:
+        """timm's forward from images (start 0), or from the tokens entering block `start`; replay: the
+        trunk's CUDA graphs may serve it (not while maps are recorded: a graph records none)."""
         if start == 0:
+            if replay and self.trunk_graphs is not None:
+                features = self.trunk_graphs(self._trunk, x, self._trunk_tensors())
+                return self.vit.get_classifier()(features)
             return self.vit(x)
         v = self.vit
         for b in v.blocks[start:]:
@@ -180,7 +224,7 @@ class InteractionViT(InteractionModel):
         if request is None:
             return self._logits(x, start)
         with self.requesting(request, layers) as chosen:
-            logits = self._logits(x, start)
+            logits = self._logits(x, start, replay=False)
             return InteractionOutput(logits, layer_maps(chosen))
 
     def forward_aligned(

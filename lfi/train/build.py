@@ -61,6 +61,7 @@ def build_classifier(cfg: Config, num_classes: int) -> nn.Module:
         layers=tuple(m.layers) if m.layers is not None else None,
         align_layers=tuple(m.align_layers) if m.align_layers is not None else None,
         freeze_backbone=m.freeze_backbone,
+        cuda_graphs=m.cuda_graphs,
     )
     return InteractionViT(vit, conversion)
 

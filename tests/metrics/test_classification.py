@@ -48,3 +48,30 @@ def test_evaluate_sets_per_domain(tmp_path: Path):
 def test_empty_loader_is_an_error():
     with pytest.raises(ValueError, match="no samples"):
         AccuracyEvaluator().compute()
+
+
+def test_accuracy_evaluator_reads_nothing_back_per_batch():
+    """update() leaves its sums on the logits' device (a value read per batch would make the host wait for
+    the GPU at every validation step); compute() reads them once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Reads.count += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(10, 7), torch.randint(0, 7, (10,))
+    evaluator = AccuracyEvaluator()
+    with Reads():
+        evaluator.update(logits[:6], labels[:6])
+        evaluator.update(logits[6:], labels[6:])
+    assert Reads.count == 0
+    got = evaluator.compute()
+    hits = topk_correct(logits, labels)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert got["acc1"] == 100 * hits[1] / 10 and got["acc5"] == 100 * hits[5] / 10 and got["n"] == 10
+    assert got["loss"] == pytest.approx(loss, rel=1e-6)
