@@ -120,18 +120,9 @@ class InteractionViT(InteractionModel):
             self._freeze_backbone()
         # chosen once, here: the trunk's graphs serve calls on CUDA that need no gradient (`GraphedForward`)
         self.trunk_graphs = GraphedForward() if config.cuda_graphs and self._fixed_trunk() else None
-        # where the trunk's tensors live, (the module's parameter or buffer dict, name): looked up at each call,
-        # so that a replaced parameter (load_state_dict(assign=True)) is the one checked and read (listing them
-        # through Module.parameters() costs ~1 ms of host time per call, these lookups ~10 us)
-        head = self.vit.get_classifier()
-        self._trunk_slots = [
-            (table, name)
-            for module in (self.vit.modules() if self.trunk_graphs is not None else ())
-            if module is not head
-            for table in (module._parameters, module._buffers)
-            for name, t in table.items()
-            if t is not None
-        ]
+        # looked up at each call (a replaced parameter is the one read); listing them through
+        # Module.parameters() would cost ~1 ms of host time per call, these lookups ~10 us
+        self._trunk_slots = self._find_trunk_slots() if self.trunk_graphs is not None else []
 
     def host_layers(self) -> nn.ModuleList:
         return self.vit.blocks
@@ -158,6 +149,12 @@ class InteractionViT(InteractionModel):
             and not self.interaction_parameters()
             and all(is_deterministic(m) for m in self.vit.children() if m is not head)
         )
+
+    def _find_trunk_slots(self) -> list[tuple[dict, str]]:
+        """Where every tensor before the classifier lives: (its module's parameter or buffer dict, its name)."""
+        head = self.vit.get_classifier()
+        tables = [t for m in self.vit.modules() if m is not head for t in (m._parameters, m._buffers)]
+        return [(table, name) for table in tables for name, t in table.items() if t is not None]
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) -> the features (B, C) the classifier reads, as timm's forward computes them."""
