@@ -46,9 +46,10 @@ class NonFiniteLoss(ValueError):
 
 
 class LfiModule(L.LightningModule):
-    """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps steps
-    (this process's value; train/loss_step at every step under a terminal's bar), train/{term} per epoch (the
-    mean over every process, reduced once per epoch) and val/{metric} per validation."""
+    """The student of any task and its losses. Logs train/{term}_step every trainer.log_every_n_steps global
+    steps (this process's value, written at the epoch's end or the next checkpoint: `flush_step_logs`),
+    train/{term} per epoch (the mean over every process, reduced once per epoch) and val/{metric} per
+    validation."""
 
     def __init__(self, cfg: Config, built: Built) -> None:
         super().__init__()
@@ -63,6 +64,7 @@ class LfiModule(L.LightningModule):
         self.register_buffer("loss_sums", torch.zeros(0), persistent=False)
         self.loss_steps = 0
         self._epoch_means: tuple[int, dict[str, float]] | None = None
+        self.step_logs: dict[int, torch.Tensor] = {}  # global step -> (terms,) on the device, not yet logged
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -77,17 +79,27 @@ class LfiModule(L.LightningModule):
         values = torch.stack([losses[name].detach().float() for name in self.loss_names])
         self.loss_sums += values
         self.loss_steps += 1
-        # never prog_bar=True: Lightning would read such a value off the device at every step's end (a wait
-        # for the GPU); a terminal's bar reads train/loss_step itself when it shows it (`StepBar`). With a bar
-        # the loss is logged at every step, as it always was: the logger's cadence (global steps) falls
-        # between this one (steps of the epoch) in later epochs, where it gets the latest logged value
-        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-            self.log_dict(
-                {f"train/{n}_step": v for n, v in zip(self.loss_names, values, strict=True)}, on_step=True
-            )
-        elif self.trainer.progress_bar_callback is not None:
-            self.log("train/loss_step", values[-1], on_step=True)
+        # The step's terms stay on the device until the next read that waits for it anyway (`flush_step_logs`):
+        # Lightning's self.log would read them at its logging step, a wait for the GPU's queue every
+        # log_every_n_steps steps. Gradient accumulation: the step's last batch holds it.
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.step_logs[self.global_step] = values
+        # a terminal's bar reads the loss at the same cadence (`StepBar`); never prog_bar=True, which reads it
+        # at every step
+        if self.trainer.progress_bar_callback is not None:
+            self.log("train/loss_step", values[-1], on_step=True, logger=False)
         return losses["loss"]
+
+    def flush_step_logs(self) -> None:
+        """Writes the held step values, train/{term}_step at their global steps, to every logger: one read."""
+        if not self.step_logs:
+            return
+        rows = torch.stack(list(self.step_logs.values())).tolist()
+        for step, row in zip(self.step_logs, rows, strict=True):
+            metrics = {f"train/{n}_step": v for n, v in zip(self.loss_names, row, strict=True)}
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
+        self.step_logs.clear()
 
     def reduced_loss_sums(self) -> torch.Tensor:
         """(len(loss_names) + 1,) this epoch's loss sums and step count so far, summed over every process
@@ -118,11 +130,15 @@ class LfiModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.epoch_losses(), sync_dist=False)  # already reduced
+        self.flush_step_logs()  # the epoch's means have just waited for the device
         self.loss_sums.zero_()
         self.loss_steps = 0
 
     def on_train_epoch_start(self) -> None:
         self.consumed_batches = 0
+
+    def on_train_end(self) -> None:
+        self.flush_step_logs()  # a run stopped by max_steps inside an epoch
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator = self.task.evaluator()
@@ -139,6 +155,7 @@ class LfiModule(L.LightningModule):
     # loss sums so far (summed over the processes: on resume rank 0 carries them, so the reduction of the
     # epoch's means at its end counts every step once, whatever the number of processes)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.flush_step_logs()  # a resume from this checkpoint would not log them again
         checkpoint["lfi_resume"] = {
             "epoch": self.current_epoch,
             "consumed_batches": self.consumed_batches,

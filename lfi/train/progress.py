@@ -81,12 +81,15 @@ class StepBar(TQDMProgressBar):
         super().__init__()
         self.every, self.key = every, key
         self.value: float | None = None
+        self.read_at = -1
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (batch_idx + 1) % self.every == 0 and self.key in trainer.callback_metrics:
-            self.value = float(trainer.callback_metrics[self.key])
+        # global steps done: the logger gets step (done - 1) when done is a multiple of `every`
+        done = trainer.global_step
+        if done % self.every == 0 and done != self.read_at and self.key in trainer.callback_metrics:
+            self.value, self.read_at = float(trainer.callback_metrics[self.key]), done
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:

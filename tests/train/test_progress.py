@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfi.train.engine import train
 from lfi.train.progress import ProgressLines, StepBar, progress_callbacks
@@ -63,5 +66,8 @@ def test_the_bar_shows_the_loss_of_every_nth_step(tiny, monkeypatch):
     trainer = train(cfg, data, store).module.trainer
     bar = trainer.progress_bar_callback
     assert isinstance(bar, StepBar) and bar.every == 3  # 3 steps per epoch: read once, at the last
-    assert bar.value == float(trainer.logged_metrics["train/loss_step"])
+    events = EventAccumulator(str(Path(trainer.default_root_dir) / "tb"))
+    events.Reload()
+    logged = events.Scalars("train/loss_step")
+    assert [e.step for e in logged] == [2] and bar.value == pytest.approx(logged[0].value, rel=1e-6)
     assert bar.get_metrics(trainer, None)["train/loss_step"] == f"{bar.value:.4g}"
