@@ -5,16 +5,19 @@
 # checkpoint edge wait in); full fine-tuning plain; with OLD=DIR (lfi/, configs/ and
 # benchmarks/{train_throughput,profiling}.py of an older commit) that tree's probe, interleaved with this one's; with GD=DIR (a tree of commit b4d264f: lfi/ and
 # benchmarks/attention_kernels.py), the fused ViT-S/16 attention with the gate's products on tf32 and on bf16
-# operands (fused.GATE_DOTS of that commit, never timed before).
+# operands (fused.GATE_DOTS of that commit, never timed before); IVIT=1: the I-ViT row (the oracle's store
+# extracted first); NOSPY=1: no py-spy run; ONCE=1: each probe once.
 # Usage, from the repo root, with py-spy's wheel in .whl/ (see the device README):
-#   [GD=.gd] [OLD=.old] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
+#   [GD=.gd] [OLD=.old] [IVIT=1] [NOSPY=1] [ONCE=1] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/probe_costs.tgz and $OUT/env.txt (device, versions, each part's exit code and seconds).
 set -u
 data=$1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 R=/tmp/probe_costs; mkdir -p $R
 t0=$(date +%s); el() { echo $(( $(date +%s) - t0 )); }
-part() { echo "$1 rc $2 $(el) s" >> "$R/env.txt"; }
+part() {  # a part's end: its line in env.txt, and everything so far in $OUT (a call cut short keeps it)
+  echo "$1 rc $2 $(el) s" >> "$R/env.txt"; tar czf "$OUT/probe_costs.tgz" -C /tmp probe_costs; cp "$R/env.txt" "$OUT/"
+}
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch,timm,lightning,triton;print(torch.__version__,timm.__version__,lightning.__version__,triton.__version__)"; } > "$R/env.txt" 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; part pip $?
@@ -28,18 +31,27 @@ tt() {  # tt NAME ROW [launcher...]: one 10-epoch fit of ROW, its own process, t
   part "$name" $?
 }
 tt probe1 probe
-tt probe_spy probe /tmp/site/bin/py-spy record --nonblocking --idle --threads --rate 1000 --format raw \
-  --output "$R/probe_spy.txt" --
+[ -z "${NOSPY:-}" ] && tt probe_spy probe /tmp/site/bin/py-spy record --nonblocking --idle --threads --rate 1000 \
+  --format raw --output "$R/probe_spy.txt" --
 [ -n "${OLD:-}" ] && TREE=$OLD tt old1 probe
 tt full1 full
-tt probe2 probe
-[ -n "${OLD:-}" ] && TREE=$OLD tt old2 probe
+if [ -z "${ONCE:-}" ]; then
+  tt probe2 probe
+  [ -n "${OLD:-}" ] && TREE=$OLD tt old2 probe
+fi
+if [ -n "${IVIT:-}" ]; then  # I-ViT-Ti frozen with the oracle's maps: the store first
+  store=/tmp/tin_train_oracle14
+  PYTHONPATH=$PWD timeout 120 python3 -m lfi.cli extract --teacher oracle --data "$data" --dataset tinyimagenet \
+    --split train --grid 14 --batch-size 256 --workers 15 --out $store > "$R/extract.log" 2>&1; part extract $?
+  PYTHONPATH=$PWD timeout 90 python3 benchmarks/train_throughput.py --data "$data" --weights "$weights" --store $store \
+    --rows ivit --epochs 10 --workers 8 --paths device --steps 20 --runs /tmp/tt-ivit --out "$R/tt_ivit.json" \
+    --set $cadence > "$R/tt_ivit.log" 2>&1; part ivit $?
+fi
 if [ -n "${GD:-}" ]; then
   for dots in tf32 bf16; do
-    PYTHONPATH=$GD timeout 60 python3 $GD/benchmarks/attention_kernels.py --shapes 256x6x197x64,256x12x197x64 --gates mix \
+    PYTHONPATH=$GD timeout 60 python3 $GD/benchmarks/attention_kernels.py --shapes 256x6x197x64 --gates mix \
       --impls fused --prof-iters 3 --gate-dots $dots --out "$R/attention_kernels_$dots.json" > "$R/attention_kernels_$dots.log" 2>&1
     part "kernels $dots" $?
   done
 fi
-date -u >> "$R/env.txt"
-tar czf "$OUT/probe_costs.tgz" -C /tmp probe_costs; cp "$R/env.txt" "$OUT/"
+date -u >> "$R/env.txt"; part end 0

@@ -81,7 +81,7 @@ class StepBar(TQDMProgressBar):
         super().__init__()
         self.every, self.key = every, key
         self.value: float | None = None
-        self.read_at = -1
+        self.read_at = 0  # the global step of the last read (none before the first step)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

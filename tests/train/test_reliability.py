@@ -19,6 +19,7 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfi.config import load_config, save_config
 from lfi.metrics.classification import write_metrics
@@ -86,6 +87,17 @@ def test_metrics_csv_after_kill_and_resume_equals_uninterrupted(straight, tmp_pa
     assert csv_rows(cfg.run_dir) == csv_rows(straight_dir)
     wall = [float(r["wall_s"]) for r in csv.DictReader((cfg.run_dir / "metrics.csv").open())]
     assert wall == sorted(wall)  # the wall clock goes on from the checkpoint's, it does not restart at 0
+    # the step logs held on the device were written with the checkpoint: every step once, none lost
+    assert step_losses_logged(cfg.run_dir) == step_losses_logged(straight_dir)
+
+
+def step_losses_logged(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, value) of every train/loss_step event in the run's TensorBoard folder, all its files."""
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    logged = sorted((e.step, e.value) for e in events.Scalars("train/loss_step"))
+    assert [step for step, _ in logged] == list(range(EPOCHS * STEPS_PER_EPOCH))  # log_every_n_steps=1
+    return logged
 
 
 def same_run(run_dir: Path, straight_dir: Path) -> None:
