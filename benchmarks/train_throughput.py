@@ -11,8 +11,10 @@ For each row (DeiT-Tiny linear probe, DeiT-Tiny full fine-tune, I-ViT-Ti frozen 
           `lfi.data.gpu`, and the worker loaders decoding JPEGs).
 The image cache is built before the timed runs (`lfi prepare`); its build time is recorded apart. Each run's
 wall time is split by `FitClock` (host clock at Lightning's hooks): Lightning's and the strategy's set-up
-(`before_s`: the model to the device, the optimizers), set-up before the first step (`setup_s`: the training
-images to the device), validations, the epochs' edges (last step of an epoch to the first of the next:
+(`before_s`: the model to the device, the optimizers and, as the schedule's length asks for the training
+loader there, the training images to the device), set-up before the first step (`setup_s`: the training hooks'
+start, the first batches, first uses on the device), validations (the first one also opens the validation
+images), the epochs' edges (last step of an epoch to the first of the next:
 epoch-end hooks, checkpoint copies, the loader's new epoch), the end of training (`end_s`: the last epoch's
 hooks, its checkpoint copies), the strategy's teardown (`teardown_s`: waiting for the background checkpoint
 writes, the module back to the CPU) and the steps (first step start to last step end of each epoch). The
