@@ -1,0 +1,20 @@
+"""benchmarks/checkpoint_stall.py: one background write while the training thread's loop runs."""
+
+from __future__ import annotations
+
+import torch
+from checkpoint_stall import launches, one_write, state_bytes
+
+
+def test_one_write_writes_the_state_and_reports_its_cost(tmp_path):
+    state = {
+        "state_dict": {"w": torch.arange(6.0)},
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(3)}}}],
+    }
+    assert state_bytes(state) == 6 * 4 + 3 * 4
+    ops, wall = launches(0.05)
+    assert ops > 0 and wall >= 0.05
+    result = one_write(state, tmp_path, ops / wall)
+    assert set(result) == {"write_ms", "lost_ms"} and result["write_ms"] > 0
+    loaded = torch.load(tmp_path / "last.ckpt", weights_only=True)  # written whole before one_write returns
+    assert torch.equal(loaded["state_dict"]["w"], state["state_dict"]["w"])
