@@ -33,6 +33,7 @@ from pathlib import Path
 import timm
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,20 +50,9 @@ def checkpoint_state(model_name: str, trains: str) -> dict:
 
 
 def state_bytes(state: dict) -> int:
-    total = 0
-    for t in _tensors(state):
-        total += t.numel() * t.element_size()
-    return total
-
-
-def _tensors(obj: object) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, list | tuple):
-        return [t for v in obj for t in _tensors(v)]
-    return []
+    sizes: list[int] = []
+    apply_to_collection(state, torch.Tensor, lambda t: sizes.append(t.numel() * t.element_size()))
+    return sum(sizes)
 
 
 def launches(until: threading.Event | float) -> tuple[int, float]:
