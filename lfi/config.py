@@ -217,7 +217,7 @@ class TrainerConfig:
     check_val_every_n_epoch: validate every N epochs; the final epoch is always validated.
     sanity_val_steps: validation batches run before training as a check (Lightning's; 0 skips it).
     checkpoint_every_n_epochs: write checkpoints/last.ckpt (full state, for --resume) every N epochs and after
-    the final one; each write copies the state to host memory (a background thread writes the file), so runs
+    the final one; each write copies the state to shared host memory (a writer process writes the file), so runs
     of many short epochs may take N > 1 (a stopped run then redoes up to N - 1 epochs). checkpoint_every_n_steps: also write it every N optimizer steps (None:
     per epoch only). log_maps_every_n_epochs: TensorBoard figures of the interaction maps; 0 turns them off.
     """

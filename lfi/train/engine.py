@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,8 +26,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
-from lightning_utilities.core.apply_func import apply_to_collection
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from safetensors.torch import save_file
 from torch import nn
 
@@ -34,6 +34,7 @@ from lfi.config import Config, save_config
 from lfi.files import atomic_path
 from lfi.metrics.classification import cross_domain_summary, write_metrics
 from lfi.train.build import Built, build
+from lfi.train.checkpoint_writer import CheckpointWriteError, CheckpointWriter, shared_writer
 from lfi.train.data import ExperimentData, Transform
 from lfi.train.progress import progress_callbacks
 from lfi.train.runs import RunFiles, check_run_folder, hold_run_folder
@@ -342,42 +343,39 @@ class EpochCSV(L.Callback):
             writer.writerows(rows)
 
 
-class BackgroundCheckpointIO(AsyncCheckpointIO):
-    """Checkpoint files serialised and written by one background thread while training goes on. The state is
-    first copied to host memory on the training thread (a point-in-time snapshot: one wait for the GPU, no
-    extra device memory); removals (a superseded best checkpoint) queue behind the writes, so no file is
-    written after its removal; the end of fit, errors and signals included, waits for every write."""
+class ProcessCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files written by this process's writer process while training goes on
+    (`lfi.train.checkpoint_writer`; a thread would still hold the training thread, as torch's zip writer keeps the
+    GIL). The training thread copies the state's tensors to shared memory (a point-in-time snapshot: one wait for
+    the GPU, no extra device memory) and goes on; removals (a superseded best checkpoint) queue behind the writes,
+    so no file is written after its removal. The end of fit waits for every write and raises a failed one; where
+    the fit itself failed (an error, a signal), its exception is the one raised and a failed write a warning."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-        # not AsyncCheckpointIO's own save: it would copy the state a second time
-        snapshot = apply_to_collection(checkpoint, torch.Tensor, _host_copy)
-        self._submit(self.checkpoint_io.save_checkpoint, snapshot, *args, **kwargs)
+    @property
+    def writer(self) -> CheckpointWriter:
+        return shared_writer()  # this process's (a pickled copy in a ddp_spawn rank takes that rank's)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (it writes local files)")
+        self.writer.save(checkpoint, path)
 
     def remove_checkpoint(self, path: Any) -> None:
-        self._submit(self.checkpoint_io.remove_checkpoint, path)
+        self.writer.remove(path)
 
-    def _submit(self, action: Any, *args: Any, **kwargs: Any) -> None:
-        """Queue `action`; an error of an earlier one is raised here (and at the end of fit, by teardown)."""
-        self._ensure_setup()
-
-        def run() -> None:
-            try:
-                action(*args, **kwargs)
-            except BaseException as error:
-                self._error = error
-
-        self._executor.submit(run)
-        if self._error:
-            raise self._error
-
-
-def _host_copy(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", copy=True)
+    def teardown(self) -> None:
+        if sys.exc_info()[1] is None:
+            self.writer.release()
+            return
+        try:  # Lightning tears down inside its handler of the fit's exception
+            self.writer.release()
+        except CheckpointWriteError as error:
+            warnings.warn(f"{error} (beside the error that stopped the fit)", RuntimeWarning, stacklevel=2)
 
 
 class LastCheckpoint(ModelCheckpoint):
     """checkpoints/last.ckpt (full state, for --resume) at the end of every `period`-th epoch and of the final
-    one (max_epochs). Each write copies the whole state off the GPU (`BackgroundCheckpointIO` then writes it
+    one (max_epochs). Each write copies the whole state off the GPU (`ProcessCheckpointIO` then writes it
     while training goes on), so short epochs may take a longer period; a run stopped in between resumes from
     the last written one, exactly as from any other."""
 
@@ -405,7 +403,7 @@ class ValidateFinalEpoch(L.Callback):
 def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | None = None) -> L.Trainer:
     """A Trainer writing the run folder: checkpoints/last.ckpt every trainer.checkpoint_every_n_epochs epochs,
     after the final one (and every trainer.checkpoint_every_n_steps), best-epoch=N.ckpt (weights only) by
-    val/{monitor}, metrics.csv, tb/; checkpoint files are written in the background (`BackgroundCheckpointIO`).
+    val/{monitor}, metrics.csv, tb/; checkpoint files are written by a writer process (`ProcessCheckpointIO`).
     Validation every trainer.check_val_every_n_epoch epochs and after the
     final one; trainer.sanity_val_steps validation batches before training (0: none)."""
     t = cfg.trainer
@@ -450,7 +448,7 @@ def build_trainer(cfg: Config, files: RunFiles, monitor: str, callbacks: list | 
         use_distributed_sampler=False,  # LfiDataModule shards by rank itself (exact resume needs its sampler)
         logger=TensorBoardLogger(files.root, name="tb", version="", default_hp_metric=False),
         callbacks=[*ours, *(callbacks or [])],
-        plugins=[BackgroundCheckpointIO()],
+        plugins=[ProcessCheckpointIO()],
     )
 
 

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 
 from lfi.train.engine import train
@@ -58,36 +57,3 @@ def test_last_checkpoint_every_n_epochs_and_after_the_final_one(tmp_path):
     # best-epoch=N.ckpt holds the weights alone: --resume reads last.ckpt
     (best,) = checkpoints.glob("best-epoch=*.ckpt")
     assert "state_dict" in (state := torch.load(best, weights_only=True)) and "optimizer_states" not in state
-
-
-def test_background_checkpoints_are_snapshots_and_removals_wait_for_writes(tmp_path):
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    from lfi.train.engine import BackgroundCheckpointIO
-
-    io = BackgroundCheckpointIO(TorchCheckpointIO())
-    weight = torch.zeros(1000)
-    io.save_checkpoint({"w": weight}, tmp_path / "a.ckpt")
-    weight += 1  # training goes on while the file is written: the file holds the state at the call
-    io.save_checkpoint({"w": weight}, tmp_path / "b.ckpt")
-    io.remove_checkpoint(tmp_path / "b.ckpt")  # queued behind b's write: b is not left behind
-    io.teardown()  # waits for every write (the end of fit)
-    assert (torch.load(tmp_path / "a.ckpt", weights_only=True)["w"] == 0).all()
-    assert not (tmp_path / "b.ckpt").exists()
-
-
-def test_a_failed_background_write_is_raised_by_the_end_of_fit(tmp_path):
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    from lfi.train.engine import BackgroundCheckpointIO
-
-    (tmp_path / "file").write_text("")
-    io = BackgroundCheckpointIO(TorchCheckpointIO())
-    # under a file: cannot be written. The write fails at once on its thread, so whether `save_checkpoint`
-    # itself (the next save's check) or `teardown` (the end of fit) raises depends on the threads' timing: either
-    # is the promised behaviour, so the test takes both
-    with pytest.raises(Exception, match="file"):
-        try:
-            io.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "file" / "last.ckpt")
-        finally:
-            io.teardown()
