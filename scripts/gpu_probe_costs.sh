@@ -2,13 +2,15 @@
 # Issue 31, where a linear probe's fit spends its time outside the steps, on one GPU (~4 min): the probe's 10-epoch
 # fit (train_throughput.py, FitClock's split) once plain and once under py-spy (sampling every thread's Python stack,
 # idle frames included, without stopping the process: which calls the set-up, the first validation and the
-# checkpoint edge wait in); full fine-tuning plain; with OLD=DIR (lfi/, configs/ and
-# benchmarks/{train_throughput,profiling}.py of an older commit) that tree's probe, interleaved with this one's; with GD=DIR (a tree of commit b4d264f: lfi/ and
+# checkpoint edge wait in); full fine-tuning plain; with OLD="DIR ..." (lfi/, configs/ and
+# benchmarks/{train_throughput,profiling}.py of older commits: scripts/carry_probe.py --tree) each tree's probe,
+# interleaved with this one's; with GD=DIR (a tree of commit b4d264f: lfi/ and
 # benchmarks/attention_kernels.py), the fused ViT-S/16 attention with the gate's products on tf32 and on bf16
 # operands (fused.GATE_DOTS of that commit, never timed before); IVIT=1: the I-ViT row (the oracle's store
-# extracted first); NOSPY=1: no py-spy run; ONCE=1: each probe once.
+# extracted first); NOSPY=1: no py-spy run; ONCE=1: each probe once. Last, on the host's CPU, what a checkpoint write
+# takes from the training thread with a writer thread and with lfi's writer process (checkpoint_stall.py).
 # Usage, from the repo root, with py-spy's wheel in .whl/ (see the device README):
-#   [GD=.gd] [OLD=.old] [IVIT=1] [NOSPY=1] [ONCE=1] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
+#   [GD=.gd] [OLD=".old .mid"] [IVIT=1] [NOSPY=1] [ONCE=1] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/probe_costs.tgz and $OUT/env.txt (device, versions, each part's exit code and seconds).
 set -u
 data=$1
@@ -33,11 +35,11 @@ tt() {  # tt NAME ROW [launcher...]: one 10-epoch fit of ROW, its own process, t
 tt probe1 probe
 [ -z "${NOSPY:-}" ] && tt probe_spy probe /tmp/site/bin/py-spy record --nonblocking --idle --threads --rate 1000 \
   --format raw --output "$R/probe_spy.txt" --
-[ -n "${OLD:-}" ] && TREE=$OLD tt old1 probe
+for tree in ${OLD:-}; do TREE=$tree tt "old1_${tree#.}" probe; done
 tt full1 full
 if [ -z "${ONCE:-}" ]; then
   tt probe2 probe
-  [ -n "${OLD:-}" ] && TREE=$OLD tt old2 probe
+  for tree in ${OLD:-}; do TREE=$tree tt "old2_${tree#.}" probe; done
 fi
 if [ -n "${IVIT:-}" ]; then  # I-ViT-Ti frozen with the oracle's maps: the store first
   store=/tmp/tin_train_oracle14
@@ -54,4 +56,6 @@ if [ -n "${GD:-}" ]; then
     part "kernels $dots" $?
   done
 fi
+PYTHONPATH=$PWD timeout 120 python3 benchmarks/checkpoint_stall.py --out "$R/checkpoint_stall.json" \
+  > "$R/checkpoint_stall.log" 2>&1; part checkpoint_stall $?
 date -u >> "$R/env.txt"; part end 0
