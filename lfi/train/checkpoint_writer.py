@@ -15,11 +15,14 @@ skeleton, to a writer process that serialises and writes the file:
 Jobs run in the order they were handed over; a file appears whole or not at all (a synced temporary file and
 a rename). The skeleton is the checkpoint pickled with each tensor (wherever it lies) replaced by its place in a
 shared buffer, as torch.save replaces storages: anonymous memory (memfd on Linux), passed to the process as a
-file descriptor and reused once its write is done. Each tensor is saved with a storage of its own (tensors
-that shared one are saved apart). The writer runs in its own session and ignores SIGINT and SIGTERM (the
-trainer decides when to stop); it ends when told to, or after every job it was handed when the trainer's end of
-the pipe closes, even if the trainer died. lfi's engine keeps one writer per process (`shared_writer`), which
-that process's exit waits for.
+file descriptor and reused once its write is done; at most two writes are in flight (a third save waits), so
+memory stays at two buffers where the disk is slower than the saves. Each tensor is saved with a storage of its
+own (tensors that shared one are saved apart). The writer loads the skeleton's other objects from the trainer's
+module path; objects of the trainer's __main__, which it cannot load, are refused at the call. It runs in its
+own session and ignores SIGINT and SIGTERM (the trainer decides when to stop); it ends when told to, or after
+every job it received whole when the trainer's end of the pipe closes: the trainer died, or was interrupted in
+the middle of a message. lfi's engine keeps one writer per process (`shared_writer`), which that process's exit
+waits for. One thread at a time; POSIX only (file descriptors passed over a Unix socket).
 
 The writer process runs this module's source as the trainer imported it (a `git pull` during a run does not
 give the two ends different protocols), so it imports nothing but the standard library and torch.
@@ -46,8 +49,18 @@ from typing import Any, NamedTuple
 import torch
 
 _ALIGN = 64  # every tensor's bytes start on a cache line (and any dtype's alignment)
-# the writer process's program: this module's source as the trainer imported it, not as it may be on disk later
-_SOURCE = Path(__file__).read_text() if __name__ != "__main__" else ""
+_IN_FLIGHT = 2  # writes queued at once (a last and a best checkpoint); a third save waits (a disk slower than the saves)
+
+
+def _own_source() -> str | None:
+    """This module's source as the trainer imported it (not as it may be on disk later): the writer's program."""
+    try:
+        return __loader__.get_source(__name__)
+    except (ImportError, OSError):
+        return None
+
+
+_SOURCE = _own_source() if __name__ != "__main__" else None
 
 
 class CheckpointWriteError(RuntimeError):
@@ -118,6 +131,15 @@ class _Skeleton(pickle.Pickler):
         self.slots: dict[int, _Slot] = {}  # id(tensor) -> its slot: a tensor met twice is copied once
         self.end = 0
 
+    def reducer_override(self, obj: Any) -> Any:
+        # pickled by name, a class or function of the trainer's __main__ would not load in the writer process
+        if getattr(obj, "__module__", None) == "__main__":  # a class, a function, or an instance of either
+            raise pickle.PicklingError(
+                f"{obj!r} is defined in the trainer's __main__: the checkpoint writer process cannot load it; "
+                "define it in a module"
+            )
+        return NotImplemented
+
     def persistent_id(self, obj: Any) -> tuple | None:
         if not isinstance(obj, torch.Tensor):
             return None
@@ -152,11 +174,17 @@ class CheckpointWriter:
     @property
     def buffers(self) -> int:
         """Shared buffers held now (in flight and idle)."""
-        return len(self._idle) + sum(b is not None for _, b in self._pending.values())
+        return len(self._idle) + self._in_flight()
+
+    def _handed(self) -> list[_Buffer]:
+        return [b for _, b in self._pending.values() if b is not None]
+
+    def _in_flight(self) -> int:
+        return len(self._handed())
 
     def save(self, checkpoint: Any, path: str | Path) -> None:
         """Copy `checkpoint`'s tensors (any device) to shared memory and queue the file's write."""
-        self._collect()
+        self._collect(wait=self._in_flight() >= _IN_FLIGHT)
         out = io.BytesIO()
         pickler = _Skeleton(out)
         pickler.dump(checkpoint)  # an object that cannot be pickled fails here, before anything is queued
@@ -167,7 +195,7 @@ class CheckpointWriter:
                     buffer.view(slot).copy_(tensor.detach())
             self._send(("save", buffer.ident, out.getvalue(), str(path)), f"writing {path}", buffer)
         except BaseException:
-            if self._conn is not None:  # not handed over: idle again
+            if self._conn is not None and buffer not in self._handed():  # not handed over: idle again
                 self._idle.append(buffer)
             elif not buffer.map.closed:  # the process is gone
                 buffer.close()
@@ -218,7 +246,7 @@ class CheckpointWriter:
         try:
             self._send(("buffer", buffer.ident, size), "mapping a buffer")
             # no acknowledgement on this stream (multiprocessing's send_handle waits for one on macOS)
-            socket.send_fds(self._socket, [b"F"], [buffer.fd])
+            self._sending(lambda: socket.send_fds(self._socket, [b"F"], [buffer.fd]))
         except BaseException:
             buffer.close()
             raise
@@ -236,18 +264,28 @@ class CheckpointWriter:
         # a fresh interpreter (not fork: the trainer has threads, maybe a CUDA context; not multiprocessing's
         # spawn: it runs the trainer's main script again where that lacks an `if __name__ == "__main__"`), its
         # program read from stdin; in its own session, so that a terminal's Ctrl-C reaches the trainer alone
+        if _SOURCE is None:
+            raise CheckpointWriteError(f"{__name__} has no readable source (an install of .pyc files alone)")
         ours, theirs = socket.socketpair()
         with theirs:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 [sys.executable, "-", str(theirs.fileno()), "lfi-checkpoint-writer"],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.PIPE,
                 start_new_session=True,
             )
-        self._process.stdin.write(_SOURCE.encode())
-        self._process.stdin.close()
-        self._socket = ours
+        try:
+            process.stdin.write(_SOURCE.encode())
+            process.stdin.close()
+        except OSError as error:
+            ours.close()
+            raise CheckpointWriteError(
+                f"the checkpoint writer process did not start (exit code {process.wait()})"
+            ) from error
+        self._process, self._socket = process, ours
         self._conn = Connection(os.dup(ours.fileno()))
+        # the trainer's module path: the writer finds the modules of whatever the checkpoints hold as the trainer does
+        self._send(("path", list(sys.path)), "setting the module path")
 
     def _send(self, message: tuple, what: str, buffer: _Buffer | None = None) -> None:
         """Send one job (pickled before it is counted: a job that cannot be sent is not waited for)."""
@@ -255,10 +293,18 @@ class CheckpointWriter:
         self._start()
         self._jobs += 1
         self._pending[self._jobs] = (what, buffer)
+        self._sending(lambda: self._conn.send_bytes(data))
+
+    def _sending(self, send: Any) -> None:
+        """Run `send`; if the process is gone, say so; if interrupted (Ctrl-C), a frame may be cut short and
+        the stream is no longer to be trusted: close it (the writer ends after every whole job) and re-raise."""
         try:
-            self._conn.send_bytes(data)
-        except OSError:  # the process is gone
+            send()
+        except OSError:
             self._lost()
+        except BaseException:
+            self._stop(tell=False)
+            raise
 
     def _collect(self, wait: bool = False) -> None:
         """Take the process's answers (all of them if `wait`); raise the first error not yet raised."""
@@ -289,14 +335,16 @@ class CheckpointWriter:
             f"the checkpoint writer process ended (exit code {self._exit_code}) before: {unfinished}"
         )
 
-    def _stop(self) -> None:
+    def _stop(self, tell: bool = True) -> None:
+        """End the process: told to stop, or by the pipe's end (then after every whole job it holds); wait for it."""
         if self._process is None:
             return
-        if self._process.poll() is None:
+        process = self._process
+        if tell and process.poll() is None:
             with contextlib.suppress(OSError):  # it may end in between
                 self._conn.send_bytes(_dumps(0, ("stop",)))
-        self._exit_code = self._process.wait()
         self._abandon()
+        self._exit_code = process.wait()
 
     def _abandon(self) -> None:
         """Close this process's ends of the pipe and the buffers, without a word to the writer."""
@@ -334,7 +382,8 @@ def _forget_in_child() -> None:
     _shared = None
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def serve(fd: int) -> None:
@@ -366,6 +415,8 @@ def serve(fd: int) -> None:
                 _write(buffers[ident], skeleton, Path(path))
             elif kind == "remove":
                 Path(args[0]).unlink(missing_ok=True)
+            elif kind == "path":
+                sys.path[:] = args[0]
         except Exception:
             failure = traceback.format_exc()
         with contextlib.suppress(OSError):  # a trainer that died hears nothing: its jobs go on all the same

@@ -235,6 +235,58 @@ def test_the_writer_runs_the_source_the_trainer_imported_and_imports_no_lfi(tmp_
     assert not [m for m in modules if m.split(".")[0] in ("lfi", "lightning", "lightning_utilities")]
 
 
+def test_objects_load_in_the_writer_as_in_the_trainer(tmp_path, monkeypatch):
+    """A class from a module on the trainer's path (beside its script) is saved; one of the trainer's __main__,
+    which the writer cannot load, is refused at the call, naming it."""
+    (tmp_path / "beside_the_script.py").write_text(
+        "class Marker:\n    def __eq__(self, other):\n        return True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from beside_the_script import Marker
+
+    writer = CheckpointWriter()
+    writer.save({"w": torch.zeros(1), "marker": Marker()}, tmp_path / "a.ckpt")
+
+    class Local:
+        pass
+
+    Local.__module__ = "__main__"
+    with pytest.raises(pickle.PicklingError, match="Local.*__main__"):
+        writer.save({"w": torch.zeros(1), "local": Local()}, tmp_path / "b.ckpt")
+    writer.close()
+    assert torch.load(tmp_path / "a.ckpt", weights_only=False)["marker"] == Marker()
+    assert not (tmp_path / "b.ckpt").exists()
+
+
+def test_at_most_two_writes_are_in_flight(tmp_path):
+    """A disk slower than the saves holds a third save back: memory stays at two buffers."""
+    writer = CheckpointWriter()
+    for i in range(6):
+        writer.save({"w": torch.zeros(100_000)}, tmp_path / f"{i}.ckpt")
+        assert writer.buffers <= 2
+    writer.close()
+    assert len(list(tmp_path.glob("*.ckpt"))) == 6
+
+
+def test_an_interrupted_send_closes_the_stream_and_loses_no_whole_job(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a frame: the writer ends after the jobs it received whole; nothing is left to
+    wait for (Lightning's teardown after a KeyboardInterrupt would wait for ever otherwise)."""
+    writer = CheckpointWriter()
+    writer.save({"w": torch.ones(3)}, tmp_path / "a.ckpt")
+    process = writer._process
+
+    def interrupted(data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer._conn, "send_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save({"w": torch.zeros(3)}, tmp_path / "b.ckpt")
+    writer.wait()  # returns at once
+    assert process.poll() is not None and writer.buffers == 0
+    assert torch.load(tmp_path / "a.ckpt", weights_only=True)["w"].sum() == 3
+    assert not (tmp_path / "b.ckpt").exists()
+
+
 def test_a_removal_before_any_write_needs_no_process(tmp_path):
     (tmp_path / "old.ckpt").write_text("")
     writer = CheckpointWriter()
