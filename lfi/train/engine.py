@@ -364,12 +364,13 @@ class ProcessCheckpointIO(TorchCheckpointIO):
         self.writer.remove(path)
 
     def teardown(self) -> None:
-        if sys.exc_info()[1] is None:
-            self.writer.release()
-            return
-        try:  # Lightning tears down inside its handler of the fit's exception
+        # Lightning tears down inside its handler of the fit's exception
+        failed = sys.exc_info()[1] is not None
+        try:
             self.writer.release()
         except CheckpointWriteError as error:
+            if not failed:
+                raise
             warnings.warn(f"{error} (beside the error that stopped the fit)", RuntimeWarning, stacklevel=2)
 
 
