@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import mmap
 import os
 import pickle
@@ -104,21 +105,14 @@ def _anonymous_file(size: int) -> int:
 
 def _tensor_at(buffer: mmap.mmap, slot: _Slot) -> torch.Tensor:
     """The tensor of `slot` over `buffer`'s bytes: a storage of exactly its own bytes (torch.save writes those)."""
-    numel = _numel(slot.shape)
+    numel = math.prod(slot.shape)
     if numel == 0:
         return torch.empty(slot.shape, dtype=slot.dtype)
     return torch.frombuffer(buffer, dtype=slot.dtype, count=numel, offset=slot.offset).view(slot.shape)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
-
-
 def _nbytes(slot: _Slot) -> int:
-    return _numel(slot.shape) * slot.dtype.itemsize
+    return math.prod(slot.shape) * slot.dtype.itemsize
 
 
 class _Skeleton(pickle.Pickler):
@@ -350,7 +344,7 @@ class CheckpointWriter:
         """Close this process's ends of the pipe and the buffers, without a word to the writer."""
         self._conn.close()
         self._socket.close()
-        for buffer in [*self._idle, *(b for _, b in self._pending.values() if b is not None)]:
+        for buffer in [*self._idle, *self._handed()]:
             buffer.close()
         self._idle.clear()
         self._pending.clear()
