@@ -36,6 +36,7 @@ the device sets its pace.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import shlex
@@ -98,9 +99,22 @@ class FitClock(L.Callback):
         parts = ("before_s", "setup_s", "steps_s", "validation_s", "epoch_edges_s", "end_s", "teardown_s")
         self.spent = dict.fromkeys(parts, 0.0)
         self.each: dict[str, list[float]] = {"validations_s": [], "edges_s": []}  # which one costs what
+        self.collections: dict[int, list[float]] = {0: [], 1: [], 2: []}  # the garbage collector's passes
+        self._collecting = 0.0
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         self.marks["setup"] = time.perf_counter()
+        gc.callbacks.append(self._gc)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        """gc's callback: each collection's seconds by generation (inside whatever part it interrupts)."""
+        if phase == "start":
+            self._collecting = time.perf_counter()
+        else:
+            self.collections[info["generation"]].append(time.perf_counter() - self._collecting)
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.marks["fit"] = time.perf_counter()
@@ -149,10 +163,14 @@ class FitClock(L.Callback):
         """The split of a fit of `total` seconds; `other_s`: outside the hooks (the loggers' set-up: the
         TensorBoard import in a process's first fit; the teardown hooks, the loggers' last flush);
         `validations_s`, `edges_s`: each validation and epoch edge in turn (the first validation opens the
-        validation images; edges and validations that write a checkpoint stand out)."""
+        validation images; edges and validations that write a checkpoint stand out); `gc{0,1,2}_s`: the seconds
+        of the garbage collector's passes of each generation, wherever they fell, and `gc2_each_s` each full
+        pass (`lfi.train.engine.frozen_heap` keeps the objects alive at the fit's start out of them)."""
         out = {k: round(v, 3) for k, v in self.spent.items()}
         each = {k: [round(v, 4) for v in values] for k, values in self.each.items()}
-        return {**out, "other_s": round(total - sum(self.spent.values()), 3), **each}
+        gc_s = {f"gc{g}_s": round(sum(took), 4) for g, took in self.collections.items()}
+        gc_full = {"gc2_each_s": [round(took, 4) for took in self.collections[2]]}
+        return {**out, "other_s": round(total - sum(self.spent.values()), 3), **each, **gc_s, **gc_full}
 
 
 class FitProfile(L.Callback):

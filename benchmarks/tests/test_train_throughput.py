@@ -1,8 +1,11 @@
-"""benchmarks/train_throughput.py: FitClock splits a fit's wall time into parts that add up to it; FitProfile
-times and profiles steps inside a fit."""
+"""benchmarks/train_throughput.py: FitClock splits a fit's wall time into parts that add up to it and times the
+garbage collector's passes; FitProfile times and profiles steps inside a fit."""
 
 from __future__ import annotations
 
+import gc
+
+import lightning as L
 import pytest
 import torch
 import train_throughput
@@ -10,6 +13,14 @@ from train_throughput import FitClock, FitProfile, step_rate
 
 from lfi.train.engine import train
 from tests.train.conftest import tiny_config, tiny_data
+
+
+class FullCollection(L.Callback):
+    """A full pass of the garbage collector at the first epoch's end (FitClock times it)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            gc.collect()
 
 
 def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
@@ -20,9 +31,12 @@ def test_fit_clock_parts_add_up_to_the_fit(tmp_path, monkeypatch):
     cfg = tiny_config(
         tmp_path, variant="vit", epochs=3, trainer={"check_val_every_n_epoch": 2, "sanity_val_steps": 0}
     )
-    run = train(cfg, tiny_data(), callbacks=[clock])
+    run = train(cfg, tiny_data(), callbacks=[clock, FullCollection()])
+    assert clock._gc not in gc.callbacks  # removed at the fit's teardown
     split = clock.report(run.metrics["train_seconds"])
     each = {k: split.pop(k) for k in ("validations_s", "edges_s")}
+    collections = {k: split.pop(k) for k in ("gc0_s", "gc1_s", "gc2_s", "gc2_each_s")}
+    assert len(collections["gc2_each_s"]) >= 1 and collections["gc2_s"] == sum(collections["gc2_each_s"])
     parts = ("before_s", "setup_s", "steps_s", "validation_s", "epoch_edges_s", "end_s", "teardown_s")
     assert set(split) == {*parts, "other_s"}
     parts = [v for k, v in split.items() if k != "other_s"]

@@ -233,7 +233,7 @@ class CheckpointWriter:
             buffer = min(fitting, key=lambda b: b.size)
             self._idle.remove(buffer)
             return buffer
-        self._start()
+        self.start()
         self._free([b for b in self._idle if b.size < size])
         self._buffers += 1
         buffer = _Buffer(self._buffers, size)
@@ -252,7 +252,10 @@ class CheckpointWriter:
             buffer.close()
             self._send(("free", buffer.ident), "freeing a buffer")
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the process now, if it is not running (the first save starts it otherwise). A fresh interpreter
+        that imports torch takes seconds to start; a short fit that starts it at its first save waits for that
+        at its end, so `lfi.train.engine.train` starts it before it builds the model and data."""
         if self._conn is not None:
             return
         # a fresh interpreter (not fork: the trainer has threads, maybe a CUDA context; not multiprocessing's
@@ -284,7 +287,7 @@ class CheckpointWriter:
     def _send(self, message: tuple, what: str, buffer: _Buffer | None = None) -> None:
         """Send one job (pickled before it is counted: a job that cannot be sent is not waited for)."""
         data = _dumps(self._jobs + 1, message)
-        self._start()
+        self.start()
         self._jobs += 1
         self._pending[self._jobs] = (what, buffer)
         self._sending(lambda: self._conn.send_bytes(data))
@@ -356,8 +359,8 @@ _shared_pid: int | None = None
 
 
 def shared_writer() -> CheckpointWriter:
-    """This process's writer for every fit: started at the first save and kept between fits (a fresh interpreter
-    that imports torch takes a second or two to start); this process's exit waits for its jobs, then stops it.
+    """This process's writer for every fit: started by `start` or at the first save and kept between fits (a fresh
+    interpreter that imports torch takes seconds to start); this process's exit waits for its jobs, then stops it.
     A forked child (a DataLoader worker, a forked rank) gets a writer of its own, if it saves at all."""
     global _shared, _shared_pid
     if _shared is None or _shared_pid != os.getpid():

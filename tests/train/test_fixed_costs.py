@@ -1,14 +1,18 @@
 """The fixed costs of a run around its steps (issue 31): validation cadence with the final epoch always
-validated, last.ckpt every N epochs and after the final one, weights-only best checkpoints, no sanity check."""
+validated, last.ckpt every N epochs and after the final one, weights-only best checkpoints, no sanity check;
+the heap frozen during the fit (no full collection walks it) and the writer process started before the build."""
 
 from __future__ import annotations
 
 import csv
+import gc
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from lfi.train import engine
+from lfi.train.checkpoint_writer import CheckpointWriter
 from lfi.train.engine import train
 from tests.train.conftest import tiny_config, tiny_data
 
@@ -57,3 +61,39 @@ def test_last_checkpoint_every_n_epochs_and_after_the_final_one(tmp_path):
     # best-epoch=N.ckpt holds the weights alone: --resume reads last.ckpt
     (best,) = checkpoints.glob("best-epoch=*.ckpt")
     assert "state_dict" in (state := torch.load(best, weights_only=True)) and "optimizer_states" not in state
+
+
+class FreezeCount(L.Callback):
+    """How many objects gc.freeze held when the training started."""
+
+    def on_train_start(self, trainer, module) -> None:
+        self.frozen = gc.get_freeze_count()
+
+
+def test_the_objects_alive_at_the_fit_start_are_out_of_the_collector_during_the_fit_only(tmp_path):
+    assert gc.get_freeze_count() == 0
+    seen = FreezeCount()
+    train(tiny_config(tmp_path, variant="vit", epochs=1), tiny_data(), callbacks=[seen])
+    assert seen.frozen > 10_000  # torch, Lightning and the built run
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_heap_frozen_by_the_caller_stays_frozen():
+    gc.freeze()
+    try:
+        with engine.frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_the_writer_process_starts_before_the_build(tmp_path, monkeypatch):
+    # its start (a fresh interpreter importing torch, seconds) overlaps the build and the fit, instead of
+    # delaying the end of a short fit that would wait for it behind its first checkpoint
+    events = []
+    start, build = CheckpointWriter.start, engine.build
+    monkeypatch.setattr(CheckpointWriter, "start", lambda self: events.append("start") or start(self))
+    monkeypatch.setattr(engine, "build", lambda *args: events.append("build") or build(*args))
+    train(tiny_config(tmp_path, variant="vit", epochs=1), tiny_data())
+    assert events[:2] == ["start", "build"]
