@@ -4,13 +4,14 @@
 # idle frames included, without stopping the process: which calls the set-up, the first validation and the
 # checkpoint edge wait in); full fine-tuning plain; with OLD="DIR ..." (lfi/, configs/ and
 # benchmarks/{train_throughput,profiling}.py of older commits: scripts/carry_probe.py --tree) each tree's probe,
-# interleaved with this one's; with GD=DIR (a tree of commit b4d264f: lfi/ and
-# benchmarks/attention_kernels.py), the fused ViT-S/16 attention with the gate's products on tf32 and on bf16
+# interleaved with this one's; with GD=DIR (a tree of commit b4d264f: lfi/ and benchmarks/{attention_kernels,
+# isolated,profiling}.py), the fused ViT-S/16 attention with the gate's products on tf32 and on bf16
 # operands (fused.GATE_DOTS of that commit, never timed before); IVIT=1: the I-ViT row (the oracle's store
-# extracted first); NOSPY=1: no py-spy run; ONCE=1: each probe once; NOSTALL=1: no checkpoint_stall.py. Last, on the host's CPU, what a checkpoint write
+# extracted first); NOSPY=1: no py-spy run; ONCE=1: each probe once; NOSTALL=1: no checkpoint_stall.py; FIXED=1:
+# fit_fixed_costs.py on the GPU (the writer's start and the collector, side by side, ~3 min). Last, on the host's CPU, what a checkpoint write
 # takes from the training thread with a writer thread and with lfi's writer process (checkpoint_stall.py).
 # Usage, from the repo root, with py-spy's wheel in .whl/ (see the device README):
-#   [GD=.gd] [OLD=".old .mid"] [IVIT=1] [NOSPY=1] [ONCE=1] [NOSTALL=1] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
+#   [GD=.gd] [OLD=".old .mid"] [IVIT=1] [NOSPY=1] [ONCE=1] [NOSTALL=1] [FIXED=1] scripts/gpu_probe_costs.sh DATA   # DATA: tiny-imagenet-200/{train-00,val} zips + weights/ (e.g. .carry)
 # Results in $OUT/probe_costs.tgz and $OUT/env.txt (device, versions, each part's exit code and seconds).
 set -u
 data=$1
@@ -56,6 +57,8 @@ if [ -n "${GD:-}" ]; then
     part "kernels $dots" $?
   done
 fi
+[ -n "${FIXED:-}" ] && { PYTHONPATH=$PWD timeout 300 python3 benchmarks/fit_fixed_costs.py --accelerator cuda \
+  --out "$R/fit_fixed_costs.json" > "$R/fit_fixed_costs.log" 2>&1; part fit_fixed_costs $?; }
 [ -z "${NOSTALL:-}" ] && { PYTHONPATH=$PWD timeout 120 python3 benchmarks/checkpoint_stall.py --out "$R/checkpoint_stall.json" \
   > "$R/checkpoint_stall.log" 2>&1; part checkpoint_stall $?; }
 date -u >> "$R/env.txt"; part end 0
