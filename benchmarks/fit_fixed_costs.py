@@ -4,13 +4,14 @@ side by side in one run.
 Cases, each fit in a fresh process (one writer per process; the collector's counts are the process's own), taken
 in turn `--repeats` times:
   lfi                   `lfi.train.engine.train` as it is: the writer started before the build (`start_writer`),
-                        the heap alive at the fit's start frozen (`frozen_heap`);
+                        the heap alive at the fit's start frozen through the evaluation (`frozen_heap`);
   writer_at_first_save  the writer started by the first checkpoint save (lfi before 2026-12-07);
-  heap_unfrozen         the fit without `frozen_heap` (lfi before 2026-12-07).
+  heap_unfrozen         `train` without `frozen_heap` (lfi before 2026-12-07).
 The fit: a 2-block, 32-wide ViT on 32 px synthetic images (its compute next to nothing: the fixed costs show),
 10 epochs, validation and last.ckpt every 5, no sanity check. Per case, the medians of `fit_s` (trainer.fit's wall
-time), `end_s` (after the last step: the final checkpoints, and the wait for every write in teardown) and the
-garbage collector's full passes during the fit (`FitClock` of train_throughput.py), and each run's figures.
+time), `end_s` (after the last step: the final checkpoints, and the wait for every write in teardown), the
+garbage collector's full passes during the fit (`FitClock` of train_throughput.py) and `train_call_s` (the whole
+`train` call: build, fit, evaluation), and each run's figures with the full passes of the whole call.
 
     python benchmarks/fit_fixed_costs.py --out results/fit_fixed_costs_cpu.json [--repeats 3] [--images 512]
         [--accelerator cuda]
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +47,7 @@ def as_case(case: str) -> Iterator[None]:
     """lfi.train.engine as `case` has it, until the block ends."""
     kept = engine.start_writer, engine.frozen_heap
     if case == "writer_at_first_save":
-        engine.start_writer = lambda: None
+        engine.start_writer = lambda strategy: None
     elif case == "heap_unfrozen":
         engine.frozen_heap = contextlib.nullcontext
     try:
@@ -53,17 +56,42 @@ def as_case(case: str) -> Iterator[None]:
         engine.start_writer, engine.frozen_heap = kept
 
 
+@contextlib.contextmanager
+def full_passes() -> Iterator[list[float]]:
+    """The seconds of each full pass of the garbage collector while the block runs."""
+    passes: list[float] = []
+    began = [0.0]
+
+    def timed(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                passes.append(time.perf_counter() - began[0])
+
+    gc.callbacks.append(timed)
+    try:
+        yield passes
+    finally:
+        gc.callbacks.remove(timed)
+
+
 def one_fit(case: str, accelerator: str, images: int, out: Path) -> dict:
-    """One fit of `case` in this process -> FitClock's split, `fit_s` and `end_s`."""
+    """One fit of `case` in this process -> FitClock's split, `fit_s`, `end_s`, and `train_call_s` and
+    `gc2_in_train_s` over the whole `train` call (its build and evaluation too; a pass that `frozen_heap` puts
+    off past the call is not seen)."""
     cfg = tiny_config(out, "vit", accelerator, epochs=10, batch=32, check_val_every_n_epoch=5,
                       checkpoint_every_n_epochs=5, log_every_n_steps=10)  # fmt: skip
     data, _ = tiny_data(out, "vit", images)
     clock = FitClock()
-    with as_case(case):
+    with as_case(case), full_passes() as passes:
+        began = time.perf_counter()
         run = engine.train(cfg, data, callbacks=[clock])
+        call_s = time.perf_counter() - began
     split = clock.report(run.metrics["train_seconds"])
     return {"fit_s": round(run.metrics["train_seconds"], 3), "end_s": round(split["end_s"] + split["teardown_s"], 3),
-            "gc2_during_fit": len(split["gc2_each_s"]), **split}  # fmt: skip
+            "gc2_during_fit": len(split["gc2_each_s"]), "train_call_s": round(call_s, 3),
+            "gc2_in_train_s": [round(took, 4) for took in passes], **split}  # fmt: skip
 
 
 def run_case(case: str, args: argparse.Namespace) -> dict:
@@ -77,7 +105,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
 
 
 def summary(runs: list[dict]) -> dict:
-    keys = ("fit_s", "end_s", "gc2_s", "gc2_during_fit")
+    keys = ("fit_s", "end_s", "gc2_s", "gc2_during_fit", "train_call_s")
     return {f"{key}_median": round(statistics.median(run[key] for run in runs), 4) for key in keys}
 
 

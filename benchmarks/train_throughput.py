@@ -107,7 +107,14 @@ class FitClock(L.Callback):
         gc.callbacks.append(self._gc)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
-        gc.callbacks.remove(self._gc)
+        self._stop_timing_gc()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self._stop_timing_gc()  # a failed fit skips the callbacks' teardown
+
+    def _stop_timing_gc(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
 
     def _gc(self, phase: str, info: dict) -> None:
         """gc's callback: each collection's seconds by generation (inside whatever part it interrupts)."""

@@ -510,7 +510,7 @@ def train(
     check_run_folder(files, bool(resume))  # before the data are built: fail fast
     ckpt_path = resolve_resume(files, resume)
     stop = StopOnSignal(files.last_checkpoint)
-    start_writer()
+    start_writer(cfg.trainer.strategy)
     with stop:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         built = build(cfg, data, store, train_transforms, eval_transforms)
@@ -520,22 +520,25 @@ def train(
             check_run_folder(files, bool(resume))  # again under the lock: another writer may have just ended
             if trainer.is_global_zero:
                 save_config(cfg, files.config)
-            start = time.perf_counter()
-            with frozen_heap():
+            with frozen_heap():  # through the evaluation: the full pass it puts off comes after `train`
+                start = time.perf_counter()
                 trainer.fit(module, datamodule=built.datamodule, ckpt_path=ckpt_path, weights_only=True)
-            train_s = time.perf_counter() - start
-            stop.raise_if_signalled()
-            metrics: dict[str, Any] = {}
-            if trainer.is_global_zero:
-                metrics = _finish(cfg, module, trainer, built, files, train_s)
+                train_s = time.perf_counter() - start
+                stop.raise_if_signalled()
+                metrics: dict[str, Any] = {}
+                if trainer.is_global_zero:
+                    metrics = _finish(cfg, module, trainer, built, files, train_s)
     return RunResult(module, metrics, files.root)
 
 
-def start_writer() -> None:
-    """Start the checkpoint writer process of the rank that saves (0) now, so that its start (a fresh interpreter
-    importing torch: seconds) overlaps the build and the fit; a short fit that started it at its first save
-    waited for it at its end."""
-    if rank_zero_only.rank == 0:
+def start_writer(strategy: str) -> None:
+    """Start the checkpoint writer process now, where this process will save, so that its start (a fresh
+    interpreter importing torch: seconds) overlaps the build and the fit; a short fit that started it at its first
+    save waited for it at its end. Not on ranks other than 0 (torchrun, SLURM, Lightning's ddp launcher set their
+    rank variables), on nodes above the first, nor where the ranks are spawned or forked from this process
+    (`strategy` ddp_spawn, ddp_fork, ddp_notebook: rank 0 starts its own at its first save)."""
+    spawned = any(word in strategy for word in ("spawn", "fork", "notebook"))
+    if rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0" and not spawned:
         shared_writer().start()
 
 
@@ -545,15 +548,19 @@ def frozen_heap() -> Iterator[None]:
 
     torch, Lightning, transformers and the built run hold about half a million objects, and each full collection
     walks them all: 0.43 s on a 2-core CPU (0.1 ms once frozen), at a moment set by allocation counts, a tenth
-    of a short fit. Objects made in the block are collected as usual; garbage cycles that exist at its start
-    wait for its end. A heap the caller froze already stays frozen."""
-    frozen_before = gc.get_freeze_count() > 0
+    of a short fit. The young generations are collected first (cheap: the build's garbage goes); objects made in
+    the block are collected as usual. The full pass is put off, not saved: the collector's counts are not reset,
+    so the next one after the block walks everything again (a CLI run has ended by then). A heap the caller froze
+    is left as it is, frozen, and nothing more is frozen (the caller's freeze would keep this run's cycles)."""
+    if gc.get_freeze_count() > 0:
+        yield
+        return
+    gc.collect(1)
     gc.freeze()
     try:
         yield
     finally:
-        if not frozen_before:
-            gc.unfreeze()
+        gc.unfreeze()
 
 
 def _finish(
